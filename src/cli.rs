@@ -1,0 +1,50 @@
+//! Command-line interface: the flags and subcommands of `mes-events` (parsing only).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Transactional outbox in PostgreSQL → CloudEvents on NATS JetStream, for MES integration.
+///
+/// Exit codes: 0 success; 1 runtime failure; 2 usage or configuration error; 3 not set up
+/// (schema not migrated, stream missing: the message says what to run).
+#[derive(Debug, Parser)]
+#[command(name = "mes-events", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (default: ./mes-events.toml if present). Environment variables
+    /// MES_EVENTS_* (e.g. MES_EVENTS_RELAY__BATCH_SIZE), DATABASE_URL and NATS_URL override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the mes_events schema (idempotent; safe to run concurrently).
+    Migrate,
+    /// Write one event into the outbox, as the MES would with mes_events.emit(...).
+    Emit(EmitArgs),
+    /// Publish committed outbox events to JetStream until SIGTERM or Ctrl-C.
+    Relay,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EmitArgs {
+    /// Event type, e.g. com.example.mes.processorder.statuschanged.v1
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ty: String,
+    /// Business key (order id, lot id, …): events of one key stay in order.
+    #[arg(long)]
+    pub key: String,
+    /// Event data: inline JSON, @FILE to read a file, or @- for standard input.
+    #[arg(long)]
+    pub data: String,
+    /// When it happened (RFC 3339); default: the transaction's time.
+    #[arg(long)]
+    pub time: Option<chrono::DateTime<chrono::Utc>>,
+    /// W3C traceparent to carry along.
+    #[arg(long)]
+    pub traceparent: Option<String>,
+}

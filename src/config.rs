@@ -1,0 +1,399 @@
+//! Configuration: what the operator may set, its defaults, and where each value comes from.
+//!
+//! Precedence, lowest first: built-in defaults < the TOML file (`mes-events.toml` in the working
+//! directory, or `--config FILE`) < `DATABASE_URL` / `NATS_URL` < `MES_EVENTS_*` variables
+//! (`MES_EVENTS_RELAY__BATCH_SIZE=500` sets `relay.batch_size`).
+//!
+//! This module owns parsing and validation only; it never connects to anything. Every error names
+//! the key, the source it came from and what is accepted, because figment attributes each value
+//! to its source and every struct here denies unknown fields (no `#[serde(flatten)]`, which would
+//! break that attribution).
+
+use std::path::{Path, PathBuf};
+
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// File read from the working directory when `--config` is not given (it may be absent).
+pub const DEFAULT_FILE: &str = "mes-events.toml";
+
+/// Prefix of the environment variables that override the file; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "MES_EVENTS_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    pub events: EventsConfig,
+    pub relay: RelayConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// libpq-style URL or key=value string of the MES database holding the `mes_events` schema.
+    /// The relay keeps one session per process (advisory lock, LISTEN and queries), so it must be
+    /// a direct or session-pooled connection, not PgBouncer transaction pooling.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS server URL(s), comma-separated.
+    pub url: String,
+    /// Optional `.creds` file (JWT + NKey seed) for the relay's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// How long to wait for a JetStream API answer or a PubAck before treating it as lost.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Name of this MES installation; part of every event's CloudEvents `source`.
+    pub installation: String,
+    /// Subject code of the site this installation serves (`[a-z0-9-]`); part of `source`, and the
+    /// site token of subjects for events that carry no hierarchy scope of their own.
+    pub site: String,
+    /// First token of every subject.
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The JetStream streams this relay writes. It must be their only writer: every publish is
+    /// fenced with `Nats-Expected-Last-Sequence`. Each must exist before the relay starts.
+    pub streams: Vec<String>,
+    /// Rows read from the outbox per query.
+    pub batch_size: usize,
+    /// Publishes awaiting their PubAck at once: the pipeline depth.
+    pub max_in_flight: usize,
+    /// Fallback poll when no NOTIFY arrives (notifications are not durable).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// LISTEN for the payload-less NOTIFY that `mes_events.emit` sends. Off: poll only.
+    pub notify: bool,
+    /// Take the PostgreSQL advisory lock so only one relay is active and others wait as standby.
+    /// Turning it off is for fencing tests only: correctness then rests on the epoch and the
+    /// expected-last-sequence fences alone, and relays take turns instead of standing by.
+    pub exclusive: bool,
+    /// How often a standby relay tries to become active.
+    #[serde(with = "humantime_serde")]
+    pub standby_retry: Duration,
+    /// Longest pause between retries while PostgreSQL or NATS is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Published rows older than this are deleted from the outbox (the stream keeps the events).
+    #[serde(with = "humantime_serde")]
+    pub retain_published: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database: DatabaseConfig {
+                url: "postgresql://postgres@127.0.0.1:5432/postgres".into(),
+            },
+            nats: NatsConfig {
+                url: "nats://127.0.0.1:4222".into(),
+                credentials: None,
+                request_timeout: Duration::from_secs(5),
+            },
+            events: EventsConfig {
+                installation: "mes".into(),
+                site: "site".into(),
+                subject_prefix: "mes".into(),
+            },
+            relay: RelayConfig {
+                streams: vec!["MES_EVENTS".into(), "MES_PV".into()],
+                batch_size: 1000,
+                max_in_flight: 4096,
+                poll_interval: Duration::from_secs(1),
+                notify: true,
+                exclusive: true,
+                standby_retry: Duration::from_millis(500),
+                max_backoff: Duration::from_secs(10),
+                retain_published: Duration::from_secs(7 * 24 * 3600),
+            },
+        }
+    }
+}
+
+/// Why the configuration could not be used. Each variant's message names the key and source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist (given with --config); create it or drop the flag")]
+    MissingFile { path: PathBuf },
+    #[error("invalid configuration:{}", describe(.0))]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: key `{key}` = {value:?}: {expected}")]
+    Value {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads from the file (explicit, or `mes-events.toml` if present) and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(&Self::figment(file)?)
+    }
+
+    /// Extracts and validates a configuration from any set of layered sources.
+    pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The layered sources, exposed so tests can add `Figment::join`/`merge` values of their own.
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let file = match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::MissingFile {
+                    path: path.to_owned(),
+                })
+            }
+            Some(path) => Toml::file_exact(path),
+            None => Toml::file(DEFAULT_FILE),
+        };
+        Ok(Figment::from(Serialized::defaults(Config::default()))
+            .merge(file)
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database.url".into()),
+            )
+            .merge(Env::raw().only(&["NATS_URL"]).map(|_| "nats.url".into()))
+            .merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let check = |ok: bool, key, value: String, expected| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ConfigError::Value {
+                    key,
+                    value,
+                    expected,
+                })
+            }
+        };
+        let code = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        check(
+            code(&self.events.site),
+            "events.site",
+            self.events.site.clone(),
+            "a subject code of lower-case letters, digits and '-'",
+        )?;
+        check(
+            code(&self.events.installation),
+            "events.installation",
+            self.events.installation.clone(),
+            "a code of lower-case letters, digits and '-'",
+        )?;
+        check(
+            !self.events.subject_prefix.is_empty()
+                && self.events.subject_prefix.split('.').all(|t| {
+                    !t.is_empty()
+                        && t.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                }),
+            "events.subject_prefix",
+            self.events.subject_prefix.clone(),
+            "one or more dot-separated tokens of letters, digits, '-' and '_'",
+        )?;
+        check(
+            !self.relay.streams.is_empty(),
+            "relay.streams",
+            format!("{:?}", self.relay.streams),
+            "at least one stream name",
+        )?;
+        check(
+            self.relay.batch_size > 0,
+            "relay.batch_size",
+            self.relay.batch_size.to_string(),
+            "a whole number of at least 1",
+        )?;
+        check(
+            self.relay.max_in_flight > 0,
+            "relay.max_in_flight",
+            self.relay.max_in_flight.to_string(),
+            "a whole number of at least 1",
+        )?;
+        Ok(())
+    }
+
+    /// CloudEvents `source` of every event this installation emits.
+    pub fn source(&self) -> String {
+        format!("/mes/{}/{}", self.events.installation, self.events.site)
+    }
+}
+
+/// One line per problem: the key path, where the value came from, what is wrong, what is accepted.
+fn describe(errors: &figment::Error) -> String {
+    let mut out = String::new();
+    for e in errors.clone() {
+        let key = e.path.join(".").to_lowercase();
+        let origin = match (&e.metadata, e.path.is_empty()) {
+            (Some(m), false) if m.name.contains(ENV_PREFIX) => format!(
+                "environment variable {ENV_PREFIX}{}",
+                e.path.join("__").to_uppercase()
+            ),
+            (Some(m), false) if m.name.contains("environment") => match key.as_str() {
+                "database.url" => "environment variable DATABASE_URL".to_owned(),
+                "nats.url" => "environment variable NATS_URL".to_owned(),
+                _ => m.name.to_string(),
+            },
+            (Some(m), _) => match &m.source {
+                Some(figment::Source::File(f)) => format!("file {}", f.display()),
+                Some(other) => other.to_string(),
+                None => m.name.to_string(),
+            },
+            (None, _) => "defaults".to_owned(),
+        };
+        let mut what = e.kind.to_string();
+        if what.contains("expected a duration") {
+            what.push_str(" (write it like 250ms, 30s, 5m, 7d)");
+        }
+        if let figment::error::Kind::UnknownField(_, expected) = &e.kind {
+            what = format!(
+                "unknown key; expected one of: {}",
+                expected
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if key.is_empty() {
+            out.push_str(&format!("\n  in {origin}: {what}"));
+        } else if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            let full = if key.is_empty() {
+                field.clone()
+            } else {
+                format!("{key}.{field}")
+            };
+            out.push_str(&format!("\n  key `{full}` in {origin}: {what}"));
+        } else {
+            out.push_str(&format!("\n  key `{key}` in {origin}: {what}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn precedence_file_then_url_vars_then_prefixed_env() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                DEFAULT_FILE,
+                r#"
+                [database]
+                url = "postgresql://file/db"
+                [relay]
+                batch_size = 10
+                poll_interval = "250ms"
+                "#,
+            )?;
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.database.url, "postgresql://file/db");
+            assert_eq!(c.relay.batch_size, 10);
+            assert_eq!(c.relay.poll_interval, Duration::from_millis(250));
+
+            jail.set_env("DATABASE_URL", "postgresql://env/db");
+            jail.set_env("NATS_URL", "nats://env:4222");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.database.url, "postgresql://env/db");
+            assert_eq!(c.nats.url, "nats://env:4222");
+
+            jail.set_env("MES_EVENTS_DATABASE__URL", "postgresql://prefixed/db");
+            jail.set_env("MES_EVENTS_RELAY__BATCH_SIZE", "7");
+            let c = Config::load(None).unwrap();
+            assert_eq!(c.database.url, "postgresql://prefixed/db");
+            assert_eq!(c.relay.batch_size, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("x.toml", "[relay]\nbatch_sise = 3\n")?;
+            let err = Config::load(Some(Path::new("x.toml"))).unwrap_err();
+            let ConfigError::Invalid(e) = &err else {
+                panic!("{err:?}")
+            };
+            assert!(
+                matches!(e.kind, figment::error::Kind::UnknownField(ref f, _) if f == "batch_sise")
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains("batch_sise") && text.contains("x.toml"),
+                "{text}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_env_var() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_RELAY__POLL_INTERVAL", "soon");
+            let err = Config::load(None).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("poll_interval"), "{text}");
+            assert!(text.contains("MES_EVENTS_RELAY__POLL_INTERVAL"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_names_key_and_accepted_values() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_EVENTS__SITE", "Basel Site");
+            let err = Config::load(None).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Value {
+                        key: "events.site",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/mes.toml"))).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile { .. }));
+    }
+}

@@ -1,0 +1,28 @@
+//! mes-events: a transactional outbox in PostgreSQL, relayed as CloudEvents into NATS JetStream.
+//!
+//! The MES calls `mes_events.emit(type, key, data)` inside its own transactions; the relay
+//! publishes every committed event once, in order per key, to subjects derived from the event's
+//! type, plant location and business key; every external system reads its own durable consumer.
+//!
+//! # Layout
+//! - [`config`]: what the operator sets (defaults < file < environment), validated up front.
+//! - [`migrate`]: the versioned `mes_events` schema (`src/migrations/*.sql`).
+//! - [`outbox`]: every SQL statement against the outbox, fenced by the relay lease.
+//! - [`subject`]: event type, location and key → NATS subject (pure).
+//! - [`event`]: outbox row → CloudEvent attributes and NATS message (pure).
+//! - [`binding`]: the CloudEvents NATS binding: attributes ↔ headers (pure).
+//! - [`pg`]: PostgreSQL sessions whose notifications are seen.
+//! - [`nats`]: connecting to NATS and JetStream.
+//! - [`relay`]: the loop that moves rows into JetStream, with leadership and reconciliation.
+//! - [`exit`]: the process exit codes, documented.
+
+pub mod binding;
+pub mod config;
+pub mod event;
+pub mod exit;
+pub mod migrate;
+pub mod nats;
+pub mod outbox;
+pub mod pg;
+pub mod relay;
+pub mod subject;

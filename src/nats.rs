@@ -1,0 +1,64 @@
+//! Connecting to NATS and building the JetStream context the relay and the CLI use.
+//!
+//! Owns connection options (name, credentials, reconnect behaviour, timeouts); never publishes.
+
+use async_nats::jetstream::{self, context::Context};
+
+use crate::config::NatsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot read NATS credentials file {path}")]
+    Credentials {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
+
+/// Connects. With `wait_for_server` the client retries in the background until the server is
+/// up (the relay must start, and stand by, while NATS is down); otherwise the first failure is
+/// returned (one-shot commands).
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+    wait_for_server: bool,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .request_timeout(Some(cfg.request_timeout));
+    if let Some(path) = &cfg.credentials {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|source| ConnectError::Credentials {
+                path: path.clone(),
+                source,
+            })?;
+    }
+    if wait_for_server {
+        opts = opts.retry_on_initial_connect();
+    }
+    opts.connect(cfg.url.as_str())
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: cfg.url.clone(),
+            source,
+        })
+}
+
+/// A JetStream context whose in-flight PubAcks are capped at `max_in_flight` (with back-pressure)
+/// and time out after the configured request timeout.
+pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig, max_in_flight: usize) -> Context {
+    jetstream::context::ContextBuilder::new()
+        .timeout(cfg.request_timeout)
+        .max_ack_inflight(max_in_flight)
+        .backpressure_on_inflight(true)
+        .build(client)
+}

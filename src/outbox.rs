@@ -1,0 +1,293 @@
+//! Outbox: every SQL statement the relay and the CLI run against `mes_events`.
+//!
+//! Owns the row type and the statements; never decides anything (the relay does). Each statement
+//! that marks rows is fenced by the relay lease epoch: it locks the lease row FOR SHARE with the
+//! caller's epoch, so after a newer relay has bumped the epoch an older one marks nothing, and
+//! while a relay's epoch is current it is the only one that marks.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, GenericClient};
+
+/// Advisory lock key of the active relay ("mes_rlay" in ASCII).
+pub const RELAY_LOCK: i64 = 0x6d65_735f_726c_6179;
+
+/// NOTIFY channel `mes_events.emit` wakes the relay on.
+pub const CHANNEL: &str = "mes_events";
+
+/// One unpublished event as the MES wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: i64,
+    pub ty: String,
+    pub key: String,
+    pub key_version: i64,
+    /// The event data as JSON text.
+    pub data: String,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// What one fetch saw, all in one snapshot.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The lease epoch at that moment: if it is not the caller's, another relay took over.
+    pub epoch: i64,
+    /// Pending rows with an id at or below the cursor: the caller's unmarked in-flight rows, plus
+    /// any row that committed late (its id was taken before the cursor passed it).
+    pub pending_at_or_below: i64,
+    /// Pending rows above the cursor, in id order.
+    pub rows: Vec<Row>,
+}
+
+/// A row's place in a stream, from a PubAck or read back from the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub id: i64,
+    pub stream: String,
+    pub seq: u64,
+}
+
+/// Reads pending rows above `cursor` and, in the same snapshot, counts those at or below it.
+pub async fn fetch(
+    client: &Client,
+    cursor: i64,
+    limit: i64,
+) -> Result<Fetched, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select l.epoch,
+                    (select count(*) from mes_events.outbox p
+                      where p.stream_seq is null and p.id <= $1),
+                    o.id, o.type, o.key, o.key_version, o.data::text, o.occurred_at,
+                    o.recorded_at, o.traceparent, o.tracestate
+               from mes_events.relay_lease l
+               left join lateral (
+                    select * from mes_events.outbox
+                     where stream_seq is null and id > $1
+                     order by id
+                     limit $2) o on true
+              where l.id = 1
+              order by o.id",
+            &[&cursor, &limit],
+        )
+        .await?;
+    let mut fetched = Fetched {
+        epoch: 0,
+        pending_at_or_below: 0,
+        rows: Vec::with_capacity(rows.len()),
+    };
+    for r in rows {
+        fetched.epoch = r.get(0);
+        fetched.pending_at_or_below = r.get(1);
+        if let Some(id) = r.get::<_, Option<i64>>(2) {
+            fetched.rows.push(Row {
+                id,
+                ty: r.get(3),
+                key: r.get(4),
+                key_version: r.get(5),
+                data: r.get(6),
+                occurred_at: r.get(7),
+                recorded_at: r.get(8),
+                traceparent: r.get(9),
+                tracestate: r.get(10),
+            });
+        }
+    }
+    Ok(fetched)
+}
+
+/// Outcome of a fenced write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marked {
+    /// False when the caller's epoch is no longer current: nothing was written.
+    pub lease_held: bool,
+    /// Rows that went from pending to published.
+    pub rows: u64,
+}
+
+/// Records where rows landed, and advances each stream's watermark, if `epoch` is current.
+pub async fn mark(
+    client: &Client,
+    epoch: i64,
+    marks: &[Mark],
+) -> Result<Marked, tokio_postgres::Error> {
+    let ids: Vec<i64> = marks.iter().map(|m| m.id).collect();
+    let streams: Vec<&str> = marks.iter().map(|m| m.stream.as_str()).collect();
+    let seqs: Vec<i64> = marks.iter().map(|m| m.seq as i64).collect();
+    let row = client
+        .query_one(
+            "with lease as (
+                 select epoch from mes_events.relay_lease where id = 1 and epoch = $1 for share
+             ), input as (
+                 select * from unnest($2::bigint[], $3::text[], $4::bigint[]) as u(id, stream, seq)
+             ), marked as (
+                 update mes_events.outbox o
+                    set stream = i.stream, stream_seq = i.seq, published_at = now()
+                   from input i
+                  where o.id = i.id and o.stream_seq is null and exists (select 1 from lease)
+                 returning 1
+             ), watermark as (
+                 update mes_events.relay_stream s
+                    set last_seq = greatest(s.last_seq, m.seq)
+                   from (select stream, max(seq) as seq from input group by stream) m
+                  where s.stream = m.stream and exists (select 1 from lease)
+                 returning 1
+             )
+             select (select count(*) from lease), (select count(*) from marked),
+                    (select count(*) from watermark)",
+            &[&epoch, &ids, &streams, &seqs],
+        )
+        .await?;
+    Ok(Marked {
+        lease_held: row.get::<_, i64>(0) == 1,
+        rows: row.get::<_, i64>(1) as u64,
+    })
+}
+
+/// Tries to take the active relay's advisory lock on this session.
+pub async fn try_lock(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one("select pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+        .await?
+        .get(0))
+}
+
+/// Starts a new epoch for `holder`; from now on only this epoch may mark rows.
+pub async fn bump_epoch(client: &Client, holder: &str) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "update mes_events.relay_lease
+                set epoch = epoch + 1, holder = $1, acquired_at = now()
+              where id = 1
+          returning epoch",
+            &[&holder],
+        )
+        .await?
+        .get(0))
+}
+
+/// The active relay as recorded in the lease: (epoch, holder).
+pub async fn lease(
+    client: &impl GenericClient,
+) -> Result<(i64, Option<String>), tokio_postgres::Error> {
+    let r = client
+        .query_one(
+            "select epoch, holder from mes_events.relay_lease where id = 1",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// Where reconciliation of a stream starts: the stream's creation time as last seen, and the
+/// highest sequence known to be recorded.
+pub async fn watermark(
+    client: &Client,
+    stream: &str,
+) -> Result<Option<(DateTime<Utc>, u64)>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "select created, last_seq from mes_events.relay_stream where stream = $1",
+            &[&stream],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64)))
+}
+
+/// Sets a stream's watermark outright (after reconciling it), if `epoch` is current.
+pub async fn set_watermark(
+    client: &Client,
+    epoch: i64,
+    stream: &str,
+    created: DateTime<Utc>,
+    last_seq: u64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "with lease as (
+                 select epoch from mes_events.relay_lease where id = 1 and epoch = $1 for share
+             ), upsert as (
+                 insert into mes_events.relay_stream (stream, created, last_seq)
+                 select $2, $3, $4 where exists (select 1 from lease)
+                 on conflict (stream) do update set created = excluded.created, last_seq = excluded.last_seq
+                 returning 1
+             )
+             select (select count(*) from upsert)",
+            &[&epoch, &stream, &created, &(last_seq as i64)],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// Deletes up to `limit` rows published before `before`. Returns how many went.
+pub async fn purge_published(
+    client: &Client,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    client
+        .execute(
+            "delete from mes_events.outbox where id in (
+                 select id from mes_events.outbox
+                  where published_at is not null and published_at < $1
+                  order by published_at limit $2)",
+            &[&before, &limit],
+        )
+        .await
+}
+
+/// Arguments of `mes_events.emit` beyond type, key and data.
+#[derive(Debug, Clone, Default)]
+pub struct EmitOptions {
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// Calls `mes_events.emit` (in the caller's transaction, if `client` is one). Returns the id.
+pub async fn emit(
+    client: &impl GenericClient,
+    ty: &str,
+    key: &str,
+    data: &str,
+    opts: &EmitOptions,
+) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "select mes_events.emit($1, $2, $3::text::jsonb, $4, $5, $6)",
+            &[
+                &ty,
+                &key,
+                &data,
+                &opts.occurred_at,
+                &opts.traceparent,
+                &opts.tracestate,
+            ],
+        )
+        .await?
+        .get(0))
+}
+
+/// Counts of the outbox by state, for status output and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub pending: i64,
+    pub published: i64,
+}
+
+pub async fn counts(client: &impl GenericClient) -> Result<Counts, tokio_postgres::Error> {
+    let r = client
+        .query_one(
+            "select count(*) filter (where stream_seq is null),
+                    count(*) filter (where stream_seq is not null)
+               from mes_events.outbox",
+            &[],
+        )
+        .await?;
+    Ok(Counts {
+        pending: r.get(0),
+        published: r.get(1),
+    })
+}

@@ -1,0 +1,692 @@
+//! Relay: moves committed outbox rows into JetStream, each once, in order per key.
+//!
+//! How it holds, whatever crashes:
+//! - **Leadership**: one relay is active, holding an advisory lock on its PostgreSQL session;
+//!   others stand by and retry. Becoming active bumps the lease epoch; every statement that marks
+//!   rows is fenced by that epoch, so a relay that lost its session (and its lock) without
+//!   noticing cannot mark anything once a successor has started.
+//! - **Stream fence**: every publish carries `Nats-Expected-Last-Sequence`. The relay predicts
+//!   each stream's tail, so the expectations of a pipeline are consecutive: if message k fails,
+//!   every later one fails too and nothing lands out of order; a second relay publishing at the
+//!   same time cannot land anything without having seen everything before it.
+//! - **Marking**: a row is marked with its stream sequence only from a PubAck or from the stream
+//!   itself; never before.
+//! - **Reconciliation** (on activation and after any failure): read each stream from the
+//!   recorded watermark to its tail, map every message back to its outbox row through
+//!   `Nats-Msg-Id`, and mark those rows. No duplicate, whatever the outage length or the
+//!   duplicate window.
+//! - **No cursor skips**: rows are read by a pending marker, not an id cursor. Within one
+//!   pipeline the relay does read above the highest id it sent, but counts in the same snapshot
+//!   the pending rows at or below it: more than it has in flight means a row committed late, and
+//!   the relay finishes what is in flight and reads again from the start. (Same-key writers
+//!   queue on the key's lock, so a later row of a late row's key cannot have been read before.)
+//!
+//! Owns the loop, its state and its back-off. Never writes SQL itself (outbox) and never builds
+//! messages itself (event).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::RawMessageErrorKind;
+use async_nats::jetstream::{self, ErrorCode};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::event::{self, EventError, Profile};
+use crate::migrate::{self, MigrateError};
+use crate::outbox::{self, Mark};
+use crate::pg::{self, Session};
+use crate::subject;
+
+/// Why the relay stopped for good. Everything else (PostgreSQL or NATS unreachable, a session
+/// killed, a lost lease) is retried with back-off and never surfaces here.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Schema(#[from] MigrateError),
+    #[error("JetStream stream {stream} does not exist on the NATS server: create it with `mes-events provision apply` (or remove it from relay.streams)")]
+    StreamMissing { stream: String },
+    #[error("outbox row {id} would be published on subject {subject}, which none of the relay's streams ({streams}) captures: add the subject to a stream, or fix the row's type or hierarchyScope")]
+    Unroutable {
+        id: i64,
+        subject: String,
+        streams: String,
+    },
+    #[error("cannot publish: {0}; the row stays pending")]
+    Event(#[from] EventError),
+    #[error("outbox row {id} makes a message of {size} bytes, over the server's max_payload; the row stays pending")]
+    TooLarge { id: i64, size: usize },
+}
+
+impl RelayError {
+    /// Whether the operator has to act before a restart can help (as opposed to a bug/outage).
+    pub fn is_setup(&self) -> bool {
+        matches!(
+            self,
+            RelayError::Schema(MigrateError::Behind { .. } | MigrateError::Newer { .. })
+                | RelayError::StreamMissing { .. }
+        )
+    }
+}
+
+/// What interrupted an active (or standby) session.
+#[derive(Debug, thiserror::Error)]
+enum Interrupt {
+    #[error("postgres: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("postgres session closed")]
+    SessionClosed,
+    #[error("lease taken over by another relay (epoch {0})")]
+    LeaseLost(i64),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Fatal(#[from] RelayError),
+}
+
+/// A stream this relay writes, and the subjects it captures.
+#[derive(Debug, Clone)]
+struct Route {
+    stream: String,
+    subjects: Vec<String>,
+}
+
+/// Runs until `shutdown` is cancelled (then returns `Ok` after recording what is in flight) or a
+/// setup error makes going on pointless.
+pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let holder = holder_name();
+    let mut backoff = Backoff::new(cfg.relay.max_backoff);
+    // Refuse to start without the streams; afterwards a vanished stream is an outage like others.
+    let routes = loop {
+        match routes(&js, &cfg.relay.streams).await {
+            Ok(r) => break r,
+            Err(Interrupt::Fatal(e)) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "cannot read stream configuration yet; retrying");
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let mut schema_checked = false;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match session(
+            cfg,
+            &js,
+            &routes,
+            &holder,
+            &shutdown,
+            &mut schema_checked,
+            &mut backoff,
+        )
+        .await
+        {
+            Ok(()) => return Ok(()),
+            Err(Interrupt::Fatal(e)) => return Err(e),
+            Err(e) => {
+                warn!(error = %e, "relay interrupted; retrying");
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn routes(js: &Context, names: &[String]) -> Result<Vec<Route>, Interrupt> {
+    let mut routes = Vec::with_capacity(names.len());
+    for name in names {
+        match js.get_stream(name).await {
+            Ok(s) => routes.push(Route {
+                stream: name.clone(),
+                subjects: s.cached_info().config.subjects.clone(),
+            }),
+            Err(e) => {
+                if let jetstream::context::GetStreamErrorKind::JetStream(je) = e.kind() {
+                    if je.error_code() == ErrorCode::STREAM_NOT_FOUND {
+                        return Err(RelayError::StreamMissing {
+                            stream: name.clone(),
+                        }
+                        .into());
+                    }
+                }
+                return Err(Interrupt::Nats(format!("stream info {name}: {e}")));
+            }
+        }
+    }
+    Ok(routes)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    cfg: &Config,
+    js: &Context,
+    routes: &[Route],
+    holder: &str,
+    shutdown: &CancellationToken,
+    schema_checked: &mut bool,
+    backoff: &mut Backoff,
+) -> Result<(), Interrupt> {
+    let session = pg::connect(&cfg.database.url, "mes-events relay").await?;
+    if let Err(e) = migrate::check(&session.client).await {
+        return Err(match e {
+            MigrateError::Db(e) => Interrupt::Db(e),
+            // Before the first activation this is a setup error; later (a restore?) keep trying.
+            e if !*schema_checked => Interrupt::Fatal(e.into()),
+            e => Interrupt::Nats(e.to_string()),
+        });
+    }
+    *schema_checked = true;
+    if cfg.relay.exclusive {
+        let mut said = false;
+        while !outbox::try_lock(&session.client).await? {
+            if !said {
+                info!("standing by: another relay is active");
+                said = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(cfg.relay.standby_retry) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = session.closed.cancelled() => return Err(Interrupt::SessionClosed),
+            }
+        }
+    }
+    if cfg.relay.notify {
+        session
+            .client
+            .batch_execute(&format!("listen {}", outbox::CHANNEL))
+            .await?;
+    }
+    let epoch = outbox::bump_epoch(&session.client, holder).await?;
+    info!(epoch, holder, "active");
+    let mut active = Active {
+        cfg,
+        js,
+        session: &session,
+        shutdown,
+        epoch,
+        profile: Profile::from_config(cfg),
+        routes,
+        tails: vec![0; routes.len()],
+        in_flight: FuturesOrdered::new(),
+        cursor: 0,
+        route_cache: HashMap::new(),
+        last_purge: None,
+    };
+    active.run(backoff).await
+}
+
+/// One publish awaiting its PubAck.
+struct Sent {
+    id: i64,
+    route: usize,
+    /// The stream sequence it must land at.
+    seq: u64,
+}
+
+type Acked = (
+    Sent,
+    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+);
+
+struct Active<'a> {
+    cfg: &'a Config,
+    js: &'a Context,
+    session: &'a Session,
+    shutdown: &'a CancellationToken,
+    epoch: i64,
+    profile: Profile,
+    routes: &'a [Route],
+    /// Predicted last sequence of each route's stream.
+    tails: Vec<u64>,
+    in_flight: FuturesOrdered<BoxFuture<'static, Acked>>,
+    /// Highest outbox id sent in the current pipeline; 0 when nothing is in flight.
+    cursor: i64,
+    /// Subject's first two tokens after the location → route, to skip matching on every row.
+    route_cache: HashMap<String, usize>,
+    last_purge: Option<tokio::time::Instant>,
+}
+
+/// What harvesting acks found.
+#[derive(Default)]
+struct Harvest {
+    marks: Vec<Mark>,
+    /// Something did not land where predicted: the pipeline must be drained and reconciled.
+    broken: bool,
+}
+
+impl Active<'_> {
+    async fn run(&mut self, backoff: &mut Backoff) -> Result<(), Interrupt> {
+        self.reconcile_retrying().await?;
+        backoff.reset();
+        loop {
+            let mut h = Harvest::default();
+            while let Some(Some(acked)) = self.in_flight.next().now_or_never() {
+                self.check(acked, &mut h);
+            }
+            self.record(h.marks).await?;
+            if h.broken {
+                self.recover().await?;
+                continue;
+            }
+            if self.shutdown.is_cancelled() {
+                let n = self.in_flight.len();
+                self.drain().await?;
+                info!(in_flight = n, "stopped; acks in flight recorded");
+                return Ok(());
+            }
+            if self.session.closed.is_cancelled() {
+                return Err(Interrupt::SessionClosed);
+            }
+
+            let room = self
+                .cfg
+                .relay
+                .max_in_flight
+                .saturating_sub(self.in_flight.len());
+            let mut sent = 0;
+            if room > 0 {
+                let limit = room.min(self.cfg.relay.batch_size) as i64;
+                let fetched = outbox::fetch(&self.session.client, self.cursor, limit).await?;
+                if fetched.epoch != self.epoch {
+                    self.drain().await.ok();
+                    return Err(Interrupt::LeaseLost(fetched.epoch));
+                }
+                if fetched.pending_at_or_below != self.in_flight.len() as i64 {
+                    debug!(
+                        pending = fetched.pending_at_or_below,
+                        in_flight = self.in_flight.len(),
+                        "a row committed behind the pipeline; restarting from the oldest pending row"
+                    );
+                    self.drain().await?;
+                    continue;
+                }
+                for row in &fetched.rows {
+                    if !self.send(row).await? {
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+            if sent > 0 && sent == room.min(self.cfg.relay.batch_size) && room > sent {
+                continue; // more may be waiting: read again before waiting on acks
+            }
+            if self.in_flight.is_empty() {
+                self.cursor = 0;
+                if sent == 0 {
+                    self.idle().await?;
+                }
+            } else {
+                // Wait for the oldest ack, or new rows to read while acks are outstanding.
+                tokio::select! {
+                    acked = self.in_flight.next() => {
+                        let mut h = Harvest::default();
+                        if let Some(acked) = acked {
+                            self.check(acked, &mut h);
+                        }
+                        self.record(h.marks).await?;
+                        if h.broken {
+                            self.recover().await?;
+                        }
+                    }
+                    _ = self.session.wake.notified(), if room > sent => {}
+                    _ = self.shutdown.cancelled() => {}
+                    _ = self.session.closed.cancelled() => {}
+                }
+            }
+        }
+    }
+
+    /// Nothing pending, nothing in flight: purge old rows now and then, then wait for a NOTIFY,
+    /// the fallback poll, shutdown, or the session's end.
+    async fn idle(&mut self) -> Result<(), Interrupt> {
+        let due = self
+            .last_purge
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            self.last_purge = Some(tokio::time::Instant::now());
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(self.cfg.relay.retain_published)
+                    .unwrap_or(chrono::Duration::MAX);
+            let n = outbox::purge_published(&self.session.client, before, 10_000).await?;
+            if n > 0 {
+                debug!(rows = n, "purged published outbox rows");
+            }
+        }
+        tokio::select! {
+            _ = self.session.wake.notified() => {}
+            _ = tokio::time::sleep(self.cfg.relay.poll_interval) => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = self.session.closed.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    /// Publishes one row. Returns false when the publish could not even be queued (the pipeline is
+    /// then marked broken through a failed future, so the caller's next harvest recovers).
+    async fn send(&mut self, row: &outbox::Row) -> Result<bool, Interrupt> {
+        let out = event::outbound(&self.profile, row).map_err(RelayError::from)?;
+        let route = self.route(row.id, &out.subject)?;
+        let seq = self.tails[route] + 1;
+        let msg = PublishMessage::build()
+            .payload(out.payload)
+            .headers(out.headers)
+            .expected_last_sequence(self.tails[route]);
+        match self.js.send_publish(out.subject, msg).await {
+            Ok(ack) => {
+                self.tails[route] = seq;
+                self.cursor = row.id;
+                let sent = Sent {
+                    id: row.id,
+                    route,
+                    seq,
+                };
+                self.in_flight
+                    .push_back(async move { (sent, ack.await) }.boxed());
+                Ok(true)
+            }
+            Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                Err(RelayError::TooLarge {
+                    id: row.id,
+                    size: 0,
+                }
+                .into())
+            }
+            Err(e) => {
+                let sent = Sent {
+                    id: row.id,
+                    route,
+                    seq,
+                };
+                self.in_flight
+                    .push_back(async move { (sent, Err(e)) }.boxed());
+                Ok(false)
+            }
+        }
+    }
+
+    fn route(&mut self, id: i64, nats_subject: &str) -> Result<usize, Interrupt> {
+        // Streams are split by category: cache on the subject with its key token removed.
+        let class = nats_subject
+            .rsplit_once('.')
+            .map_or(nats_subject, |(c, _)| c);
+        if let Some(&r) = self.route_cache.get(class) {
+            return Ok(r);
+        }
+        let found = self
+            .routes
+            .iter()
+            .position(|r| r.subjects.iter().any(|f| subject::matches(f, nats_subject)));
+        match found {
+            Some(r) => {
+                self.route_cache.insert(class.to_owned(), r);
+                Ok(r)
+            }
+            None => Err(RelayError::Unroutable {
+                id,
+                subject: nats_subject.to_owned(),
+                streams: self
+                    .routes
+                    .iter()
+                    .map(|r| r.stream.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+            .into()),
+        }
+    }
+
+    /// Classifies one ack. Every mark it makes is truthful: a duplicate ack names where the
+    /// original landed, a surprising sequence is still where this message landed.
+    fn check(&self, (sent, result): Acked, h: &mut Harvest) {
+        match result {
+            Ok(ack) => {
+                let expected_stream = &self.routes[sent.route].stream;
+                if ack.duplicate || ack.sequence != sent.seq || &ack.stream != expected_stream {
+                    warn!(
+                        id = sent.id,
+                        stream = %ack.stream,
+                        seq = ack.sequence,
+                        expected = sent.seq,
+                        duplicate = ack.duplicate,
+                        "publish did not land where predicted; reconciling"
+                    );
+                    h.broken = true;
+                }
+                h.marks.push(Mark {
+                    id: sent.id,
+                    stream: ack.stream,
+                    seq: ack.sequence,
+                });
+            }
+            Err(e) => {
+                if !h.broken {
+                    warn!(id = sent.id, error = %e, "publish failed; reconciling");
+                }
+                h.broken = true;
+            }
+        }
+    }
+
+    async fn record(&mut self, marks: Vec<Mark>) -> Result<(), Interrupt> {
+        if marks.is_empty() {
+            return Ok(());
+        }
+        let m = outbox::mark(&self.session.client, self.epoch, &marks).await?;
+        if !m.lease_held {
+            return Err(Interrupt::LeaseLost(self.epoch));
+        }
+        Ok(())
+    }
+
+    /// Awaits every publish in flight and records those that landed.
+    async fn drain(&mut self) -> Result<bool, Interrupt> {
+        let mut h = Harvest::default();
+        while let Some(acked) = self.in_flight.next().await {
+            self.check(acked, &mut h);
+        }
+        self.cursor = 0;
+        self.record(h.marks).await?;
+        Ok(h.broken)
+    }
+
+    /// After a failure: drain, then reconcile every stream (retrying while NATS is away).
+    async fn recover(&mut self) -> Result<(), Interrupt> {
+        self.drain().await?;
+        self.reconcile_retrying().await
+    }
+
+    async fn reconcile_retrying(&mut self) -> Result<(), Interrupt> {
+        let mut backoff = Backoff::new(self.cfg.relay.max_backoff);
+        loop {
+            match self.reconcile().await {
+                Ok(()) => return Ok(()),
+                Err(Interrupt::Nats(e)) => {
+                    warn!(error = %e, "cannot reconcile with JetStream yet; retrying");
+                    tokio::select! {
+                        more = backoff.wait(self.shutdown) => if !more { return Ok(()) },
+                        _ = self.session.closed.cancelled() => return Err(Interrupt::SessionClosed),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Marks every row whose message is in a stream beyond the recorded watermark, and sets the
+    /// predicted tails to the streams' real ones.
+    async fn reconcile(&mut self) -> Result<(), Interrupt> {
+        debug_assert!(self.in_flight.is_empty());
+        self.cursor = 0;
+        for (i, route) in self.routes.iter().enumerate() {
+            let mut stream = self
+                .js
+                .get_stream(&route.stream)
+                .await
+                .map_err(|e| Interrupt::Nats(format!("stream info {}: {e}", route.stream)))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| Interrupt::Nats(format!("stream info {}: {e}", route.stream)))?;
+            let (created, first, last) = (
+                info.created,
+                info.state.first_sequence.max(1),
+                info.state.last_sequence,
+            );
+            let from = match outbox::watermark(&self.session.client, &route.stream).await? {
+                Some((c, seen)) if c.timestamp_micros() == created.timestamp_micros() => {
+                    (seen + 1).max(first)
+                }
+                Some(_) => {
+                    warn!(stream = %route.stream, "stream was created again since last seen; reading it from its start");
+                    first
+                }
+                None => first,
+            };
+            if from <= last {
+                let n = read_back(
+                    &self.session.client,
+                    self.epoch,
+                    &self.profile.source,
+                    &stream,
+                    &route.stream,
+                    (from, last),
+                )
+                .await?;
+                info!(stream = %route.stream, from, to = last, recorded = n, "reconciled with the stream");
+            }
+            if !outbox::set_watermark(
+                &self.session.client,
+                self.epoch,
+                &route.stream,
+                created,
+                last,
+            )
+            .await?
+            {
+                return Err(Interrupt::LeaseLost(self.epoch));
+            }
+            self.tails[i] = last;
+        }
+        Ok(())
+    }
+}
+
+/// Reads sequences `from..=to` of a stream and marks the rows this outbox sent there.
+async fn read_back(
+    client: &tokio_postgres::Client,
+    epoch: i64,
+    source: &str,
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    (from, to): (u64, u64),
+) -> Result<u64, Interrupt> {
+    let mut reads = futures::stream::iter(from..=to)
+        .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
+        .buffered(64);
+    let mut marks = Vec::new();
+    let mut recorded = 0;
+    while let Some((seq, got)) = reads.next().await {
+        match got {
+            Ok(msg) => {
+                let ours = msg
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .and_then(|v| event::parse_msg_id(v.as_str()))
+                    .filter(|(s, _)| *s == source);
+                match ours {
+                    Some((_, id)) => marks.push(Mark {
+                        id,
+                        stream: name.to_owned(),
+                        seq,
+                    }),
+                    None => debug!(seq, "message not from this outbox; skipped"),
+                }
+            }
+            Err(e) if is_no_message(e.kind()) => {}
+            Err(e) => return Err(Interrupt::Nats(format!("reading {name} #{seq}: {e}"))),
+        }
+        if marks.len() >= 1000 {
+            recorded += mark_all(client, epoch, std::mem::take(&mut marks)).await?;
+        }
+    }
+    recorded += mark_all(client, epoch, marks).await?;
+    Ok(recorded)
+}
+
+/// A sequence that was deleted (limits, purge): nothing to reconcile there.
+fn is_no_message(kind: RawMessageErrorKind) -> bool {
+    match kind {
+        RawMessageErrorKind::NoMessageFound => true,
+        RawMessageErrorKind::JetStream(e) => e.error_code() == ErrorCode::NO_MESSAGE_FOUND,
+        _ => false,
+    }
+}
+
+async fn mark_all(
+    client: &tokio_postgres::Client,
+    epoch: i64,
+    marks: Vec<Mark>,
+) -> Result<u64, Interrupt> {
+    if marks.is_empty() {
+        return Ok(0);
+    }
+    let m = outbox::mark(client, epoch, &marks).await?;
+    if !m.lease_held {
+        return Err(Interrupt::LeaseLost(epoch));
+    }
+    Ok(m.rows)
+}
+
+/// Exponential back-off, 100 ms doubling up to a ceiling.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: Duration::from_millis(100),
+            max,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = Duration::from_millis(100);
+    }
+
+    /// Sleeps; false if shutdown came first.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let d = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// Recorded in the lease so operators see which process is active.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Logs a relay error the way operators read it, with its causes.
+pub fn report(e: &RelayError) {
+    error!(error = %e, "relay stopped");
+}

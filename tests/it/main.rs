@@ -1,0 +1,7 @@
+//! Integration tests against a real nats-server and a real PostgreSQL, each test with its own
+//! server, port, store directory and database.
+
+mod support;
+
+mod migrate;
+mod relay;

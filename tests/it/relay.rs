@@ -1,0 +1,394 @@
+//! The relay's guarantees: every committed event once, in order per key, whatever fails.
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn concurrent_writers_with_rollbacks_exactly_once_in_commit_order() {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    let committed = write_events(&env.db, 8, 10_000, 500, 0.2).await;
+    eventually(Duration::from_secs(120), "outbox drained", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    relay.stop().await;
+    let published = read_all(&env.js().await).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    let mut late = env.db.client().await;
+    let other = env.db.client().await;
+    let opts = Default::default();
+
+    // Take an id for key K, but commit only after later ids were published.
+    let tx = late.transaction().await.unwrap();
+    let first = mes_events::outbox::emit(&tx, ORDER_TYPE, "K", "{}", &opts)
+        .await
+        .unwrap();
+    let mut committed = vec![];
+    for i in 0..50 {
+        committed.push(
+            mes_events::outbox::emit(&other, ORDER_TYPE, &format!("other-{i}"), "{}", &opts)
+                .await
+                .unwrap(),
+        );
+    }
+    let js = env.js().await;
+    eventually(Duration::from_secs(20), "later ids published", || async {
+        read_all(&js).await.len() == 50
+    })
+    .await;
+    tx.commit().await.unwrap();
+    committed.push(first);
+    // The key's next event comes after, and gets a higher id than anything published so far.
+    committed.push(
+        mes_events::outbox::emit(&other, ORDER_TYPE, "K", "{}", &opts)
+            .await
+            .unwrap(),
+    );
+    eventually(Duration::from_secs(20), "outbox drained", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    relay.stop().await;
+    let published = read_all(&js).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn relay_killed_with_sigkill_at_random_moments() {
+    let env = Env::new().await;
+    let writer = {
+        let db = &env.db;
+        write_events(db, 4, 20_000, 500, 0.1)
+    };
+    let killer = async {
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut kills = 0;
+        // At least 20 kills, and keep killing while the writers are still busy.
+        while kills < 20 || pending(&env.db).await > 2_000 {
+            let mut relay = env.relay_process();
+            let ms = rng.random_range(20..600);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            relay.kill9();
+            kills += 1;
+            if kills > 200 {
+                break;
+            }
+        }
+        kills
+    };
+    let (committed, kills) = tokio::join!(writer, killer);
+    assert!(kills >= 20);
+    let mut relay = env.relay_process();
+    eventually(
+        Duration::from_secs(180),
+        "outbox drained after the last restart",
+        || async { pending(&env.db).await == 0 },
+    )
+    .await;
+    assert!(relay.terminate().await.success());
+    let published = read_all(&env.js().await).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn nats_down_longer_than_the_duplicate_window() {
+    let mut env = Env::with_duplicate_window(Duration::from_secs(1)).await;
+    let relay = env.spawn_relay().await;
+    let first = write_events(&env.db, 2, 3_000, 100, 0.0).await;
+    // Stop the server while the relay is still publishing, keep it down past the window.
+    env.nats.kill().await;
+    let second = write_events(&env.db, 2, 2_000, 100, 0.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself, not a wait for a condition
+    env.nats.restart().await;
+    eventually(
+        Duration::from_secs(120),
+        "outbox drained after the outage",
+        || async { pending(&env.db).await == 0 },
+    )
+    .await;
+    relay.stop().await;
+    let published = read_all(&env.js().await).await;
+    let committed: Vec<i64> = first.into_iter().chain(second).collect();
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn relay_postgres_sessions_terminated_mid_run() {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    let admin = env.db.client().await;
+    let writer = write_events(&env.db, 4, 8_000, 300, 0.1);
+    let terminator = async {
+        let mut terminated = 0;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let n = admin
+                .query(
+                    "select pg_terminate_backend(pid) from pg_stat_activity
+                      where application_name = 'mes-events relay' and datname = current_database()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .len();
+            terminated += n;
+        }
+        terminated
+    };
+    let (committed, terminated) = tokio::join!(writer, terminator);
+    assert!(
+        terminated >= 3,
+        "the relay's sessions were terminated {terminated} times"
+    );
+    eventually(
+        Duration::from_secs(120),
+        "outbox drained after reconnecting",
+        || async { pending(&env.db).await == 0 },
+    )
+    .await;
+    relay.stop().await;
+    let published = read_all(&env.js().await).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+/// The lease holder is `host:pid`.
+async fn active_pid(db: &TestDb) -> Option<i32> {
+    let c = db.client().await;
+    let (_, holder) = mes_events::outbox::lease(&c).await.unwrap();
+    holder?.rsplit(':').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn two_relays_one_active_one_standby_taking_over_within_5s() {
+    let env = Env::new().await;
+    let mut a = env.relay_process();
+    let mut b = env.relay_process();
+    let writer = write_events(&env.db, 4, 6_000, 300, 0.1);
+    let js = env.js().await;
+    let failover = async {
+        eventually(Duration::from_secs(20), "one relay active", || async {
+            active_pid(&env.db).await.is_some()
+        })
+        .await;
+        eventually(Duration::from_secs(20), "events flowing", || async {
+            !read_stream(&js, "MES_EVENTS").await.is_empty()
+        })
+        .await;
+        let active = active_pid(&env.db).await.unwrap();
+        let (dead, standby) = if active == a.pid() {
+            (&mut a, b.pid())
+        } else {
+            (&mut b, a.pid())
+        };
+        dead.kill9();
+        let killed_at = Instant::now();
+        let seq_at_kill = js
+            .get_stream("MES_EVENTS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence;
+        eventually(
+            Duration::from_secs(5),
+            "the standby is active and publishing",
+            || async {
+                active_pid(&env.db).await == Some(standby)
+                    && js
+                        .get_stream("MES_EVENTS")
+                        .await
+                        .unwrap()
+                        .info()
+                        .await
+                        .unwrap()
+                        .state
+                        .last_sequence
+                        > seq_at_kill
+            },
+        )
+        .await;
+        killed_at.elapsed()
+    };
+    let (committed, took) = tokio::join!(writer, failover);
+    println!("standby publishing {took:?} after the active relay was killed");
+    eventually(Duration::from_secs(120), "outbox drained", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    let published = read_all(&js).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn two_relays_publishing_at_once_are_fenced() {
+    // Without the advisory lock both relays are active and keep taking the lease from each
+    // other: only the epoch and expected-last-sequence fences stand between them and a duplicate.
+    let env = Env::new().await;
+    let mut cfg = env.cfg.clone();
+    cfg.relay.exclusive = false;
+    cfg.relay.batch_size = 50;
+    let a = spawn_relay(cfg.clone(), &env.nats.url()).await;
+    let b = spawn_relay(cfg.clone(), &env.nats.url()).await;
+    let committed = write_events(&env.db, 4, 6_000, 300, 0.1).await;
+    eventually(Duration::from_secs(120), "outbox drained", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    let epoch = mes_events::outbox::lease(&env.db.client().await)
+        .await
+        .unwrap()
+        .0;
+    assert!(epoch >= 2, "both relays became active (epoch {epoch})");
+    a.stop().await;
+    b.stop().await;
+    let published = read_all(&env.js().await).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn sigterm_records_the_acks_in_flight_and_exits_0() {
+    let env = Env::new().await;
+    let committed = write_events(&env.db, 4, 20_000, 300, 0.0).await;
+    let mut relay = env.relay_process();
+    let js = env.js().await;
+    eventually(Duration::from_secs(30), "publishing under way", || async {
+        let s = js
+            .get_stream("MES_EVENTS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence;
+        s > 500
+    })
+    .await;
+    let status = relay.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    // Every message in the stream is recorded in the outbox: nothing landed unmarked.
+    let in_stream = read_all(&js).await.len() as i64;
+    let c = env.db.client().await;
+    let counts = mes_events::outbox::counts(&c).await.unwrap();
+    assert_eq!(
+        counts.published, in_stream,
+        "published rows == messages in the stream"
+    );
+    assert!(
+        counts.pending > 0,
+        "stopped before the end (else the test proves nothing)"
+    );
+    // And a restarted relay finishes the job without duplicates.
+    let mut relay = env.relay_process();
+    eventually(Duration::from_secs(120), "outbox drained", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    assert!(relay.terminate().await.success());
+    let published = read_all(&js).await;
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn refuses_to_start_without_its_stream_and_says_what_to_run() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::new().await;
+    let cfg = config(&db, &nats);
+    let mut relay = RelayProcess::spawn(&cfg, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = relay.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay kept running without its streams"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(3));
+    let err = relay.stderr();
+    assert!(
+        err.contains("MES_EVENTS") && err.contains("mes-events provision apply"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_notify_wakes_the_relay_long_before_the_fallback_poll() {
+    let env = Env::new().await;
+    let mut cfg = env.cfg.clone();
+    cfg.relay.poll_interval = Duration::from_secs(3600);
+    let relay = spawn_relay(cfg, &env.nats.url()).await;
+    let js = env.js().await;
+    // Let the relay reach its idle wait first.
+    eventually(Duration::from_secs(20), "relay active", || async {
+        mes_events::outbox::lease(&env.db.client().await)
+            .await
+            .unwrap()
+            .0
+            > 0
+    })
+    .await;
+    for i in 0..3 {
+        let c = env.db.client().await;
+        mes_events::outbox::emit(
+            &c,
+            ORDER_TYPE,
+            "K",
+            &format!(r#"{{"n":{i}}}"#),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+        eventually(
+            Duration::from_secs(30),
+            "event published without waiting for the poll",
+            || async { read_all(&js).await.len() == i + 1 },
+        )
+        .await;
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn emit_command_reads_data_from_a_file_and_rejects_bad_json() {
+    let env = Env::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("event.json");
+    std::fs::write(&good, r#"{"orderId":"4711","status":"released"}"#).unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{not json").unwrap();
+    let run = |data: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args([
+                "emit", "--type", ORDER_TYPE, "--key", "4711", "--data", &data,
+            ])
+            .env("MES_EVENTS_DATABASE__URL", &env.db.url)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(format!("@{}", good.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(format!("@{}", bad.display()));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+    assert_eq!(pending(&env.db).await, 1);
+}

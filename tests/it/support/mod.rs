@@ -1,0 +1,434 @@
+//! Shared test support: real servers, relays in-process or as processes, writers, and the checks
+//! every guarantee test ends with.
+
+pub mod db;
+pub mod nats;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::StreamExt;
+use mes_events::config::Config;
+use mes_events::event;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use db::TestDb;
+pub use nats::NatsServer;
+
+pub const ORDER_TYPE: &str = "com.example.mes.processorder.statuschanged.v1";
+
+/// A test's world: its own NATS server, its own database, and a config pointing at both.
+pub struct Env {
+    pub nats: NatsServer,
+    pub db: TestDb,
+    pub cfg: Config,
+}
+
+impl Env {
+    /// Servers up, schema migrated, streams created with the given duplicate window.
+    pub async fn new() -> Env {
+        Self::with_duplicate_window(Duration::from_secs(120)).await
+    }
+
+    pub async fn with_duplicate_window(window: Duration) -> Env {
+        let nats = NatsServer::start().await;
+        let db = TestDb::new().await;
+        let cfg = config(&db, &nats);
+        let env = Env { nats, db, cfg };
+        create_streams(&env.js().await, window).await;
+        env
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        let client = async_nats::connect(self.nats.url()).await.unwrap();
+        jetstream::new(client)
+    }
+
+    /// A relay running in this process, as `mes-events relay` would run it.
+    pub async fn spawn_relay(&self) -> RelayTask {
+        spawn_relay(self.cfg.clone(), &self.nats.url()).await
+    }
+
+    pub fn relay_process(&self) -> RelayProcess {
+        RelayProcess::spawn(&self.cfg, &[])
+    }
+}
+
+pub fn config(db: &TestDb, nats: &NatsServer) -> Config {
+    let mut cfg = Config::default();
+    cfg.database.url = db.url.clone();
+    cfg.nats.url = nats.url();
+    cfg.events.installation = "test".into();
+    cfg.events.site = "bsl".into();
+    cfg.relay.poll_interval = Duration::from_millis(200);
+    cfg.relay.max_backoff = Duration::from_secs(1);
+    cfg.relay.standby_retry = Duration::from_millis(200);
+    cfg.nats.request_timeout = Duration::from_secs(2);
+    cfg
+}
+
+pub async fn create_streams(js: &jetstream::Context, duplicate_window: Duration) {
+    let events = [
+        "processorder",
+        "batch",
+        "material",
+        "stock",
+        "inventory",
+        "document",
+    ];
+    js.create_stream(stream::Config {
+        name: "MES_EVENTS".into(),
+        subjects: events
+            .iter()
+            .map(|c| format!("mes.*.*.*.*.{c}.>"))
+            .collect(),
+        duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(stream::Config {
+        name: "MES_PV".into(),
+        subjects: vec!["mes.*.*.*.*.processvariable.>".into()],
+        duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+pub struct RelayTask {
+    pub shutdown: CancellationToken,
+    pub join: JoinHandle<Result<(), mes_events::relay::RelayError>>,
+}
+
+impl RelayTask {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.join)
+            .await
+            .expect("relay stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+pub async fn spawn_relay(cfg: Config, url: &str) -> RelayTask {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .unwrap();
+    let js = mes_events::nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let join = tokio::spawn(async move { mes_events::relay::run(&cfg, js, token).await });
+    RelayTask { shutdown, join }
+}
+
+/// `mes-events relay` as a child process, configured through the environment.
+pub struct RelayProcess {
+    pub child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl RelayProcess {
+    pub fn spawn(cfg: &Config, extra_env: &[(&str, &str)]) -> RelayProcess {
+        // A file, not a pipe: a pipe nobody reads would block the relay once full.
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mes-events"));
+        cmd.arg("relay")
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("MES_EVENTS_DATABASE__URL", &cfg.database.url)
+            .env("MES_EVENTS_NATS__URL", &cfg.nats.url)
+            .env("MES_EVENTS_EVENTS__INSTALLATION", &cfg.events.installation)
+            .env("MES_EVENTS_EVENTS__SITE", &cfg.events.site)
+            .env(
+                "MES_EVENTS_RELAY__POLL_INTERVAL",
+                humantime::format_duration(cfg.relay.poll_interval).to_string(),
+            )
+            .env(
+                "MES_EVENTS_RELAY__STANDBY_RETRY",
+                humantime::format_duration(cfg.relay.standby_retry).to_string(),
+            )
+            .env("MES_EVENTS_RELAY__MAX_BACKOFF", "1s")
+            .env("MES_EVENTS_NATS__REQUEST_TIMEOUT", "2s")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .current_dir(std::env::temp_dir());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        RelayProcess {
+            child: cmd.spawn().expect("spawning mes-events relay"),
+            log,
+        }
+    }
+
+    /// What the relay wrote to standard error so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.pid(), libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "relay did not exit within 30 s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` until it holds, failing the test with `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One message as found in a stream.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub seq: u64,
+    pub subject: String,
+    pub outbox_id: i64,
+    pub key: String,
+}
+
+/// Every message of a stream, in stream order, read with an ordered consumer.
+pub async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<Published> {
+    let mut stream = js.get_stream(name).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    if last == 0 {
+        return out;
+    }
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("reading the stream back")
+    {
+        let m = m.unwrap();
+        let info = m.info().unwrap();
+        let seq = info.stream_sequence;
+        let headers = m.headers.as_ref().expect("headers");
+        let msg_id = headers.get("Nats-Msg-Id").expect("Nats-Msg-Id").as_str();
+        let (_, outbox_id) = event::parse_msg_id(msg_id).expect("a msg id this relay wrote");
+        let key = mes_events::binding::percent_decode(headers.get("ce-subject").unwrap().as_str())
+            .unwrap();
+        out.push(Published {
+            seq,
+            subject: m.subject.to_string(),
+            outbox_id,
+            key,
+        });
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// Every message of both streams.
+pub async fn read_all(js: &jetstream::Context) -> Vec<Published> {
+    let mut v = read_stream(js, "MES_EVENTS").await;
+    v.extend(read_stream(js, "MES_PV").await);
+    v
+}
+
+/// Asserts the stream holds exactly the committed rows, once each, and each key's events in
+/// commit order (per-key versions 1, 2, 3, … with no gap), and that the outbox agrees.
+pub async fn assert_exactly_once_in_order(db: &TestDb, published: &[Published], committed: &[i64]) {
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "select id, key, key_version, stream, stream_seq from mes_events.outbox",
+            &[],
+        )
+        .await
+        .unwrap();
+    let by_id: HashMap<i64, (String, i64, Option<String>, Option<i64>)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2), r.get(3), r.get(4))))
+        .collect();
+
+    let mut seen = HashMap::new();
+    for p in published {
+        if let Some(prev) = seen.insert(p.outbox_id, p.seq) {
+            panic!(
+                "outbox row {} published twice: stream seqs {prev} and {}",
+                p.outbox_id, p.seq
+            );
+        }
+    }
+    let mut missing: Vec<i64> = committed
+        .iter()
+        .copied()
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    missing.sort();
+    assert!(
+        missing.is_empty(),
+        "{} committed events never published, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        published.len(),
+        committed.len(),
+        "the stream holds events nobody committed"
+    );
+
+    let mut next_version: HashMap<&str, i64> = HashMap::new();
+    // Within a stream, stream order; a key never spans streams in these tests.
+    for p in published {
+        let (key, version, stream, seq) = by_id
+            .get(&p.outbox_id)
+            .expect("published row exists in the outbox");
+        assert_eq!(&p.key, key);
+        assert!(
+            p.subject
+                .ends_with(&format!(".{}", mes_events::subject::key_token(key))),
+            "{}",
+            p.subject
+        );
+        let want = next_version.entry(key.as_str()).or_insert(1);
+        assert_eq!(
+            *version, *want,
+            "key {key}: event version {version} arrived where {want} was due (out of order or missing)"
+        );
+        *want += 1;
+        assert_eq!(
+            seq.map(|s| s as u64),
+            Some(p.seq),
+            "outbox row {} records the wrong stream sequence",
+            p.outbox_id
+        );
+        assert!(stream.is_some());
+    }
+}
+
+/// Commits `total` events from `writers` concurrent writers over `keys` keys; each transaction
+/// emits 1–5 events and rolls back with probability `rollback`. Returns the committed ids.
+pub async fn write_events(
+    db: &TestDb,
+    writers: usize,
+    total: usize,
+    keys: usize,
+    rollback: f64,
+) -> Vec<i64> {
+    let per_writer = total / writers;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut client = db.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut committed = Vec::with_capacity(per_writer);
+            let mut rng = rand::rngs::StdRng::from_os_rng();
+            while committed.len() < per_writer {
+                let n = rng.random_range(1..=5).min(per_writer - committed.len());
+                let tx = client.transaction().await.unwrap();
+                let mut ids = Vec::new();
+                let mut aborted = false;
+                for _ in 0..n {
+                    let key = format!("order-{}", rng.random_range(0..keys));
+                    let data =
+                        serde_json::json!({"orderId": key, "writer": w, "status": "running"})
+                            .to_string();
+                    match mes_events::outbox::emit(
+                        &tx,
+                        ORDER_TYPE,
+                        &key,
+                        &data,
+                        &Default::default(),
+                    )
+                    .await
+                    {
+                        Ok(id) => ids.push(id),
+                        // Two transactions taking the same keys in opposite orders: PostgreSQL
+                        // aborts one, as a real MES would see it, and it emits nothing.
+                        Err(e)
+                            if e.code()
+                                == Some(
+                                    &tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED,
+                                ) =>
+                        {
+                            aborted = true;
+                            break;
+                        }
+                        Err(e) => panic!("emit: {e}"),
+                    }
+                }
+                if aborted || rng.random_bool(rollback) {
+                    tx.rollback().await.unwrap();
+                } else {
+                    tx.commit().await.unwrap();
+                    committed.extend(ids);
+                }
+            }
+            committed
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// Pending rows in the outbox.
+pub async fn pending(db: &TestDb) -> i64 {
+    let c = db.client().await;
+    mes_events::outbox::counts(&c).await.unwrap().pending
+}
