@@ -107,37 +107,42 @@ pub struct Marked {
     pub rows: u64,
 }
 
-/// Records where rows landed, and advances each stream's watermark, if `epoch` is current.
+/// Records where rows landed and, if `epoch` is current, advances stream watermarks.
+///
+/// `watermarks` may only name a sequence below which every message of the stream is recorded:
+/// reconciliation starts reading after it, so a watermark past an unrecorded message would hide
+/// that message forever (and its row would be published twice).
 pub async fn mark(
     client: &Client,
     epoch: i64,
     marks: &[Mark],
+    watermarks: &[(String, u64)],
 ) -> Result<Marked, tokio_postgres::Error> {
     let ids: Vec<i64> = marks.iter().map(|m| m.id).collect();
     let streams: Vec<&str> = marks.iter().map(|m| m.stream.as_str()).collect();
     let seqs: Vec<i64> = marks.iter().map(|m| m.seq as i64).collect();
+    let wm_streams: Vec<&str> = watermarks.iter().map(|(s, _)| s.as_str()).collect();
+    let wm_seqs: Vec<i64> = watermarks.iter().map(|(_, q)| *q as i64).collect();
     let row = client
         .query_one(
             "with lease as (
                  select epoch from mes_events.relay_lease where id = 1 and epoch = $1 for share
-             ), input as (
-                 select * from unnest($2::bigint[], $3::text[], $4::bigint[]) as u(id, stream, seq)
              ), marked as (
                  update mes_events.outbox o
                     set stream = i.stream, stream_seq = i.seq, published_at = now()
-                   from input i
+                   from unnest($2::bigint[], $3::text[], $4::bigint[]) as i(id, stream, seq)
                   where o.id = i.id and o.stream_seq is null and exists (select 1 from lease)
                  returning 1
              ), watermark as (
                  update mes_events.relay_stream s
-                    set last_seq = greatest(s.last_seq, m.seq)
-                   from (select stream, max(seq) as seq from input group by stream) m
-                  where s.stream = m.stream and exists (select 1 from lease)
+                    set last_seq = greatest(s.last_seq, w.seq)
+                   from unnest($5::text[], $6::bigint[]) as w(stream, seq)
+                  where s.stream = w.stream and exists (select 1 from lease)
                  returning 1
              )
              select (select count(*) from lease), (select count(*) from marked),
                     (select count(*) from watermark)",
-            &[&epoch, &ids, &streams, &seqs],
+            &[&epoch, &ids, &streams, &seqs, &wm_streams, &wm_seqs],
         )
         .await?;
     Ok(Marked {

@@ -222,6 +222,8 @@ async fn session(
         cursor: 0,
         route_cache: HashMap::new(),
         last_purge: None,
+        retry: Backoff::new(cfg.relay.max_backoff),
+        suspect: false,
     };
     active.run(backoff).await
 }
@@ -255,14 +257,21 @@ struct Active<'a> {
     /// Subject's first two tokens after the location → route, to skip matching on every row.
     route_cache: HashMap<String, usize>,
     last_purge: Option<tokio::time::Instant>,
+    /// Paces retries after a failed pipeline (a full stream with `discard: new`, a stream that
+    /// refuses messages): reset by the next publish that lands.
+    retry: Backoff,
+    /// Something did not land where predicted since the last reconciliation: the pipeline must be
+    /// drained and reconciled, and until then no watermark moves.
+    suspect: bool,
 }
 
 /// What harvesting acks found.
 #[derive(Default)]
 struct Harvest {
     marks: Vec<Mark>,
-    /// Something did not land where predicted: the pipeline must be drained and reconciled.
-    broken: bool,
+    /// Per route, the highest sequence of an ack that landed as predicted while the pipeline was
+    /// not suspect: everything up to it is recorded, so the watermark may move there.
+    watermarks: HashMap<usize, u64>,
 }
 
 impl Active<'_> {
@@ -274,8 +283,8 @@ impl Active<'_> {
             while let Some(Some(acked)) = self.in_flight.next().now_or_never() {
                 self.check(acked, &mut h);
             }
-            self.record(h.marks).await?;
-            if h.broken {
+            self.record(&h).await?;
+            if self.suspect {
                 self.recover().await?;
                 continue;
             }
@@ -334,10 +343,7 @@ impl Active<'_> {
                         if let Some(acked) = acked {
                             self.check(acked, &mut h);
                         }
-                        self.record(h.marks).await?;
-                        if h.broken {
-                            self.recover().await?;
-                        }
+                        self.record(&h).await?;
                     }
                     _ = self.session.wake.notified(), if room > sent => {}
                     _ = self.shutdown.cancelled() => {}
@@ -373,7 +379,7 @@ impl Active<'_> {
     }
 
     /// Publishes one row. Returns false when the publish could not even be queued (the pipeline is
-    /// then marked broken through a failed future, so the caller's next harvest recovers).
+    /// then suspect through a failed future, so the caller's next harvest recovers).
     async fn send(&mut self, row: &outbox::Row) -> Result<bool, Interrupt> {
         let out = event::outbound(&self.profile, row).map_err(RelayError::from)?;
         let route = self.route(row.id, &out.subject)?;
@@ -448,7 +454,7 @@ impl Active<'_> {
 
     /// Classifies one ack. Every mark it makes is truthful: a duplicate ack names where the
     /// original landed, a surprising sequence is still where this message landed.
-    fn check(&self, (sent, result): Acked, h: &mut Harvest) {
+    fn check(&mut self, (sent, result): Acked, h: &mut Harvest) {
         match result {
             Ok(ack) => {
                 let expected_stream = &self.routes[sent.route].stream;
@@ -461,7 +467,10 @@ impl Active<'_> {
                         duplicate = ack.duplicate,
                         "publish did not land where predicted; reconciling"
                     );
-                    h.broken = true;
+                    self.suspect = true;
+                }
+                if !self.suspect {
+                    h.watermarks.insert(sent.route, ack.sequence);
                 }
                 h.marks.push(Mark {
                     id: sent.id,
@@ -470,40 +479,53 @@ impl Active<'_> {
                 });
             }
             Err(e) => {
-                if !h.broken {
+                if !self.suspect {
                     warn!(id = sent.id, error = %e, "publish failed; reconciling");
                 }
-                h.broken = true;
+                self.suspect = true;
             }
         }
     }
 
-    async fn record(&mut self, marks: Vec<Mark>) -> Result<(), Interrupt> {
-        if marks.is_empty() {
+    async fn record(&mut self, h: &Harvest) -> Result<(), Interrupt> {
+        if h.marks.is_empty() {
             return Ok(());
         }
-        let m = outbox::mark(&self.session.client, self.epoch, &marks).await?;
+        self.retry.reset();
+        let watermarks: Vec<(String, u64)> = h
+            .watermarks
+            .iter()
+            .map(|(&r, &seq)| (self.routes[r].stream.clone(), seq))
+            .collect();
+        let m = outbox::mark(&self.session.client, self.epoch, &h.marks, &watermarks).await?;
         if !m.lease_held {
             return Err(Interrupt::LeaseLost(self.epoch));
         }
         Ok(())
     }
 
-    /// Awaits every publish in flight and records those that landed.
-    async fn drain(&mut self) -> Result<bool, Interrupt> {
+    /// Awaits every publish in flight and records those that landed (a failure among them
+    /// leaves the pipeline suspect, for the main loop to reconcile).
+    async fn drain(&mut self) -> Result<(), Interrupt> {
         let mut h = Harvest::default();
         while let Some(acked) = self.in_flight.next().await {
             self.check(acked, &mut h);
         }
         self.cursor = 0;
-        self.record(h.marks).await?;
-        Ok(h.broken)
+        self.record(&h).await?;
+        Ok(())
     }
 
-    /// After a failure: drain, then reconcile every stream (retrying while NATS is away).
+    /// After a failure: drain, reconcile every stream (retrying while NATS is away), then pause
+    /// before publishing again, longer each time nothing lands in between.
     async fn recover(&mut self) -> Result<(), Interrupt> {
         self.drain().await?;
-        self.reconcile_retrying().await
+        self.reconcile_retrying().await?;
+        tokio::select! {
+            _ = self.retry.wait(self.shutdown) => {}
+            _ = self.session.closed.cancelled() => {}
+        }
+        Ok(())
     }
 
     async fn reconcile_retrying(&mut self) -> Result<(), Interrupt> {
@@ -578,6 +600,7 @@ impl Active<'_> {
             }
             self.tails[i] = last;
         }
+        self.suspect = false;
         Ok(())
     }
 }
@@ -641,7 +664,7 @@ async fn mark_all(
     if marks.is_empty() {
         return Ok(0);
     }
-    let m = outbox::mark(client, epoch, &marks).await?;
+    let m = outbox::mark(client, epoch, &marks, &[]).await?;
     if !m.lease_held {
         return Err(Interrupt::LeaseLost(epoch));
     }

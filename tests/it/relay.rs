@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
 use crate::support::*;
@@ -24,42 +25,53 @@ async fn concurrent_writers_with_rollbacks_exactly_once_in_commit_order() {
 async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
     let env = Env::new().await;
     let relay = env.spawn_relay().await;
-    let mut late = env.db.client().await;
-    let other = env.db.client().await;
-    let opts = Default::default();
-
-    // Take an id for key K, but commit only after later ids were published.
-    let tx = late.transaction().await.unwrap();
-    let first = mes_events::outbox::emit(&tx, ORDER_TYPE, "K", "{}", &opts)
-        .await
-        .unwrap();
+    let opts = mes_events::outbox::EmitOptions::default();
+    // Keep the pipeline busy with other keys, so the late rows commit while publishes are in
+    // flight and the relay is reading above them.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let background = {
+        let client = env.db.client().await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut ids = vec![];
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let tx_ids = client
+                    .query("select mes_events.emit($1, 'busy-' || g, '{}') from generate_series($2::int, $2 + 49) g", &[&ORDER_TYPE, &i])
+                    .await
+                    .unwrap();
+                ids.extend(tx_ids.iter().map(|r| r.get::<_, i64>(0)));
+                i += 50;
+            }
+            ids
+        })
+    };
     let mut committed = vec![];
-    for i in 0..50 {
-        committed.push(
-            mes_events::outbox::emit(&other, ORDER_TYPE, &format!("other-{i}"), "{}", &opts)
-                .await
-                .unwrap(),
-        );
-    }
-    let js = env.js().await;
-    eventually(Duration::from_secs(20), "later ids published", || async {
-        read_all(&js).await.len() == 50
-    })
-    .await;
-    tx.commit().await.unwrap();
-    committed.push(first);
-    // The key's next event comes after, and gets a higher id than anything published so far.
-    committed.push(
-        mes_events::outbox::emit(&other, ORDER_TYPE, "K", "{}", &opts)
+    let mut late = env.db.client().await;
+    let next = env.db.client().await;
+    for k in 0..30 {
+        let key = format!("late-{k}");
+        let tx = late.transaction().await.unwrap();
+        let first = mes_events::outbox::emit(&tx, ORDER_TYPE, &key, "{}", &opts)
             .await
-            .unwrap(),
-    );
-    eventually(Duration::from_secs(20), "outbox drained", || async {
+            .unwrap();
+        // Let ids above `first` be taken and published meanwhile.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.commit().await.unwrap();
+        // The key's next event commits right after, with a higher id than the pipeline's cursor.
+        let second = mes_events::outbox::emit(&next, ORDER_TYPE, &key, "{}", &opts)
+            .await
+            .unwrap();
+        committed.extend([first, second]);
+    }
+    stop.cancel();
+    committed.extend(background.await.unwrap());
+    eventually(Duration::from_secs(60), "outbox drained", || async {
         pending(&env.db).await == 0
     })
     .await;
     relay.stop().await;
-    let published = read_all(&js).await;
+    let published = read_all(&env.js().await).await;
     assert_exactly_once_in_order(&env.db, &published, &committed).await;
 }
 
@@ -101,25 +113,132 @@ async fn relay_killed_with_sigkill_at_random_moments() {
 }
 
 #[tokio::test]
-async fn nats_down_longer_than_the_duplicate_window() {
+async fn nats_killed_mid_publish_and_down_longer_than_the_duplicate_window() {
     let mut env = Env::with_duplicate_window(Duration::from_secs(1)).await;
-    let relay = env.spawn_relay().await;
-    let first = write_events(&env.db, 2, 3_000, 100, 0.0).await;
-    // Stop the server while the relay is still publishing, keep it down past the window.
-    env.nats.kill().await;
-    let second = write_events(&env.db, 2, 2_000, 100, 0.0).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // the outage itself, not a wait for a condition
-    env.nats.restart().await;
+    let mut cfg = env.cfg.clone();
+    cfg.relay.batch_size = 200; // many small pipelines: more publishes in flight at each kill
+    let relay = spawn_relay(cfg, &env.nats.url()).await;
+    let writer = write_events_paced(&env.db, 20_000, 10, Duration::from_millis(5));
+    let outages = async {
+        let js_url = env.nats.url();
+        // Two short outages, then one well past the 1 s duplicate window; each starts while
+        // publishes are in flight (the stream is growing).
+        for outage in [
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        ] {
+            let client = async_nats::connect(&js_url).await.unwrap();
+            let js = async_nats::jetstream::new(client);
+            let start = js
+                .get_stream("MES_EVENTS")
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .last_sequence;
+            eventually(Duration::from_secs(30), "publishing under way", || async {
+                js.get_stream("MES_EVENTS")
+                    .await
+                    .unwrap()
+                    .info()
+                    .await
+                    .unwrap()
+                    .state
+                    .last_sequence
+                    > start + 200
+            })
+            .await;
+            env.nats.kill().await;
+            tokio::time::sleep(outage).await; // the outage itself, not a wait for a condition
+            env.nats.restart().await;
+        }
+    };
+    let (committed, ()) = tokio::join!(writer, outages);
     eventually(
         Duration::from_secs(120),
-        "outbox drained after the outage",
+        "outbox drained after the outages",
         || async { pending(&env.db).await == 0 },
     )
     .await;
     relay.stop().await;
     let published = read_all(&env.js().await).await;
-    let committed: Vec<i64> = first.into_iter().chain(second).collect();
     assert_exactly_once_in_order(&env.db, &published, &committed).await;
+}
+
+#[tokio::test]
+async fn a_full_stream_refusing_messages_never_reorders_a_key() {
+    // A work-queue stream of 20 messages with `discard: new`: publishes are refused while it is
+    // full, and a consumer acking concurrently frees slots between two publishes of one
+    // pipeline. Without the expected-last-sequence fence, message k is refused and k+1 lands.
+    use async_nats::jetstream::{consumer, stream};
+    let env = Env::without_streams().await;
+    let js = env.js().await;
+    let events = [
+        "processorder",
+        "batch",
+        "material",
+        "stock",
+        "inventory",
+        "document",
+    ];
+    js.create_stream(stream::Config {
+        name: "MES_EVENTS".into(),
+        subjects: events
+            .iter()
+            .map(|c| format!("mes.*.*.*.*.{c}.>"))
+            .collect(),
+        retention: stream::RetentionPolicy::WorkQueue,
+        max_messages: 20,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(stream::Config {
+        name: "MES_PV".into(),
+        subjects: vec!["mes.*.*.*.*.processvariable.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let consumer: consumer::PullConsumer = js
+        .get_stream("MES_EVENTS")
+        .await
+        .unwrap()
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("reader".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let relay = env.spawn_relay().await;
+    let total = 3_000;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        while got.len() < total {
+            let mut batch = consumer.fetch().max_messages(7).messages().await.unwrap();
+            while let Some(m) = batch.next().await {
+                let m = m.unwrap();
+                got.push(published(&m));
+                if rng.random_bool(0.3) {
+                    tokio::time::sleep(Duration::from_micros(rng.random_range(0..300))).await;
+                }
+                m.ack().await.unwrap();
+            }
+        }
+        got
+    });
+    let committed = write_events_paced(&env.db, total, 5, Duration::from_millis(1)).await;
+    let got = tokio::time::timeout(Duration::from_secs(180), reader)
+        .await
+        .expect("every event read within 180 s")
+        .unwrap();
+    relay.stop().await;
+    assert_exactly_once_in_order(&env.db, &got, &committed).await;
 }
 
 #[tokio::test]

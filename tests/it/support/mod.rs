@@ -36,12 +36,17 @@ impl Env {
     }
 
     pub async fn with_duplicate_window(window: Duration) -> Env {
+        let env = Self::without_streams().await;
+        create_streams(&env.js().await, window).await;
+        env
+    }
+
+    /// Servers up and schema migrated; the test creates the streams it needs.
+    pub async fn without_streams() -> Env {
         let nats = NatsServer::start().await;
         let db = TestDb::new().await;
         let cfg = config(&db, &nats);
-        let env = Env { nats, db, cfg };
-        create_streams(&env.js().await, window).await;
-        env
+        Env { nats, db, cfg }
     }
 
     pub async fn js(&self) -> jetstream::Context {
@@ -281,6 +286,22 @@ pub async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<Published> 
     out
 }
 
+/// What a consumer sees of one message.
+pub fn published(m: &jetstream::Message) -> Published {
+    let info = m.info().unwrap();
+    let headers = m.headers.as_ref().expect("headers");
+    let msg_id = headers.get("Nats-Msg-Id").expect("Nats-Msg-Id").as_str();
+    let (_, outbox_id) = event::parse_msg_id(msg_id).expect("a msg id this relay wrote");
+    let key =
+        mes_events::binding::percent_decode(headers.get("ce-subject").unwrap().as_str()).unwrap();
+    Published {
+        seq: info.stream_sequence,
+        subject: m.subject.to_string(),
+        outbox_id,
+        key,
+    }
+}
+
 /// Every message of both streams.
 pub async fn read_all(js: &jetstream::Context) -> Vec<Published> {
     let mut v = read_stream(js, "MES_EVENTS").await;
@@ -425,6 +446,35 @@ pub async fn write_events(
         all.extend(t.await.unwrap());
     }
     all
+}
+
+/// Commits `total` single-event transactions from one writer over `keys` keys, one every
+/// `pause`, so that writing spans a while (outages and kills then hit a live stream).
+pub async fn write_events_paced(
+    db: &TestDb,
+    total: usize,
+    keys: usize,
+    pause: Duration,
+) -> Vec<i64> {
+    let client = db.client().await;
+    let mut committed = Vec::with_capacity(total);
+    let mut i = 0;
+    while committed.len() < total {
+        // Ten at a time, in one statement, keeps the pace without a round trip per event.
+        let n = (total - committed.len()).min(10) as i32;
+        let rows = client
+            .query(
+                "select mes_events.emit($1, 'order-' || ((g * 7919) % $3), jsonb_build_object('n', g))
+                   from generate_series($2::int, $2 + $4 - 1) g",
+                &[&ORDER_TYPE, &i, &(keys as i32), &n],
+            )
+            .await
+            .unwrap();
+        committed.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+        i += n;
+        tokio::time::sleep(pause).await;
+    }
+    committed
 }
 
 /// Pending rows in the outbox.
