@@ -28,6 +28,25 @@ pub enum Command {
     Emit(EmitArgs),
     /// Publish committed outbox events to JetStream until SIGTERM or Ctrl-C.
     Relay,
+    /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
+    /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How long the plant simulator runs, e.g. 30s, 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Business events per second (a process variable rides along with each).
+    #[arg(long, default_value_t = 50)]
+    pub rate: u32,
+    /// Keep the demo database afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Use this NATS server instead of starting one from PATH.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

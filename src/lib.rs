@@ -13,13 +13,17 @@
 //! - [`binding`]: the CloudEvents NATS binding: attributes ↔ headers (pure).
 //! - [`pg`]: PostgreSQL sessions whose notifications are seen.
 //! - [`nats`]: connecting to NATS and JetStream.
+//! - [`demo`]: the whole pipeline on one machine, set up and removed by itself.
 //! - [`relay`]: the loop that moves rows into JetStream, with leadership and reconciliation.
 //! - [`exit`]: the process exit codes, documented.
+//! - [`local_nats`]: a throw-away nats-server process for the demo and the tests.
 
 pub mod binding;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod exit;
+pub mod local_nats;
 pub mod migrate;
 pub mod nats;
 pub mod outbox;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use mes_events::config::Config;
-use mes_events::{exit, migrate, nats, outbox, pg, relay};
+use mes_events::{demo, exit, migrate, nats, outbox, pg, relay};
 use tokio_util::sync::CancellationToken;
 
 use cli::{Cli, Command, EmitArgs};
@@ -94,6 +94,31 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
             let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
             relay::run(&cfg, js, shutdown).await?;
             Ok(exit::OK)
+        }
+        Command::Demo(args) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let opts = demo::Options {
+                duration: args.duration,
+                rate: args.rate,
+                keep: args.keep,
+                nats_url: args.nats,
+            };
+            let s = demo::run(&cfg, &opts, shutdown).await?;
+            println!(
+                "summary: emitted {}, published {}, received {}, out of order {}, duplicates {}: {}",
+                s.emitted,
+                s.published,
+                s.received,
+                s.out_of_order,
+                s.duplicates,
+                if s.complete() { "every event arrived once, in order" } else { "INCOMPLETE" }
+            );
+            Ok(if s.complete() {
+                exit::OK
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }
