@@ -28,6 +28,9 @@ pub enum Command {
     Emit(EmitArgs),
     /// Publish committed outbox events to JetStream until SIGTERM or Ctrl-C.
     Relay,
+    /// Inspect and resolve outbox rows the relay could not publish.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
@@ -51,7 +54,7 @@ pub struct DemoArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EmitArgs {
-    /// Event type, e.g. com.example.mes.processorder.statuschanged.v1
+    /// Event type, e.g. io.mesevents.mes.processorder.statuschanged.v1
     #[arg(long = "type", value_name = "TYPE")]
     pub ty: String,
     /// Business key (order id, lot id, …): events of one key stay in order.
@@ -66,4 +69,32 @@ pub struct EmitArgs {
     /// W3C traceparent to carry along.
     #[arg(long)]
     pub traceparent: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List rejected rows (each holds its key's later events back), oldest first.
+    Rejected {
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a rejected row again, after its data or the catalog was fixed.
+    Retry {
+        /// Outbox row id (from `mes-events outbox rejected`).
+        id: i64,
+        /// Replace the row's data: inline JSON, @FILE, or @- for standard input.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// Give up on a rejected row on purpose: its key's later events go out without it.
+    Discard {
+        /// Outbox row id (from `mes-events outbox rejected`).
+        id: i64,
+        /// Why (recorded with who discarded it and when).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Counts of pending, published, rejected and discarded rows.
+    Status,
 }

@@ -64,6 +64,20 @@ pub struct EventsConfig {
     pub site: String,
     /// First token of every subject.
     pub subject_prefix: String,
+    /// CloudEvents mode on the wire: `binary` (attributes in `ce-*` headers, body = data) or
+    /// `structured` (body = JSON event format, `Content-Type: application/cloudevents+json`).
+    pub mode: crate::binding::Mode,
+}
+
+/// What the relay does with a row that cannot become a valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Keep the row as rejected, with its reason, hold its key's later rows, go on with others.
+    Reject,
+    /// Reject it, then stop the relay (exit 1); it refuses to start again while rejected rows
+    /// are unresolved (`mes-events outbox retry` / `discard`).
+    Stop,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +108,8 @@ pub struct RelayConfig {
     /// Published rows older than this are deleted from the outbox (the stream keeps the events).
     #[serde(with = "humantime_serde")]
     pub retain_published: Duration,
+    /// `reject` (default) or `stop`: see [`OnInvalid`].
+    pub on_invalid: OnInvalid,
 }
 
 impl Default for Config {
@@ -111,6 +127,7 @@ impl Default for Config {
                 installation: "mes".into(),
                 site: "site".into(),
                 subject_prefix: "mes".into(),
+                mode: crate::binding::Mode::Binary,
             },
             relay: RelayConfig {
                 streams: vec!["MES_EVENTS".into(), "MES_PV".into()],
@@ -122,6 +139,7 @@ impl Default for Config {
                 standby_retry: Duration::from_millis(500),
                 max_backoff: Duration::from_secs(10),
                 retain_published: Duration::from_secs(7 * 24 * 3600),
+                on_invalid: OnInvalid::Reject,
             },
         }
     }
@@ -386,6 +404,21 @@ mod tests {
                     }
                 ),
                 "{err:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_enum_value_lists_the_accepted_ones() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_RELAY__ON_INVALID", "ignore");
+            let text = Config::load(None).unwrap_err().to_string();
+            assert!(
+                text.contains("relay.on_invalid")
+                    && text.contains("reject")
+                    && text.contains("stop"),
+                "{text}"
             );
             Ok(())
         });

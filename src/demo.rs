@@ -399,7 +399,7 @@ async fn simulate(db_url: String, rate: u32, stop: CancellationToken) -> Result<
         let tx = s.client.transaction().await?;
         outbox::emit(
             &tx,
-            &format!("com.example.mes.{ty}.v1"),
+            &format!("io.mesevents.mes.{ty}.v1"),
             &key,
             &data,
             &Default::default(),
@@ -409,7 +409,7 @@ async fn simulate(db_url: String, rate: u32, stop: CancellationToken) -> Result<
         let temp = 60.0 + (n as f64 / 10.0).sin() * 5.0;
         outbox::emit(
             &tx,
-            "com.example.mes.processvariable.changed.v1",
+            "io.mesevents.mes.processvariable.changed.v1",
             "dryer1.temperature",
             &format!(r#"{{"variableId":"dryer1.temperature","value":{temp:.2},"uom":"CEL","quality":"good",{scope}}}"#),
             &Default::default(),

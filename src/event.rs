@@ -1,20 +1,27 @@
-//! Event: an outbox row turned into the CloudEvent and NATS message the relay publishes.
+//! Event: an outbox row turned into the CloudEvent and NATS message the relay publishes, or the
+//! reason it cannot be one.
 //!
 //! Pure: the same row always gives the same message, byte for byte, so a re-send after a crash
 //! carries the same `id` and `Nats-Msg-Id`. Nothing here talks to PostgreSQL or NATS.
 //!
 //! Profile: `id` is a UUIDv7 made from the row's `recorded_at` and outbox id (time-ordered,
 //! unique per source, and reversible to the outbox id, which is how the relay reconciles the
-//! stream with the outbox); `source` = `/mes/<installation>/<site>`; `subject` = business key;
-//! `time` = when it happened; extensions `sequence` (outbox id, zero-padded to 20 digits so string
-//! order is event order), `partitionkey` (the key), `recordedtime`, `traceparent`/`tracestate`.
+//! stream with the outbox); `source` = `/mes/<installation>/<site>`; `type` from the catalog;
+//! `subject` = business key; `time` = when it happened; `datacontenttype` = `application/json`;
+//! `dataschema` = the `$id` of the exact schema version; extensions `sequence` (outbox id,
+//! zero-padded to 20 digits so string order is event order), `partitionkey` (the key),
+//! `recordedtime`, and `traceparent`/`tracestate` when the writer passed them.
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
+use cloudevents::event::Data;
+use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
+use serde_json::Value;
 use uuid::Uuid;
 
-use crate::binding;
-use crate::outbox::Row;
+use crate::binding::{self, BindingError, Mode};
+use crate::catalog::{Catalog, Violation};
+use crate::outbox::{Rejection, Row};
 use crate::subject::{self, EventType, Location, TypeError};
 
 /// Width of the zero-padded `sequence` extension: enough for any positive `bigint`.
@@ -28,6 +35,7 @@ pub struct Profile {
     /// Site token for events whose data names no site.
     pub site: String,
     pub subject_prefix: String,
+    pub mode: Mode,
 }
 
 impl Profile {
@@ -36,49 +44,8 @@ impl Profile {
             source: c.source(),
             site: c.events.site.clone(),
             subject_prefix: c.events.subject_prefix.clone(),
+            mode: c.events.mode,
         }
-    }
-}
-
-/// The CloudEvents attributes of one event (data kept apart, as raw JSON bytes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attributes {
-    pub id: String,
-    pub source: String,
-    pub ty: String,
-    pub subject: String,
-    pub time: DateTime<Utc>,
-    pub datacontenttype: String,
-    pub sequence: String,
-    pub partitionkey: String,
-    pub recordedtime: DateTime<Utc>,
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-}
-
-impl Attributes {
-    /// `(name, value)` for every attribute present, in a stable order, values as the JSON format
-    /// and the binding write them.
-    pub fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut v = vec![
-            ("specversion", "1.0".to_owned()),
-            ("id", self.id.clone()),
-            ("source", self.source.clone()),
-            ("type", self.ty.clone()),
-            ("subject", self.subject.clone()),
-            ("time", rfc3339(self.time)),
-            ("datacontenttype", self.datacontenttype.clone()),
-            ("sequence", self.sequence.clone()),
-            ("partitionkey", self.partitionkey.clone()),
-            ("recordedtime", rfc3339(self.recordedtime)),
-        ];
-        if let Some(t) = &self.traceparent {
-            v.push(("traceparent", t.clone()));
-        }
-        if let Some(t) = &self.tracestate {
-            v.push(("tracestate", t.clone()));
-        }
-        v
     }
 }
 
@@ -93,8 +60,8 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Bytes the server counts against `max_payload`: payload plus encoded headers (approximate
-    /// from above: the header block's framing is added).
+    /// Bytes the server counts against `max_payload`: payload plus the encoded header block
+    /// (`NATS/1.0\r\n`, `name: value\r\n` per header, final `\r\n`).
     pub fn wire_size(&self) -> usize {
         let headers: usize = self
             .headers
@@ -109,30 +76,84 @@ impl Outbound {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why a row cannot become a valid event. Each is a rejection: the row is kept and reported.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EventError {
-    #[error("outbox row {id}: {source}")]
-    Type {
-        id: i64,
+    #[error("type {ty:?} is malformed: {source}")]
+    InvalidType {
+        ty: String,
         #[source]
         source: TypeError,
     },
-    #[error("outbox row {id}: data.hierarchyScope is not an object of site/area/workCenter/workUnit strings: {reason}")]
-    Scope { id: i64, reason: String },
+    #[error("type {0} is not in the event catalog (schemas/catalog.json): fix the type, or add the event to the catalog")]
+    UnknownType(String),
+    #[error("data is not JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Schema(Violation),
+    #[error("data field {field} is {found} but the event's key is {key:?}: the key given to emit must be the data's {field}")]
+    KeyMismatch {
+        field: String,
+        found: String,
+        key: String,
+    },
+    #[error("cannot encode the CloudEvent: {0}")]
+    Encode(String),
 }
 
 impl EventError {
-    pub fn outbox_id(&self) -> i64 {
-        match self {
-            EventError::Type { id, .. } | EventError::Scope { id, .. } => *id,
+    /// The stored form: kind, data path and rule where they apply, and the message.
+    pub fn rejection(&self) -> Rejection {
+        let (kind, path, rule) = match self {
+            EventError::InvalidType { .. } => ("invalid_type", None, None),
+            EventError::UnknownType(_) => ("unknown_type", None, None),
+            EventError::Json(_) => ("schema", Some(String::new()), Some("type".to_owned())),
+            EventError::Schema(v) => ("schema", Some(v.path.clone()), Some(v.rule.clone())),
+            EventError::KeyMismatch { field, .. } => (
+                "key_mismatch",
+                Some(format!("/{field}")),
+                Some("key".to_owned()),
+            ),
+            EventError::Encode(_) => ("encode", None, None),
+        };
+        Rejection {
+            kind: kind.to_owned(),
+            path,
+            rule,
+            reason: self.to_string(),
         }
     }
 }
 
-/// Builds the attributes and subject of a row.
-pub fn attributes(profile: &Profile, row: &Row) -> Result<(Attributes, String), EventError> {
-    let ty = EventType::parse(&row.ty).map_err(|source| EventError::Type { id: row.id, source })?;
-    let location = location(row)?;
+/// Builds the CloudEvent for a row and the subject it goes to, after checking it against the
+/// catalog (type known, data valid, key matching the data's key field).
+pub fn event(
+    profile: &Profile,
+    catalog: &Catalog,
+    row: &Row,
+) -> Result<(Event, String), EventError> {
+    let ty = EventType::parse(&row.ty).map_err(|source| EventError::InvalidType {
+        ty: row.ty.clone(),
+        source,
+    })?;
+    let entry = catalog
+        .get(&row.ty)
+        .ok_or_else(|| EventError::UnknownType(row.ty.clone()))?;
+    let data: Value =
+        serde_json::from_str(&row.data).map_err(|e| EventError::Json(e.to_string()))?;
+    entry.validate(&data).map_err(EventError::Schema)?;
+    let field = &entry.decl.key;
+    match data.get(field) {
+        Some(Value::String(k)) if *k == row.key => {}
+        other => {
+            return Err(EventError::KeyMismatch {
+                field: field.clone(),
+                found: other.map_or("missing".to_owned(), |v| v.to_string()),
+                key: row.key.clone(),
+            })
+        }
+    }
+    let location = location(&data);
     let nats_subject = subject::subject(
         &profile.subject_prefix,
         &profile.site,
@@ -140,54 +161,68 @@ pub fn attributes(profile: &Profile, row: &Row) -> Result<(Attributes, String), 
         &location,
         &row.key,
     );
-    let attrs = Attributes {
-        id: event_id(row.id, row.recorded_at).to_string(),
-        source: profile.source.clone(),
-        ty: row.ty.clone(),
-        subject: row.key.clone(),
-        time: row.occurred_at,
-        datacontenttype: "application/json".into(),
-        sequence: format!("{:0width$}", row.id, width = SEQUENCE_WIDTH),
-        partitionkey: row.key.clone(),
-        recordedtime: row.recorded_at,
-        traceparent: row.traceparent.clone(),
-        tracestate: row.tracestate.clone(),
-    };
-    Ok((attrs, nats_subject))
+
+    let mut builder = EventBuilderV10::new()
+        .id(event_id(row.id, row.recorded_at).to_string())
+        .source(profile.source.as_str())
+        .ty(row.ty.as_str())
+        .subject(row.key.as_str())
+        .time(row.occurred_at)
+        // Raw JSON bytes: binary mode sends the stored text as is (no re-serialisation).
+        .data_with_schema(
+            "application/json",
+            entry.dataschema.clone(),
+            Data::Binary(row.data.clone().into_bytes()),
+        )
+        .extension(
+            "sequence",
+            format!("{:0width$}", row.id, width = SEQUENCE_WIDTH),
+        )
+        .extension("partitionkey", row.key.as_str())
+        .extension("recordedtime", rfc3339(row.recorded_at));
+    if let Some(t) = &row.traceparent {
+        builder = builder.extension("traceparent", t.as_str());
+    }
+    if let Some(t) = &row.tracestate {
+        builder = builder.extension("tracestate", t.as_str());
+    }
+    let event = builder
+        .build()
+        .map_err(|e| EventError::Encode(e.to_string()))?;
+    Ok((event, nats_subject))
 }
 
-/// Builds the binary-mode message for a row.
-pub fn outbound(profile: &Profile, row: &Row) -> Result<Outbound, EventError> {
-    let (attrs, subject) = attributes(profile, row)?;
-    let msg_id = msg_id(&attrs.source, &attrs.id);
-    let mut headers = binding::binary_headers(&attrs);
+/// Builds the message the relay publishes for a row.
+pub fn outbound(profile: &Profile, catalog: &Catalog, row: &Row) -> Result<Outbound, EventError> {
+    let (event, subject) = event(profile, catalog, row)?;
+    let msg_id = msg_id(&profile.source, event.id());
+    let (mut headers, payload) = binding::encode(event, profile.mode)
+        .map_err(|e: BindingError| EventError::Encode(e.to_string()))?;
     headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id.as_str());
     Ok(Outbound {
         outbox_id: row.id,
         subject,
         msg_id,
         headers,
-        payload: Bytes::from(row.data.clone().into_bytes()),
+        payload,
     })
 }
 
-fn location(row: &Row) -> Result<Location, EventError> {
-    #[derive(serde::Deserialize)]
-    struct Scoped {
-        #[serde(rename = "hierarchyScope", default)]
-        hierarchy_scope: Option<Location>,
+/// The location of an event: its data's `hierarchyScope` (the schema has checked its shape).
+fn location(data: &Value) -> Location {
+    let scope = data.get("hierarchyScope");
+    let level = |name: &str| {
+        scope
+            .and_then(|s| s.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    Location {
+        site: level("site"),
+        area: level("area"),
+        work_center: level("workCenter"),
+        work_unit: level("workUnit"),
     }
-    // Data that is not a JSON object (an array, a number) has no scope.
-    if !row.data.trim_start().starts_with('{') {
-        return Ok(Location::default());
-    }
-    // Only the scope is decoded; serde skips the rest of the document without building it.
-    serde_json::from_str::<Scoped>(&row.data)
-        .map(|s| s.hierarchy_scope.unwrap_or_default())
-        .map_err(|e| EventError::Scope {
-            id: row.id,
-            reason: e.to_string(),
-        })
 }
 
 /// `Nats-Msg-Id`: JetStream deduplicates on it alone, so it carries the source too.
@@ -235,11 +270,12 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use cloudevents::AttributesReader;
 
-    pub(crate) fn row(id: i64, key: &str, data: &str) -> Row {
+    fn row(id: i64, key: &str, data: &str) -> Row {
         Row {
             id,
-            ty: "com.example.mes.processorder.statuschanged.v1".into(),
+            ty: "io.mesevents.mes.processorder.statuschanged.v1".into(),
             key: key.into(),
             key_version: 1,
             data: data.into(),
@@ -250,12 +286,21 @@ mod tests {
         }
     }
 
-    fn profile() -> Profile {
+    fn profile(mode: Mode) -> Profile {
         Profile {
             source: "/mes/demo/bsl".into(),
             site: "bsl".into(),
             subject_prefix: "mes".into(),
+            mode,
         }
+    }
+
+    fn order(key: &str) -> String {
+        serde_json::json!({
+            "orderId": key, "previousStatus": "released", "status": "running",
+            "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2"}
+        })
+        .to_string()
     }
 
     #[test]
@@ -279,38 +324,74 @@ mod tests {
     }
 
     #[test]
-    fn the_same_row_gives_the_same_message() {
-        let r = row(
-            7,
-            "LOT 1",
-            r#"{"hierarchyScope":{"area":"gran","workCenter":"line2"}}"#,
-        );
-        let a = outbound(&profile(), &r).unwrap();
-        let b = outbound(&profile(), &r).unwrap();
+    fn the_same_row_gives_the_same_message_with_the_profile() {
+        let catalog = Catalog::embedded().unwrap();
+        let r = row(7, "LOT 1", &order("LOT 1"));
+        let a = outbound(&profile(Mode::Binary), &catalog, &r).unwrap();
+        let b = outbound(&profile(Mode::Binary), &catalog, &r).unwrap();
         assert_eq!(a.msg_id, b.msg_id);
         assert_eq!(a.payload, b.payload);
+        assert_eq!(
+            a.payload,
+            r.data.as_bytes(),
+            "binary mode sends the stored JSON as is"
+        );
         assert_eq!(
             a.subject,
             "mes.bsl.gran.line2._.processorder.statuschanged.v1.LOT_201"
         );
-        assert_eq!(a.headers.get("ce-subject").unwrap().as_str(), "LOT%201");
+        let h = |n: &str| a.headers.get(n).unwrap().as_str().to_owned();
+        assert_eq!(h("ce-subject"), "LOT%201");
+        assert_eq!(h("ce-partitionkey"), "LOT%201");
+        assert_eq!(h("ce-sequence"), "00000000000000000007");
         assert_eq!(
-            a.headers.get("ce-sequence").unwrap().as_str(),
-            "00000000000000000007"
+            h("ce-dataschema"),
+            "https://mesevents.io/schemas/processorder/statuschanged.v1.0.json"
         );
-        assert_eq!(a.headers.get("Nats-Msg-Id").unwrap().as_str(), a.msg_id);
+        assert_eq!(h("ce-time"), "2026-11-23T08:00:00Z");
+        assert_eq!(h("ce-recordedtime"), "2026-11-18T11:06:40.123456Z");
+        assert_eq!(
+            h("ce-traceparent"),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert_eq!(h("Nats-Msg-Id"), a.msg_id);
+        // And the same event comes back out of both modes.
+        let (ev, _) = event(&profile(Mode::Binary), &catalog, &r).unwrap();
+        let s = outbound(&profile(Mode::Structured), &catalog, &r).unwrap();
+        let from_binary =
+            binding::decode(Some(&a.headers), &a.payload, binding::Rule::Spec).unwrap();
+        let from_structured =
+            binding::decode(Some(&s.headers), &s.payload, binding::Rule::Spec).unwrap();
+        assert_eq!(from_binary, from_structured);
+        assert_eq!(from_binary.id(), ev.id());
     }
 
     #[test]
-    fn bad_scope_and_type_are_errors_naming_the_row() {
-        let r = row(9, "k", r#"{"hierarchyScope":{"area":5}}"#);
-        assert!(matches!(
-            outbound(&profile(), &r),
-            Err(EventError::Scope { id: 9, .. })
-        ));
-        let mut r = row(10, "k", "{}");
+    fn each_reason_is_a_typed_rejection_naming_path_and_rule() {
+        let catalog = Catalog::embedded().unwrap();
+        let p = profile(Mode::Binary);
+        let mut r = row(10, "k", &order("k"));
         r.ty = "orderchanged".into();
-        let e = outbound(&profile(), &r).unwrap_err();
-        assert_eq!(e.outbox_id(), 10);
+        assert_eq!(
+            outbound(&p, &catalog, &r).unwrap_err().rejection().kind,
+            "invalid_type"
+        );
+        r.ty = "io.mesevents.mes.processorder.exploded.v1".into();
+        assert_eq!(
+            outbound(&p, &catalog, &r).unwrap_err().rejection().kind,
+            "unknown_type"
+        );
+        let bad = row(11, "k", &order("k").replace("running", "runing"));
+        let rej = outbound(&p, &catalog, &bad).unwrap_err().rejection();
+        assert_eq!(
+            (rej.kind.as_str(), rej.path.as_deref(), rej.rule.as_deref()),
+            ("schema", Some("/status"), Some("enum"))
+        );
+        let other = row(12, "k", &order("not-k"));
+        let rej = outbound(&p, &catalog, &other).unwrap_err().rejection();
+        assert_eq!(
+            (rej.kind.as_str(), rej.path.as_deref()),
+            ("key_mismatch", Some("/orderId"))
+        );
     }
 }

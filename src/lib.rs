@@ -8,6 +8,7 @@
 //! - [`config`]: what the operator sets (defaults < file < environment), validated up front.
 //! - [`migrate`]: the versioned `mes_events` schema (`src/migrations/*.sql`).
 //! - [`outbox`]: every SQL statement against the outbox, fenced by the relay lease.
+//! - [`catalog`]: the event types, their JSON Schemas and streams (`schemas/`, built in).
 //! - [`subject`]: event type, location and key → NATS subject (pure).
 //! - [`event`]: outbox row → CloudEvent attributes and NATS message (pure).
 //! - [`binding`]: the CloudEvents NATS binding: attributes ↔ headers (pure).
@@ -19,6 +20,7 @@
 //! - [`local_nats`]: a throw-away nats-server process for the demo and the tests.
 
 pub mod binding;
+pub mod catalog;
 pub mod config;
 pub mod demo;
 pub mod event;

@@ -12,7 +12,7 @@ use mes_events::config::Config;
 use mes_events::{demo, exit, migrate, nats, outbox, pg, relay};
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, EmitArgs};
+use cli::{Cli, Command, EmitArgs, OutboxCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,6 +62,11 @@ fn classify(e: &anyhow::Error) -> u8 {
         {
             return exit::NOT_READY;
         }
+        if let Some(outbox::ResolveError::NotFound(_) | outbox::ResolveError::NotRejected(_)) =
+            cause.downcast_ref::<outbox::ResolveError>()
+        {
+            return exit::USAGE;
+        }
     }
     exit::FAILURE
 }
@@ -87,6 +92,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Emit(args) => emit(&cfg, args).await,
+        Command::Outbox(cmd) => outbox_command(&cfg, cmd).await,
         Command::Relay => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -123,8 +129,9 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
     }
 }
 
-async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
-    let (text, origin) = match args.data.strip_prefix('@') {
+/// Reads `--data`: inline JSON, `@FILE`, or `@-` (standard input); `Err` names the origin.
+fn read_data(arg: &str) -> anyhow::Result<Result<String, String>> {
+    let (text, origin) = match arg.strip_prefix('@') {
         Some("-") => {
             let mut s = String::new();
             std::io::stdin()
@@ -136,16 +143,31 @@ async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
             std::fs::read_to_string(path).with_context(|| format!("reading --data file {path}"))?,
             path.to_owned(),
         ),
-        None => (args.data.clone(), "--data".to_owned()),
+        None => (arg.to_owned(), "--data".to_owned()),
     };
-    if let Err(e) = serde_json::from_str::<serde_json::Value>(&text) {
-        eprintln!("error: {origin} is not valid JSON: {e}");
-        return Ok(exit::USAGE);
-    }
-    let session = pg::connect(&cfg.database.url, "mes-events emit")
+    Ok(match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(_) => Ok(text),
+        Err(e) => Err(format!("{origin} is not valid JSON: {e}")),
+    })
+}
+
+async fn connect(cfg: &Config, what: &str) -> anyhow::Result<pg::Session> {
+    let session = pg::connect(&cfg.database.url, what)
         .await
         .context("cannot connect to PostgreSQL (database.url)")?;
     migrate::check(&session.client).await?;
+    Ok(session)
+}
+
+async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
+    let text = match read_data(&args.data)? {
+        Ok(t) => t,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return Ok(exit::USAGE);
+        }
+    };
+    let session = connect(cfg, "mes-events emit").await?;
     let opts = outbox::EmitOptions {
         occurred_at: args.time,
         traceparent: args.traceparent,
@@ -155,6 +177,65 @@ async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
         .await
         .context("mes_events.emit failed")?;
     println!("{id}");
+    Ok(exit::OK)
+}
+
+async fn outbox_command(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
+    let mut session = connect(cfg, "mes-events outbox").await?;
+    match cmd {
+        OutboxCommand::Rejected { json } => {
+            let rows = outbox::rejected(&session.client).await?;
+            if json {
+                for r in &rows {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else if rows.is_empty() {
+                println!("no rejected rows");
+            } else {
+                println!(
+                    "{:>10}  {:<24}  {:<12}  {:>7}  reason",
+                    "id", "key", "kind", "waiting"
+                );
+                for r in &rows {
+                    println!(
+                        "{:>10}  {:<24}  {:<12}  {:>7}  {}",
+                        r.id, r.key, r.kind, r.waiting, r.reason
+                    );
+                    println!("{:>10}  type {}, recorded {}", "", r.ty, r.recorded_at);
+                }
+            }
+        }
+        OutboxCommand::Retry { id, data } => {
+            let data = match data.as_deref().map(read_data).transpose()? {
+                Some(Err(msg)) => {
+                    eprintln!("error: {msg}");
+                    return Ok(exit::USAGE);
+                }
+                Some(Ok(text)) => Some(text),
+                None => None,
+            };
+            outbox::retry(&mut session.client, id, data.as_deref()).await?;
+            println!("outbox row {id} queued again; the relay picks it up now");
+        }
+        OutboxCommand::Discard { id, reason } => {
+            let by = format!(
+                "{}@{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "unknown".into())
+            );
+            outbox::discard(&mut session.client, id, &by, &reason).await?;
+            println!("outbox row {id} discarded by {by}; its key's later events go out now");
+        }
+        OutboxCommand::Status => {
+            let c = outbox::counts(&session.client).await?;
+            println!(
+                "pending {}  published {}  rejected {}  discarded {}",
+                c.pending, c.published, c.rejected, c.discarded
+            );
+        }
+    }
     Ok(exit::OK)
 }
 

@@ -18,11 +18,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append only.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "outbox",
-    sql: include_str!("migrations/0001_outbox.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "outbox",
+        sql: include_str!("migrations/0001_outbox.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "rejections",
+        sql: include_str!("migrations/0002_rejections.sql"),
+    },
+];
 
 /// The schema version this binary needs.
 pub fn latest() -> i32 {

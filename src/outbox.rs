@@ -37,7 +37,7 @@ pub struct Fetched {
     /// Pending rows with an id at or below the cursor: the caller's unmarked in-flight rows, plus
     /// any row that committed late (its id was taken before the cursor passed it).
     pub pending_at_or_below: i64,
-    /// Pending rows above the cursor, in id order.
+    /// Publishable rows above the cursor, in id order.
     pub rows: Vec<Row>,
 }
 
@@ -59,14 +59,22 @@ pub async fn fetch(
         .query(
             "select l.epoch,
                     (select count(*) from mes_events.outbox p
-                      where p.stream_seq is null and p.id <= $1),
+                      where p.stream_seq is null and p.rejected_at is null and p.discarded_at is null
+                        and p.id <= $1
+                        and not exists (select 1 from mes_events.outbox h
+                                         where h.key = p.key and h.id < p.id
+                                           and h.rejected_at is not null and h.discarded_at is null)),
                     o.id, o.type, o.key, o.key_version, o.data::text, o.occurred_at,
                     o.recorded_at, o.traceparent, o.tracestate
                from mes_events.relay_lease l
                left join lateral (
-                    select * from mes_events.outbox
-                     where stream_seq is null and id > $1
-                     order by id
+                    select * from mes_events.outbox p
+                     where p.stream_seq is null and p.rejected_at is null and p.discarded_at is null
+                       and p.id > $1
+                       and not exists (select 1 from mes_events.outbox h
+                                        where h.key = p.key and h.id < p.id
+                                          and h.rejected_at is not null and h.discarded_at is null)
+                     order by p.id
                      limit $2) o on true
               where l.id = 1
               order by o.id",
@@ -278,15 +286,21 @@ pub async fn emit(
 /// Counts of the outbox by state, for status output and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Counts {
+    /// Not yet published, not rejected, not discarded (includes rows of held keys).
     pub pending: i64,
     pub published: i64,
+    /// Rejected and neither retried nor discarded: each holds its key.
+    pub rejected: i64,
+    pub discarded: i64,
 }
 
 pub async fn counts(client: &impl GenericClient) -> Result<Counts, tokio_postgres::Error> {
     let r = client
         .query_one(
-            "select count(*) filter (where stream_seq is null),
-                    count(*) filter (where stream_seq is not null)
+            "select count(*) filter (where stream_seq is null and rejected_at is null and discarded_at is null),
+                    count(*) filter (where stream_seq is not null),
+                    count(*) filter (where rejected_at is not null and discarded_at is null),
+                    count(*) filter (where discarded_at is not null)
                from mes_events.outbox",
             &[],
         )
@@ -294,5 +308,166 @@ pub async fn counts(client: &impl GenericClient) -> Result<Counts, tokio_postgre
     Ok(Counts {
         pending: r.get(0),
         published: r.get(1),
+        rejected: r.get(2),
+        discarded: r.get(3),
     })
+}
+
+/// Why a row was rejected, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `unknown_type`, `invalid_type`, `schema`, `key_mismatch`, `too_large`, `unroutable`.
+    pub kind: String,
+    /// JSON Pointer into the data, when the reason is about a field.
+    pub path: Option<String>,
+    /// The schema keyword or limit that failed.
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+/// Marks a pending row rejected, if `epoch` is current. False when the lease is gone.
+pub async fn reject(
+    client: &Client,
+    epoch: i64,
+    id: i64,
+    r: &Rejection,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "with lease as (
+                 select epoch from mes_events.relay_lease where id = 1 and epoch = $1 for share
+             ), rejected as (
+                 update mes_events.outbox
+                    set rejected_at = now(), reject_kind = $3, reject_path = $4, reject_rule = $5,
+                        reject_reason = $6
+                  where id = $2 and stream_seq is null and rejected_at is null
+                    and exists (select 1 from lease)
+                 returning 1
+             )
+             select (select count(*) from lease), (select count(*) from rejected)",
+            &[&epoch, &id, &r.kind, &r.path, &r.rule, &r.reason],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// A rejected row as operators see it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectedRow {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    pub recorded_at: DateTime<Utc>,
+    pub rejected_at: DateTime<Utc>,
+    pub kind: String,
+    pub path: Option<String>,
+    pub rule: Option<String>,
+    pub reason: String,
+    pub retries: i32,
+    /// Later rows of the same key waiting behind this one.
+    pub waiting: i64,
+}
+
+/// Every rejected row that still holds its key, oldest first.
+pub async fn rejected(
+    client: &impl GenericClient,
+) -> Result<Vec<RejectedRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select r.id, r.type, r.key, r.recorded_at, r.rejected_at, r.reject_kind, r.reject_path,
+                    r.reject_rule, r.reject_reason, r.retries,
+                    (select count(*) from mes_events.outbox w
+                      where w.key = r.key and w.id > r.id and w.stream_seq is null
+                        and w.rejected_at is null and w.discarded_at is null)
+               from mes_events.outbox r
+              where r.rejected_at is not null and r.discarded_at is null
+              order by r.id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| RejectedRow {
+            id: r.get(0),
+            ty: r.get(1),
+            key: r.get(2),
+            recorded_at: r.get(3),
+            rejected_at: r.get(4),
+            kind: r.get(5),
+            path: r.get(6),
+            rule: r.get(7),
+            reason: r.get(8),
+            retries: r.get(9),
+            waiting: r.get(10),
+        })
+        .collect())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("outbox row {0} does not exist")]
+    NotFound(i64),
+    #[error("outbox row {0} is not rejected (only rejected rows can be retried or discarded; see `mes-events outbox rejected`)")]
+    NotRejected(i64),
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Queues a rejected row again, optionally with corrected data, and wakes the relay.
+pub async fn retry(client: &mut Client, id: i64, data: Option<&str>) -> Result<(), ResolveError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "update mes_events.outbox
+                set rejected_at = null, reject_kind = null, reject_path = null, reject_rule = null,
+                    reject_reason = null, retries = retries + 1,
+                    data = coalesce($2::text::jsonb, data)
+              where id = $1 and rejected_at is not null and discarded_at is null",
+            &[&id, &data],
+        )
+        .await?;
+    if n == 0 {
+        return Err(not_rejected(&tx, id).await);
+    }
+    tx.execute("select pg_notify('mes_events', '')", &[])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Gives up on a rejected row on purpose, releasing its key, and records who and why.
+pub async fn discard(
+    client: &mut Client,
+    id: i64,
+    by: &str,
+    reason: &str,
+) -> Result<(), ResolveError> {
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "update mes_events.outbox
+                set discarded_at = now(), discarded_by = $2, discard_reason = $3
+              where id = $1 and rejected_at is not null and discarded_at is null",
+            &[&id, &by, &reason],
+        )
+        .await?;
+    if n == 0 {
+        return Err(not_rejected(&tx, id).await);
+    }
+    tx.execute("select pg_notify('mes_events', '')", &[])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn not_rejected(tx: &tokio_postgres::Transaction<'_>, id: i64) -> ResolveError {
+    match tx
+        .query_opt("select 1 from mes_events.outbox where id = $1", &[&id])
+        .await
+    {
+        Ok(Some(_)) => ResolveError::NotRejected(id),
+        Ok(None) => ResolveError::NotFound(id),
+        Err(e) => ResolveError::Db(e),
+    }
 }

@@ -24,7 +24,7 @@
 //! Owns the loop, its state and its back-off. Never writes SQL itself (outbox) and never builds
 //! messages itself (event).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{Context, PublishErrorKind};
@@ -37,10 +37,11 @@ use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
-use crate::event::{self, EventError, Profile};
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{Config, OnInvalid};
+use crate::event::{self, Profile};
 use crate::migrate::{self, MigrateError};
-use crate::outbox::{self, Mark};
+use crate::outbox::{self, Mark, Rejection};
 use crate::pg::{self, Session};
 use crate::subject;
 
@@ -52,16 +53,12 @@ pub enum RelayError {
     Schema(#[from] MigrateError),
     #[error("JetStream stream {stream} does not exist on the NATS server: create it with `mes-events provision apply` (or remove it from relay.streams)")]
     StreamMissing { stream: String },
-    #[error("outbox row {id} would be published on subject {subject}, which none of the relay's streams ({streams}) captures: add the subject to a stream, or fix the row's type or hierarchyScope")]
-    Unroutable {
-        id: i64,
-        subject: String,
-        streams: String,
-    },
-    #[error("cannot publish: {0}; the row stays pending")]
-    Event(#[from] EventError),
-    #[error("outbox row {id} makes a message of {size} bytes, over the server's max_payload; the row stays pending")]
-    TooLarge { id: i64, size: usize },
+    #[error("the built-in event catalog is broken: {0}")]
+    Catalog(#[from] CatalogError),
+    #[error("outbox row {id} rejected ({reason}) and relay.on_invalid = \"stop\": fix it with `mes-events outbox retry {id} --data @fixed.json`, or `mes-events outbox discard {id} --reason …`, then restart")]
+    Rejected { id: i64, reason: String },
+    #[error("{count} rejected outbox row(s) unresolved (first: {first}) and relay.on_invalid = \"stop\": see `mes-events outbox rejected`, then `retry` or `discard` each")]
+    Unresolved { count: i64, first: i64 },
 }
 
 impl RelayError {
@@ -71,6 +68,7 @@ impl RelayError {
             self,
             RelayError::Schema(MigrateError::Behind { .. } | MigrateError::Newer { .. })
                 | RelayError::StreamMissing { .. }
+                | RelayError::Unresolved { .. }
         )
     }
 }
@@ -95,12 +93,15 @@ enum Interrupt {
 struct Route {
     stream: String,
     subjects: Vec<String>,
+    /// The stream's `max_msg_size`, when it has one: larger messages are refused by the server.
+    max_msg_size: Option<usize>,
 }
 
 /// Runs until `shutdown` is cancelled (then returns `Ok` after recording what is in flight) or a
 /// setup error makes going on pointless.
 pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Result<(), RelayError> {
     let holder = holder_name();
+    let catalog = Catalog::embedded()?;
     let mut backoff = Backoff::new(cfg.relay.max_backoff);
     // Refuse to start without the streams; afterwards a vanished stream is an outage like others.
     let routes = loop {
@@ -123,6 +124,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         match session(
             cfg,
             &js,
+            &catalog,
             &routes,
             &holder,
             &shutdown,
@@ -150,6 +152,9 @@ async fn routes(js: &Context, names: &[String]) -> Result<Vec<Route>, Interrupt>
             Ok(s) => routes.push(Route {
                 stream: name.clone(),
                 subjects: s.cached_info().config.subjects.clone(),
+                max_msg_size: usize::try_from(s.cached_info().config.max_message_size)
+                    .ok()
+                    .filter(|&n| n > 0),
             }),
             Err(e) => {
                 if let jetstream::context::GetStreamErrorKind::JetStream(je) = e.kind() {
@@ -171,6 +176,7 @@ async fn routes(js: &Context, names: &[String]) -> Result<Vec<Route>, Interrupt>
 async fn session(
     cfg: &Config,
     js: &Context,
+    catalog: &Catalog,
     routes: &[Route],
     holder: &str,
     shutdown: &CancellationToken,
@@ -187,6 +193,20 @@ async fn session(
         });
     }
     *schema_checked = true;
+    if cfg.relay.on_invalid == OnInvalid::Stop {
+        let c = outbox::counts(&session.client).await?;
+        if c.rejected > 0 {
+            let first = outbox::rejected(&session.client)
+                .await?
+                .first()
+                .map_or(0, |r| r.id);
+            return Err(RelayError::Unresolved {
+                count: c.rejected,
+                first,
+            }
+            .into());
+        }
+    }
     if cfg.relay.exclusive {
         let mut said = false;
         while !outbox::try_lock(&session.client).await? {
@@ -216,7 +236,9 @@ async fn session(
         shutdown,
         epoch,
         profile: Profile::from_config(cfg),
+        catalog,
         routes,
+        max_payload: usize::MAX,
         tails: vec![0; routes.len()],
         in_flight: FuturesOrdered::new(),
         cursor: 0,
@@ -228,8 +250,18 @@ async fn session(
     active.run(backoff).await
 }
 
+/// What became of one row.
+enum Sent {
+    /// Published, awaiting its PubAck.
+    Queued,
+    /// Kept as rejected; its key's later rows wait.
+    Rejected,
+    /// Could not be queued (the client refused it); the pipeline is now suspect.
+    NotQueued,
+}
+
 /// One publish awaiting its PubAck.
-struct Sent {
+struct InFlight {
     id: i64,
     route: usize,
     /// The stream sequence it must land at.
@@ -237,7 +269,7 @@ struct Sent {
 }
 
 type Acked = (
-    Sent,
+    InFlight,
     Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 );
 
@@ -248,7 +280,10 @@ struct Active<'a> {
     shutdown: &'a CancellationToken,
     epoch: i64,
     profile: Profile,
+    catalog: &'a Catalog,
     routes: &'a [Route],
+    /// The connected server's `max_payload` (refreshed on every reconciliation).
+    max_payload: usize,
     /// Predicted last sequence of each route's stream.
     tails: Vec<u64>,
     in_flight: FuturesOrdered<BoxFuture<'static, Acked>>,
@@ -304,6 +339,7 @@ impl Active<'_> {
                 .max_in_flight
                 .saturating_sub(self.in_flight.len());
             let mut sent = 0;
+            let mut read = 0;
             if room > 0 {
                 let limit = room.min(self.cfg.relay.batch_size) as i64;
                 let fetched = outbox::fetch(&self.session.client, self.cursor, limit).await?;
@@ -320,14 +356,23 @@ impl Active<'_> {
                     self.drain().await?;
                     continue;
                 }
+                // Keys whose row was just rejected: their later rows wait behind it.
+                let mut held: HashSet<&str> = HashSet::new();
                 for row in &fetched.rows {
-                    if !self.send(row).await? {
-                        break;
+                    read += 1;
+                    if held.contains(row.key.as_str()) {
+                        continue;
                     }
-                    sent += 1;
+                    match self.send(row).await? {
+                        Sent::Queued => sent += 1,
+                        Sent::Rejected => {
+                            held.insert(row.key.as_str());
+                        }
+                        Sent::NotQueued => break,
+                    }
                 }
             }
-            if sent > 0 && sent == room.min(self.cfg.relay.batch_size) && room > sent {
+            if read > 0 && read == room.min(self.cfg.relay.batch_size) && room > sent {
                 continue; // more may be waiting: read again before waiting on acks
             }
             if self.in_flight.is_empty() {
@@ -378,78 +423,102 @@ impl Active<'_> {
         Ok(())
     }
 
-    /// Publishes one row. Returns false when the publish could not even be queued (the pipeline is
-    /// then suspect through a failed future, so the caller's next harvest recovers).
-    async fn send(&mut self, row: &outbox::Row) -> Result<bool, Interrupt> {
-        let out = event::outbound(&self.profile, row).map_err(RelayError::from)?;
-        let route = self.route(row.id, &out.subject)?;
+    /// Publishes one row, or rejects it when it cannot become a valid event.
+    async fn send(&mut self, row: &outbox::Row) -> Result<Sent, Interrupt> {
+        let out = match event::outbound(&self.profile, self.catalog, row) {
+            Ok(out) => out,
+            Err(e) => return self.reject(row, e.rejection()).await,
+        };
+        let Some(route) = self.route(&out.subject) else {
+            let streams: Vec<&str> = self.routes.iter().map(|r| r.stream.as_str()).collect();
+            return self
+                .reject(
+                    row,
+                    Rejection {
+                        kind: "unroutable".into(),
+                        path: None,
+                        rule: None,
+                        reason: format!(
+                            "subject {} is captured by none of the relay's streams ({}): add it to a stream's subjects, or fix the event's type or hierarchyScope",
+                            out.subject,
+                            streams.join(", ")
+                        ),
+                    },
+                )
+                .await;
+        };
+        let size = out.wire_size();
+        let limit = [Some(self.max_payload), self.routes[route].max_msg_size]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(usize::MAX);
+        if size > limit {
+            return self.reject(row, too_large(size, limit)).await;
+        }
         let seq = self.tails[route] + 1;
         let msg = PublishMessage::build()
             .payload(out.payload)
             .headers(out.headers)
             .expected_last_sequence(self.tails[route]);
+        let sent = InFlight {
+            id: row.id,
+            route,
+            seq,
+        };
         match self.js.send_publish(out.subject, msg).await {
             Ok(ack) => {
                 self.tails[route] = seq;
                 self.cursor = row.id;
-                let sent = Sent {
-                    id: row.id,
-                    route,
-                    seq,
-                };
                 self.in_flight
                     .push_back(async move { (sent, ack.await) }.boxed());
-                Ok(true)
+                Ok(Sent::Queued)
             }
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                Err(RelayError::TooLarge {
-                    id: row.id,
-                    size: 0,
-                }
-                .into())
+                self.reject(row, too_large(size, self.max_payload)).await
             }
             Err(e) => {
-                let sent = Sent {
-                    id: row.id,
-                    route,
-                    seq,
-                };
+                // Not queued: nothing after it may go out; a failed future makes the pipeline
+                // suspect so the next harvest recovers.
                 self.in_flight
                     .push_back(async move { (sent, Err(e)) }.boxed());
-                Ok(false)
+                Ok(Sent::NotQueued)
             }
         }
     }
 
-    fn route(&mut self, id: i64, nats_subject: &str) -> Result<usize, Interrupt> {
+    /// Keeps a row that cannot be published as rejected, with its reason. Its key's later rows
+    /// wait behind it. Under `on_invalid = "stop"` the relay then stops.
+    async fn reject(&mut self, row: &outbox::Row, r: Rejection) -> Result<Sent, Interrupt> {
+        error!(id = row.id, key = %row.key, kind = %r.kind, reason = %r.reason, "outbox row rejected; its key waits");
+        if !outbox::reject(&self.session.client, self.epoch, row.id, &r).await? {
+            return Err(Interrupt::LeaseLost(self.epoch));
+        }
+        if self.cfg.relay.on_invalid == OnInvalid::Stop {
+            self.drain().await?;
+            return Err(RelayError::Rejected {
+                id: row.id,
+                reason: r.reason,
+            }
+            .into());
+        }
+        Ok(Sent::Rejected)
+    }
+
+    fn route(&mut self, nats_subject: &str) -> Option<usize> {
         // Streams are split by category: cache on the subject with its key token removed.
         let class = nats_subject
             .rsplit_once('.')
             .map_or(nats_subject, |(c, _)| c);
         if let Some(&r) = self.route_cache.get(class) {
-            return Ok(r);
+            return Some(r);
         }
         let found = self
             .routes
             .iter()
-            .position(|r| r.subjects.iter().any(|f| subject::matches(f, nats_subject)));
-        match found {
-            Some(r) => {
-                self.route_cache.insert(class.to_owned(), r);
-                Ok(r)
-            }
-            None => Err(RelayError::Unroutable {
-                id,
-                subject: nats_subject.to_owned(),
-                streams: self
-                    .routes
-                    .iter()
-                    .map(|r| r.stream.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into()),
-        }
+            .position(|r| r.subjects.iter().any(|f| subject::matches(f, nats_subject)))?;
+        self.route_cache.insert(class.to_owned(), found);
+        Some(found)
     }
 
     /// Classifies one ack. Every mark it makes is truthful: a duplicate ack names where the
@@ -550,6 +619,7 @@ impl Active<'_> {
     async fn reconcile(&mut self) -> Result<(), Interrupt> {
         debug_assert!(self.in_flight.is_empty());
         self.cursor = 0;
+        self.max_payload = self.js.client().server_info().max_payload;
         for (i, route) in self.routes.iter().enumerate() {
             let mut stream = self
                 .js
@@ -669,6 +739,17 @@ async fn mark_all(
         return Err(Interrupt::LeaseLost(epoch));
     }
     Ok(m.rows)
+}
+
+fn too_large(size: usize, limit: usize) -> Rejection {
+    Rejection {
+        kind: "too_large".into(),
+        path: None,
+        rule: Some("max_payload".into()),
+        reason: format!(
+            "the message would be {size} bytes, over the limit of {limit} (the server's max_payload or the stream's max_msg_size): shrink the data (e.g. link to large content instead of embedding it)"
+        ),
+    }
 }
 
 /// Exponential back-off, 100 ms doubling up to a ceiling.

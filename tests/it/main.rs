@@ -3,5 +3,7 @@
 
 mod support;
 
+mod catalog;
 mod migrate;
+mod rejections;
 mod relay;

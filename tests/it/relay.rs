@@ -37,7 +37,13 @@ async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
             let mut i = 0;
             while !stop.is_cancelled() {
                 let tx_ids = client
-                    .query("select mes_events.emit($1, 'busy-' || g, '{}') from generate_series($2::int, $2 + 49) g", &[&ORDER_TYPE, &i])
+                    .query(
+                        "select mes_events.emit($1, 'busy-' || g, jsonb_build_object(
+                                 'orderId', 'busy-' || g, 'previousStatus', null, 'status', 'released',
+                                 'hierarchyScope', jsonb_build_object('site', 'bsl')))
+                           from generate_series($2::int, $2 + 49) g",
+                        &[&ORDER_TYPE, &i],
+                    )
                     .await
                     .unwrap();
                 ids.extend(tx_ids.iter().map(|r| r.get::<_, i64>(0)));
@@ -52,14 +58,14 @@ async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
     for k in 0..30 {
         let key = format!("late-{k}");
         let tx = late.transaction().await.unwrap();
-        let first = mes_events::outbox::emit(&tx, ORDER_TYPE, &key, "{}", &opts)
+        let first = mes_events::outbox::emit(&tx, ORDER_TYPE, &key, &order_data(&key), &opts)
             .await
             .unwrap();
         // Let ids above `first` be taken and published meanwhile.
         tokio::time::sleep(Duration::from_millis(20)).await;
         tx.commit().await.unwrap();
         // The key's next event commits right after, with a higher id than the pipeline's cursor.
-        let second = mes_events::outbox::emit(&next, ORDER_TYPE, &key, "{}", &opts)
+        let second = mes_events::outbox::emit(&next, ORDER_TYPE, &key, &order_data(&key), &opts)
             .await
             .unwrap();
         committed.extend([first, second]);
@@ -463,15 +469,9 @@ async fn a_notify_wakes_the_relay_long_before_the_fallback_poll() {
     .await;
     for i in 0..3 {
         let c = env.db.client().await;
-        mes_events::outbox::emit(
-            &c,
-            ORDER_TYPE,
-            "K",
-            &format!(r#"{{"n":{i}}}"#),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        mes_events::outbox::emit(&c, ORDER_TYPE, "K", &order_data("K"), &Default::default())
+            .await
+            .unwrap();
         eventually(
             Duration::from_secs(30),
             "event published without waiting for the poll",

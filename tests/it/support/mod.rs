@@ -20,7 +20,18 @@ use tokio_util::sync::CancellationToken;
 pub use db::TestDb;
 pub use nats::NatsServer;
 
-pub const ORDER_TYPE: &str = "com.example.mes.processorder.statuschanged.v1";
+pub const ORDER_TYPE: &str = "io.mesevents.mes.processorder.statuschanged.v1";
+
+/// Valid data of a process order status change for `key`.
+pub fn order_data(key: &str) -> String {
+    serde_json::json!({
+        "orderId": key,
+        "previousStatus": "released",
+        "status": "running",
+        "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2"}
+    })
+    .to_string()
+}
 
 /// A test's world: its own NATS server, its own database, and a config pointing at both.
 pub struct Env {
@@ -43,6 +54,7 @@ impl Env {
 
     /// Servers up and schema migrated; the test creates the streams it needs.
     pub async fn without_streams() -> Env {
+        init_tracing();
         let nats = NatsServer::start().await;
         let db = TestDb::new().await;
         let cfg = config(&db, &nats);
@@ -62,6 +74,19 @@ impl Env {
     pub fn relay_process(&self) -> RelayProcess {
         RelayProcess::spawn(&self.cfg, &[])
     }
+}
+
+/// Relay logs in test output when RUST_LOG is set (e.g. RUST_LOG=mes_events=debug).
+pub fn init_tracing() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }
 
 pub fn config(db: &TestDb, nats: &NatsServer) -> Config {
@@ -265,20 +290,9 @@ pub async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<Published> 
         .await
         .expect("reading the stream back")
     {
-        let m = m.unwrap();
-        let info = m.info().unwrap();
-        let seq = info.stream_sequence;
-        let headers = m.headers.as_ref().expect("headers");
-        let msg_id = headers.get("Nats-Msg-Id").expect("Nats-Msg-Id").as_str();
-        let (_, outbox_id) = event::parse_msg_id(msg_id).expect("a msg id this relay wrote");
-        let key = mes_events::binding::percent_decode(headers.get("ce-subject").unwrap().as_str())
-            .unwrap();
-        out.push(Published {
-            seq,
-            subject: m.subject.to_string(),
-            outbox_id,
-            key,
-        });
+        let p = published(&m.unwrap());
+        let seq = p.seq;
+        out.push(p);
         if seq >= last {
             break;
         }
@@ -286,14 +300,18 @@ pub async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<Published> 
     out
 }
 
-/// What a consumer sees of one message.
+/// What a consumer sees of one message (decoded with the CloudEvents binding, so every message
+/// any test reads back is also checked to be a valid CloudEvent).
 pub fn published(m: &jetstream::Message) -> Published {
+    use cloudevents::AttributesReader;
     let info = m.info().unwrap();
     let headers = m.headers.as_ref().expect("headers");
     let msg_id = headers.get("Nats-Msg-Id").expect("Nats-Msg-Id").as_str();
     let (_, outbox_id) = event::parse_msg_id(msg_id).expect("a msg id this relay wrote");
-    let key =
-        mes_events::binding::percent_decode(headers.get("ce-subject").unwrap().as_str()).unwrap();
+    let ce =
+        mes_events::binding::decode(Some(headers), &m.payload, mes_events::binding::Rule::Spec)
+            .expect("a valid CloudEvent");
+    let key = ce.subject().expect("ce subject").to_owned();
     Published {
         seq: info.stream_sequence,
         subject: m.subject.to_string(),
@@ -365,12 +383,14 @@ pub async fn assert_exactly_once_in_order(db: &TestDb, published: &[Published], 
             "{}",
             p.subject
         );
-        let want = next_version.entry(key.as_str()).or_insert(1);
-        assert_eq!(
-            *version, *want,
-            "key {key}: event version {version} arrived where {want} was due (out of order or missing)"
+        // Versions are taken under the key's lock, so they are commit order; a discarded row
+        // leaves a gap, nothing may ever go backwards.
+        let prev = next_version.entry(key.as_str()).or_insert(0);
+        assert!(
+            *version > *prev,
+            "key {key}: event version {version} arrived after version {prev} (out of commit order)"
         );
-        *want += 1;
+        *prev = *version;
         assert_eq!(
             seq.map(|s| s as u64),
             Some(p.seq),
@@ -392,7 +412,7 @@ pub async fn write_events(
 ) -> Vec<i64> {
     let per_writer = total / writers;
     let mut tasks = Vec::new();
-    for w in 0..writers {
+    for _ in 0..writers {
         let mut client = db.client().await;
         tasks.push(tokio::spawn(async move {
             let mut committed = Vec::with_capacity(per_writer);
@@ -404,9 +424,7 @@ pub async fn write_events(
                 let mut aborted = false;
                 for _ in 0..n {
                     let key = format!("order-{}", rng.random_range(0..keys));
-                    let data =
-                        serde_json::json!({"orderId": key, "writer": w, "status": "running"})
-                            .to_string();
+                    let data = order_data(&key);
                     match mes_events::outbox::emit(
                         &tx,
                         ORDER_TYPE,
@@ -464,8 +482,11 @@ pub async fn write_events_paced(
         let n = (total - committed.len()).min(10) as i32;
         let rows = client
             .query(
-                "select mes_events.emit($1, 'order-' || ((g * 7919) % $3), jsonb_build_object('n', g))
-                   from generate_series($2::int, $2 + $4 - 1) g",
+                "select mes_events.emit($1, k, jsonb_build_object(
+                            'orderId', k, 'previousStatus', 'released', 'status', 'running',
+                            'hierarchyScope', jsonb_build_object('site', 'bsl')))
+                   from generate_series($2::int, $2 + $4 - 1) g,
+                        lateral (select 'order-' || ((g * 7919) % $3) as k) key",
                 &[&ORDER_TYPE, &i, &(keys as i32), &n],
             )
             .await

@@ -1,0 +1,246 @@
+//! Bad events never pass and are never lost: a row that cannot become a valid event is kept as
+//! rejected with its reason, other keys go on, and its key's later rows wait until it is retried
+//! (then all go out in order) or discarded.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mes_events::outbox::{self, EmitOptions};
+
+use crate::support::*;
+
+async fn emit(db: &TestDb, ty: &str, key: &str, data: &str) -> i64 {
+    let c = db.client().await;
+    outbox::emit(&c, ty, key, data, &EmitOptions::default())
+        .await
+        .unwrap()
+}
+
+fn pv_example() -> (String, serde_json::Value) {
+    let (ty, field, data) = crate::catalog::valid_examples()
+        .into_iter()
+        .find(|(ty, _, _)| ty.ends_with(".processvariable.changed.v1"))
+        .unwrap();
+    let key = data[&field].as_str().unwrap().to_owned();
+    assert_eq!(ty, "io.mesevents.mes.processvariable.changed.v1");
+    (key, data)
+}
+
+async fn published_ids(js: &async_nats::jetstream::Context) -> Vec<i64> {
+    read_stream(js, "MES_EVENTS")
+        .await
+        .iter()
+        .map(|p| p.outbox_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_through() {
+    let env = Env::new().await;
+    let mut cfg = env.cfg.clone();
+    cfg.relay.streams = vec!["MES_EVENTS".into()]; // process variables have no stream here
+    let relay = spawn_relay(cfg, &env.nats.url()).await;
+    let js = env.js().await;
+
+    let a1 = emit(&env.db, ORDER_TYPE, "A", &order_data("A")).await;
+    let a2 = emit(
+        &env.db,
+        ORDER_TYPE,
+        "A",
+        &order_data("A").replace("running", "runing"),
+    )
+    .await;
+    let a3 = emit(&env.db, ORDER_TYPE, "A", &order_data("A")).await;
+    let a4 = emit(&env.db, ORDER_TYPE, "A", &order_data("A")).await;
+    let c1 = emit(
+        &env.db,
+        "io.mesevents.mes.processorder.exploded.v1",
+        "C",
+        &order_data("C"),
+    )
+    .await;
+    let c2 = emit(&env.db, ORDER_TYPE, "C", &order_data("C")).await;
+    let mut big: serde_json::Value = serde_json::from_str(&order_data("D")).unwrap();
+    big["note"] = "x".repeat(1_100_000).into(); // over the server's 1 MiB max_payload
+    let d1 = emit(&env.db, ORDER_TYPE, "D", &big.to_string()).await;
+    let d2 = emit(&env.db, ORDER_TYPE, "D", &order_data("D")).await;
+    let (pv_key, pv) = pv_example();
+    let e1 = emit(
+        &env.db,
+        "io.mesevents.mes.processvariable.changed.v1",
+        &pv_key,
+        &pv.to_string(),
+    )
+    .await;
+    let f1 = emit(&env.db, ORDER_TYPE, "F", &order_data("not-F")).await;
+    let b: Vec<i64> = [
+        emit(&env.db, ORDER_TYPE, "B", &order_data("B")).await,
+        emit(&env.db, ORDER_TYPE, "B", &order_data("B")).await,
+        emit(&env.db, ORDER_TYPE, "B", &order_data("B")).await,
+    ]
+    .into();
+
+    let db = env.db.client().await;
+    eventually(
+        Duration::from_secs(30),
+        "five rejections recorded, other keys published",
+        || async {
+            outbox::rejected(&db).await.unwrap().len() == 5 && published_ids(&js).await.len() == 4
+        },
+    )
+    .await;
+    // Other keys went through; the bad rows' keys stopped right before them.
+    let ids = published_ids(&js).await;
+    assert_eq!(
+        ids,
+        [vec![a1], b.clone()].concat(),
+        "only A's first event and B's events went out"
+    );
+
+    let rejected: HashMap<i64, outbox::RejectedRow> = outbox::rejected(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect();
+    let reason = |id: i64| {
+        let r = &rejected[&id];
+        (
+            r.kind.as_str(),
+            r.path.as_deref(),
+            r.rule.as_deref(),
+            r.waiting,
+        )
+    };
+    assert_eq!(reason(a2), ("schema", Some("/status"), Some("enum"), 2));
+    assert_eq!(reason(c1), ("unknown_type", None, None, 1));
+    assert_eq!(reason(d1), ("too_large", None, Some("max_payload"), 1));
+    assert_eq!(reason(e1), ("unroutable", None, None, 0));
+    assert_eq!(
+        reason(f1),
+        ("key_mismatch", Some("/orderId"), Some("key"), 0)
+    );
+
+    // The operator's listing shows them too, one JSON object per line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args(["outbox", "rejected", "--json"])
+        .env("MES_EVENTS_DATABASE__URL", &env.db.url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+
+    // Retry with fixed data: A's held events follow, in order.
+    let mut admin = env.db.client().await;
+    outbox::retry(&mut admin, a2, Some(&order_data("A")))
+        .await
+        .unwrap();
+    // Discard: C's later event goes out without it.
+    outbox::discard(
+        &mut admin,
+        c1,
+        "test@ci",
+        "type was a typo; re-emitted as c2",
+    )
+    .await
+    .unwrap();
+    // Retry with smaller data.
+    outbox::retry(&mut admin, d1, Some(&order_data("D")))
+        .await
+        .unwrap();
+    outbox::discard(&mut admin, e1, "test@ci", "no process-variable stream here")
+        .await
+        .unwrap();
+    outbox::discard(&mut admin, f1, "test@ci", "wrong key")
+        .await
+        .unwrap();
+
+    eventually(
+        Duration::from_secs(30),
+        "held rows published after retry/discard",
+        || async { outbox::counts(&db).await.unwrap().pending == 0 },
+    )
+    .await;
+    relay.stop().await;
+    let published = read_stream(&js, "MES_EVENTS").await;
+    let committed = [vec![a1, a2, a3, a4, c2, d1, d2], b].concat();
+    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    let discarded = db
+        .query_one(
+            "select discarded_by, discard_reason from mes_events.outbox where id = $1",
+            &[&c1],
+        )
+        .await
+        .unwrap();
+    assert_eq!(discarded.get::<_, String>(0), "test@ci");
+    // Retry and discard only apply to rejected rows.
+    assert!(matches!(
+        outbox::retry(&mut admin, a1, None).await,
+        Err(outbox::ResolveError::NotRejected(_))
+    ));
+    assert!(matches!(
+        outbox::discard(&mut admin, 999_999, "x", "y").await,
+        Err(outbox::ResolveError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn stop_mode_stops_at_the_first_bad_row_and_will_not_restart_until_resolved() {
+    let env = Env::new().await;
+    emit(&env.db, ORDER_TYPE, "X", &order_data("X")).await;
+    let bad = emit(
+        &env.db,
+        ORDER_TYPE,
+        "X",
+        &order_data("X").replace("running", "runing"),
+    )
+    .await;
+    emit(&env.db, ORDER_TYPE, "Y", &order_data("Y")).await;
+    let stop_mode = [("MES_EVENTS_RELAY__ON_INVALID", "stop")];
+
+    let wait_exit = |mut p: RelayProcess| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = p.child.try_wait().unwrap() {
+                return (s.code(), p.stderr());
+            }
+            assert!(Instant::now() < deadline, "relay did not stop");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    let (code, err) = wait_exit(RelayProcess::spawn(&env.cfg, &stop_mode)).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("outbox retry {bad}")), "{err}");
+    let (code, err) = wait_exit(RelayProcess::spawn(&env.cfg, &stop_mode)).await;
+    assert_eq!(
+        code,
+        Some(3),
+        "refuses to start while the row is unresolved: {err}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args([
+            "outbox",
+            "discard",
+            &bad.to_string(),
+            "--reason",
+            "operator typo",
+        ])
+        .env("MES_EVENTS_DATABASE__URL", &env.db.url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut relay = RelayProcess::spawn(&env.cfg, &stop_mode);
+    eventually(Duration::from_secs(30), "the rest published", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    assert!(relay.terminate().await.success());
+}
