@@ -34,7 +34,7 @@ pub struct EventType {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TypeError {
-    #[error("event type {0:?} does not have the form <reverse-dns>.mes.<category>.<event>.v<major>, e.g. com.example.mes.processorder.statuschanged.v1")]
+    #[error("event type {0:?} does not have the form <reverse-dns>.mes.<category>.<event>.v<major>, e.g. io.mesevents.mes.processorder.statuschanged.v1")]
     Form(String),
     #[error("event type {ty:?}: {part} {value:?} must be lower-case letters and digits")]
     Token {
@@ -292,6 +292,55 @@ mod tests {
         for bad in ["_41", "_2e", "a.b", "_", "_4", "a*"] {
             assert_eq!(unescape(bad), None, "{bad}");
         }
+    }
+
+    /// The README's wildcard recipes, checked against real subjects.
+    #[test]
+    fn readme_wildcard_recipes() {
+        let line2 = Location {
+            site: Some("bsl".into()),
+            area: Some("gran".into()),
+            work_center: Some("line2".into()),
+            work_unit: Some("dryer1".into()),
+        };
+        let other_site = Location {
+            site: Some("zrh".into()),
+            ..Default::default()
+        };
+        let s = |t: &str, loc: &Location, key: &str| {
+            subject(
+                "mes",
+                "bsl",
+                &ty(&format!("io.mesevents.mes.{t}.v1")),
+                loc,
+                key,
+            )
+        };
+        let status = s("processorder.statuschanged", &line2, "4711");
+        let op = s("processorder.operationstatuschanged", &line2, "4711");
+        let consumed = s("material.consumed", &line2, "4711");
+        let other_order = s("material.consumed", &line2, "4712");
+        let lot = s("stock.lotstatuschanged", &other_site, "LOT-00042");
+        let pv = s("processvariable.changed", &line2, "dryer1.temperature");
+        let doc = s("document.statuschanged", &other_site, "SOP-7");
+
+        assert!(matches("mes.*.*.*.*.processorder.statuschanged.>", &status));
+        assert!(!matches("mes.*.*.*.*.processorder.statuschanged.>", &op));
+        assert!(matches("mes.bsl.>", &status) && !matches("mes.bsl.>", &lot));
+        let one_order = [
+            "mes.*.*.*.*.processorder.*.*.4711",
+            "mes.*.*.*.*.material.*.*.4711",
+        ];
+        for x in [&status, &op, &consumed] {
+            assert!(one_order.iter().any(|f| matches(f, x)), "{x}");
+        }
+        assert!(!one_order.iter().any(|f| matches(f, &other_order)));
+        assert!(matches("mes.*.*.*.*.material.>", &consumed));
+        assert!(matches("mes.*.*.*.*.stock.*.*.LOT-00042", &lot));
+        assert!(matches("mes.bsl.gran.line2.dryer1.processvariable.>", &pv));
+        assert!(matches("mes.bsl.gran.line2.>", &pv) && matches("mes.bsl.gran.line2.>", &status));
+        assert!(matches("mes.*.*.*.*.document.>", &doc));
+        assert!(matches("mes.*.*.*.*.stock.lotstatuschanged.>", &lot));
     }
 
     #[test]

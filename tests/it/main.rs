@@ -4,6 +4,7 @@
 mod support;
 
 mod catalog;
+mod interop;
 mod migrate;
 mod rejections;
 mod relay;
