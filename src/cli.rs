@@ -31,6 +31,9 @@ pub enum Command {
     /// Inspect and resolve outbox rows the relay could not publish.
     #[command(subcommand)]
     Outbox(OutboxCommand),
+    /// Declare streams, consumers and permissions from files under nats/ and make a server match.
+    #[command(subcommand)]
+    Provision(ProvisionCommand),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
@@ -97,4 +100,52 @@ pub enum OutboxCommand {
     },
     /// Counts of pending, published, rejected and discarded rows.
     Status,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeclArgs {
+    /// Folder of the declaration (*.toml, read recursively).
+    #[arg(long, default_value = "nats", value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvisionCommand {
+    /// Show what apply would change. Exit 0: in sync; 4: changes pending; 2: invalid declaration.
+    Plan {
+        #[command(flatten)]
+        decl: DeclArgs,
+        /// Also plan deleting durable consumers that no file declares.
+        #[arg(long)]
+        prune: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create and update what the declaration says; safe on every deploy. Exit 5: a change was
+    /// refused (it needs recreation); everything else was applied.
+    Apply {
+        #[command(flatten)]
+        decl: DeclArgs,
+        /// Recreate consumers whose unchangeable fields differ (they lose their position).
+        #[arg(long)]
+        allow_recreate: bool,
+        /// Delete durable consumers on declared streams that no file declares.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Per consumer: pending, ack pending, redelivered, last active, paused; stream sequences.
+    Status {
+        #[command(flatten)]
+        decl: DeclArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write NATS server authorization (auth.conf) and NKey seeds for admin, relay and each system.
+    Credentials {
+        #[command(flatten)]
+        decl: DeclArgs,
+        /// Output folder (keep it out of git); existing seeds are kept.
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }

@@ -49,6 +49,9 @@ pub struct NatsConfig {
     /// Optional `.creds` file (JWT + NKey seed) for the relay's identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<PathBuf>,
+    /// Optional NKey seed file (`mes-events provision credentials` writes `relay.nk`, `admin.nk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nkey: Option<PathBuf>,
     /// How long to wait for a JetStream API answer or a PubAck before treating it as lost.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -121,6 +124,7 @@ impl Default for Config {
             nats: NatsConfig {
                 url: "nats://127.0.0.1:4222".into(),
                 credentials: None,
+                nkey: None,
                 request_timeout: Duration::from_secs(5),
             },
             events: EventsConfig {

@@ -11,6 +11,11 @@ pub const USAGE: u8 = 2;
 /// The environment is not set up: schema not migrated, stream missing. The message says what to
 /// run (`mes-events migrate`, `mes-events provision apply`).
 pub const NOT_READY: u8 = 3;
+/// `provision plan`: the server differs from the declaration (apply would change something).
+pub const CHANGES: u8 = 4;
+/// `provision apply`: a change was refused (a field the server cannot change in place); the
+/// message says why and what it would take. Everything else was applied.
+pub const REFUSED: u8 = 5;
 
 pub fn code(c: u8) -> ExitCode {
     ExitCode::from(c)

@@ -30,5 +30,6 @@ pub mod migrate;
 pub mod nats;
 pub mod outbox;
 pub mod pg;
+pub mod provision;
 pub mod relay;
 pub mod subject;

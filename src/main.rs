@@ -12,7 +12,7 @@ use mes_events::config::Config;
 use mes_events::{demo, exit, migrate, nats, outbox, pg, relay};
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, EmitArgs, OutboxCommand};
+use cli::{Cli, Command, EmitArgs, OutboxCommand, ProvisionCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -93,6 +93,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         }
         Command::Emit(args) => emit(&cfg, args).await,
         Command::Outbox(cmd) => outbox_command(&cfg, cmd).await,
+        Command::Provision(cmd) => provision_command(&cfg, cmd).await,
         Command::Relay => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -237,6 +238,133 @@ async fn outbox_command(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> 
         }
     }
     Ok(exit::OK)
+}
+
+async fn provision_command(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
+    use mes_events::provision::{self, Options};
+    let dir = match &cmd {
+        ProvisionCommand::Plan { decl, .. }
+        | ProvisionCommand::Apply { decl, .. }
+        | ProvisionCommand::Status { decl, .. }
+        | ProvisionCommand::Credentials { decl, .. } => decl.dir.clone(),
+    };
+    // Validate everything before any call to a server.
+    let decl = match provision::load_dir(&dir) {
+        Ok(d) => d,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} problem(s) in the declaration under {}; nothing was sent to NATS",
+                errors.len(),
+                dir.display()
+            );
+            return Ok(exit::USAGE);
+        }
+    };
+    if let ProvisionCommand::Credentials { out, .. } = &cmd {
+        let seeds = provision::auth::write(&decl, out)?;
+        println!("wrote {}", out.join("auth.conf").display());
+        for (user, path) in seeds {
+            println!("  {user:<20} {}", path.display());
+        }
+        println!("include auth.conf in the nats-server configuration; give each system its .nk seed and inbox prefix _INBOX_<system>");
+        return Ok(exit::OK);
+    }
+    let client = nats::connect(&cfg.nats, "mes-events provision", false).await?;
+    let js = nats::jetstream(client, &cfg.nats, 256);
+    match cmd {
+        ProvisionCommand::Plan { prune, json, .. } => {
+            let plan = provision::plan(
+                &js,
+                &decl,
+                Options {
+                    prune,
+                    allow_recreate: false,
+                },
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                println!("{plan}");
+            }
+            Ok(if plan.pending() {
+                exit::CHANGES
+            } else {
+                exit::OK
+            })
+        }
+        ProvisionCommand::Apply {
+            allow_recreate,
+            prune,
+            ..
+        } => {
+            match provision::apply(
+                &js,
+                &decl,
+                Options {
+                    prune,
+                    allow_recreate,
+                },
+            )
+            .await
+            {
+                Ok(plan) => {
+                    println!("{plan}");
+                    Ok(exit::OK)
+                }
+                Err(provision::ProvisionError::Refused(why)) => {
+                    for w in &why {
+                        eprintln!("refused: {w}");
+                    }
+                    Ok(exit::REFUSED)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        ProvisionCommand::Status { json, .. } => {
+            let rows = provision::status(&js, &decl).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<16} {:<12} {:<22} {:>9} {:>8} {:>8} {:>6}  {:<25} stream first..last",
+                    "system",
+                    "stream",
+                    "consumer",
+                    "pending",
+                    "ack-pend",
+                    "redeliv",
+                    "paused",
+                    "last active"
+                );
+                for r in rows {
+                    println!(
+                        "{:<16} {:<12} {:<22} {:>9} {:>8} {:>8} {:>6}  {:<25} {}..{}{}",
+                        r.system,
+                        r.stream,
+                        r.consumer,
+                        r.pending,
+                        r.ack_pending,
+                        r.redelivered,
+                        if r.paused { "yes" } else { "no" },
+                        r.last_active.as_deref().unwrap_or("-"),
+                        r.stream_first_seq,
+                        r.stream_last_seq,
+                        if r.exists {
+                            ""
+                        } else {
+                            "  (missing: run provision apply)"
+                        }
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        ProvisionCommand::Credentials { .. } => unreachable!("handled above"),
+    }
 }
 
 /// Cancels `token` on the first SIGTERM or Ctrl-C.

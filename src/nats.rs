@@ -42,6 +42,13 @@ pub async fn connect(
                 source,
             })?;
     }
+    if let Some(path) = &cfg.nkey {
+        let seed = std::fs::read_to_string(path).map_err(|source| ConnectError::Credentials {
+            path: path.clone(),
+            source,
+        })?;
+        opts = opts.nkey(seed.trim().to_owned());
+    }
     if wait_for_server {
         opts = opts.retry_on_initial_connect();
     }

@@ -6,5 +6,6 @@ mod support;
 mod catalog;
 mod interop;
 mod migrate;
+mod provision;
 mod rejections;
 mod relay;

@@ -1,0 +1,18 @@
+//! Provisioning: streams, one durable pull consumer per external system, and who may read what,
+//! declared in files under nats/ and made true on a server with plan / apply / status.
+//!
+//! - [`decl`]: the file format and its validation (before any server call).
+//! - [`plan`]: declared vs live, field by field (pure).
+//! - [`apply`]: reading live state, applying a plan, consumer status.
+//! - [`auth`]: NATS server authorization generated from the same declaration.
+//!
+//! Never deletes or recreates a stream; never deletes a consumer unless asked (`--prune`,
+//! `--allow-recreate`).
+
+pub mod apply;
+pub mod auth;
+pub mod decl;
+pub mod plan;
+
+pub use apply::{apply, plan, status, Options, ProvisionError};
+pub use decl::{load_dir, DeclError, Declaration};
