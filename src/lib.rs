@@ -14,6 +14,7 @@
 //! - [`binding`]: the CloudEvents NATS binding: attributes ↔ headers (pure).
 //! - [`pg`]: PostgreSQL sessions whose notifications are seen.
 //! - [`nats`]: connecting to NATS and JetStream.
+//! - [`consume`]: a durable pull consumer driving a handler, each key's events in order.
 //! - [`demo`]: the whole pipeline on one machine, set up and removed by itself.
 //! - [`relay`]: the loop that moves rows into JetStream, with leadership and reconciliation.
 //! - [`exit`]: the process exit codes, documented.
@@ -22,6 +23,7 @@
 pub mod binding;
 pub mod catalog;
 pub mod config;
+pub mod consume;
 pub mod demo;
 pub mod event;
 pub mod exit;

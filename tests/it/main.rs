@@ -4,6 +4,7 @@
 mod support;
 
 mod catalog;
+mod consume;
 mod interop;
 mod migrate;
 mod provision;

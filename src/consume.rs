@@ -1,0 +1,284 @@
+//! Consume: bind to a durable pull consumer, decode CloudEvents, run a handler, and keep each
+//! key's events in order even though handlers run concurrently across keys.
+//!
+//! Ordering rule: a key handles one event at a time, in stream order. A transient failure naks
+//! the event with a delay and blocks its key on that stream sequence: the key's later events are
+//! held here (kept alive with in-progress acks) until the naked one is redelivered and handled.
+//! On the consumer's last allowed delivery a failing event is nak'ed once more, so the server
+//! gives up on it and announces it as a dead letter (max-deliveries advisory), and the key goes
+//! on. A poison event (the handler says it can never succeed) is terminated with its reason.
+//!
+//! Owns pulling, dispatch and acknowledgement; never decides what an event means.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind, Context};
+use cloudevents::{AttributesReader, Event};
+use futures::StreamExt;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::binding::{self, Rule};
+
+/// What became of one event in the handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled: ack it.
+    Done,
+    /// Failed for now: redeliver after this delay (the key waits).
+    Retry(Duration),
+    /// Can never succeed: terminate it (it goes to the dead letters) and go on with the key.
+    Poison(String),
+}
+
+/// One event as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: Event,
+    /// The ordering key (`partitionkey`, else `subject`).
+    pub key: String,
+    pub stream_seq: u64,
+    /// 1 on first delivery.
+    pub delivered: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Messages asked for per pull request.
+    pub batch: usize,
+    /// Handlers running at once (across keys).
+    pub concurrency: usize,
+    /// Idle heartbeat of pull requests: a dead connection is noticed within twice this.
+    pub heartbeat: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            batch: 200,
+            concurrency: 16,
+            heartbeat: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("consumer {consumer} on stream {stream}: {message}")]
+    Bind {
+        stream: String,
+        consumer: String,
+        message: String,
+    },
+}
+
+/// Counts of what happened, returned when the run stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub handled: u64,
+    pub retried: u64,
+    pub dead: u64,
+    pub poisoned: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Default)]
+struct Key {
+    queue: VecDeque<Held>,
+    busy: bool,
+    /// Stream sequence of the naked event the key waits for.
+    blocked_on: Option<u64>,
+    /// Highest stream sequence handled: a redelivery at or below it is a duplicate.
+    done: u64,
+}
+
+struct Held {
+    msg: jetstream::Message,
+    delivery: Delivery,
+}
+
+/// Runs `handler` over the consumer until `shutdown`; in-flight handlers finish and are acked.
+pub async fn run<H, F>(
+    js: &Context,
+    stream: &str,
+    consumer: &str,
+    opts: Options,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<Stats, ConsumeError>
+where
+    H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let bind = |message: String| ConsumeError::Bind {
+        stream: stream.to_owned(),
+        consumer: consumer.to_owned(),
+        message,
+    };
+    let mut c: PullConsumer = js
+        .get_consumer_from_stream(consumer, stream)
+        .await
+        .map_err(|e| bind(e.to_string()))?;
+    let info = c.info().await.map_err(|e| bind(e.to_string()))?;
+    let max_deliver = info.config.max_deliver;
+    let ack_wait = info.config.ack_wait.max(Duration::from_secs(1));
+    let mut messages = c
+        .stream()
+        .max_messages_per_batch(opts.batch)
+        .heartbeat(opts.heartbeat)
+        .expires(opts.heartbeat * 6)
+        .messages()
+        .await
+        .map_err(|e| bind(e.to_string()))?;
+
+    let mut keys: HashMap<String, Key> = HashMap::new();
+    let mut tasks: JoinSet<(Held, Outcome)> = JoinSet::new();
+    let mut stats = Stats::default();
+    let mut progress = tokio::time::interval(ack_wait / 2);
+    progress.tick().await;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = messages.next(), if tasks.len() < opts.concurrency => {
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missing heartbeats and reconnects surface here; the stream goes on.
+                        debug!(error = %e, "pull stream");
+                        continue;
+                    }
+                    None => break,
+                };
+                let Some(held) = receive(msg).await else { continue };
+                let k = keys.entry(held.delivery.key.clone()).or_default();
+                let seq = held.delivery.stream_seq;
+                if seq <= k.done {
+                    stats.duplicates += 1;
+                    let _ = held.msg.ack().await;
+                } else if k.blocked_on == Some(seq) {
+                    k.blocked_on = None;
+                    k.queue.push_front(held);
+                } else if k.queue.iter().any(|h| h.delivery.stream_seq == seq) {
+                    stats.duplicates += 1; // redelivered while held: keep the one we hold
+                } else {
+                    k.queue.push_back(held);
+                }
+            }
+            Some(done) = tasks.join_next() => {
+                let (held, outcome) = match done {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(error = %e, "handler panicked; its event will be redelivered after ack_wait");
+                        continue;
+                    }
+                };
+                let d = &held.delivery;
+                let k = keys.entry(d.key.clone()).or_default();
+                k.busy = false;
+                match outcome {
+                    Outcome::Done => {
+                        k.done = d.stream_seq;
+                        stats.handled += 1;
+                        if let Err(e) = held.msg.double_ack().await {
+                            warn!(error = %e, seq = d.stream_seq, "ack failed; the event may be redelivered (and skipped as a duplicate)");
+                        }
+                    }
+                    Outcome::Retry(delay) if max_deliver > 0 && d.delivered >= max_deliver => {
+                        // Last delivery: nak so the server gives up and announces it; go on.
+                        warn!(seq = d.stream_seq, key = %d.key, "event failed on its last delivery: it goes to the dead letters");
+                        k.done = d.stream_seq;
+                        stats.dead += 1;
+                        let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    }
+                    Outcome::Retry(delay) => {
+                        stats.retried += 1;
+                        k.blocked_on = Some(d.stream_seq);
+                        let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    }
+                    Outcome::Poison(reason) => {
+                        warn!(seq = d.stream_seq, key = %d.key, %reason, "poison event terminated");
+                        k.done = d.stream_seq;
+                        stats.poisoned += 1;
+                        let _ = held.msg.ack_with(AckKind::Term).await;
+                    }
+                }
+            }
+            _ = progress.tick() => {
+                // Held events wait on their key: keep them from being redelivered meanwhile.
+                for k in keys.values() {
+                    for h in &k.queue {
+                        let _ = h.msg.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        }
+        // Start a handler for every key that is free, not blocked and has something queued.
+        for k in keys.values_mut() {
+            if tasks.len() >= opts.concurrency {
+                break;
+            }
+            if k.busy || k.blocked_on.is_some() {
+                continue;
+            }
+            if let Some(held) = k.queue.pop_front() {
+                k.busy = true;
+                let handler = handler.clone();
+                tasks.spawn(async move {
+                    let outcome = handler(held.delivery.clone()).await;
+                    (held, outcome)
+                });
+            }
+        }
+        keys.retain(|_, k| k.busy || k.blocked_on.is_some() || !k.queue.is_empty() || k.done > 0);
+    }
+    // Let running handlers finish and record them; held events are redelivered to the next run.
+    while let Some(Ok((held, outcome))) = tasks.join_next().await {
+        match outcome {
+            Outcome::Done => {
+                stats.handled += 1;
+                let _ = held.msg.double_ack().await;
+            }
+            Outcome::Retry(d) => {
+                let _ = held.msg.ack_with(AckKind::Nak(Some(d))).await;
+            }
+            Outcome::Poison(_) => {
+                stats.poisoned += 1;
+                let _ = held.msg.ack_with(AckKind::Term).await;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Decodes a message; one that is not a valid CloudEvent is terminated (it can never succeed).
+async fn receive(msg: jetstream::Message) -> Option<Held> {
+    let info = msg.info().ok()?;
+    let (stream_seq, delivered) = (info.stream_sequence, info.delivered);
+    match binding::decode(msg.headers.as_ref(), &msg.payload, Rule::Lenient) {
+        Ok(event) => {
+            let key = event
+                .extension("partitionkey")
+                .map(|v| v.to_string())
+                .or_else(|| event.subject().map(str::to_owned))
+                .unwrap_or_default();
+            Some(Held {
+                msg,
+                delivery: Delivery {
+                    event,
+                    key,
+                    stream_seq,
+                    delivered,
+                },
+            })
+        }
+        Err(e) => {
+            warn!(seq = stream_seq, error = %e, "not a valid CloudEvent: terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            None
+        }
+    }
+}
