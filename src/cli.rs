@@ -34,6 +34,11 @@ pub enum Command {
     /// Declare streams, consumers and permissions from files under nats/ and make a server match.
     #[command(subcommand)]
     Provision(ProvisionCommand),
+    /// Events consumers gave up on (max deliveries, terminated): list, or send one back.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+    /// Move a system's consumer back (or forward) to a time or stream sequence.
+    Replay(ReplayArgs),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
@@ -148,4 +153,37 @@ pub enum ProvisionCommand {
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Every dead letter with its consumer, stream sequence, deliveries and event.
+    List {
+        #[arg(long, default_value = "MES_DEAD_LETTERS")]
+        stream: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one back to its consumer alone (after the cause is fixed); it leaves the list.
+    Resend {
+        /// The dead letter's id (from `list`).
+        id: u64,
+        #[arg(long, default_value = "MES_DEAD_LETTERS")]
+        stream: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The durable consumer (usually the system's name).
+    pub consumer: String,
+    /// Its stream.
+    #[arg(long, default_value = "MES_EVENTS")]
+    pub stream: String,
+    /// An RFC 3339 time (2026-11-23T08:00:00Z) or a stream sequence.
+    #[arg(long)]
+    pub from: mes_events::replay::From,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
 }

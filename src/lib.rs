@@ -15,6 +15,8 @@
 //! - [`pg`]: PostgreSQL sessions whose notifications are seen.
 //! - [`nats`]: connecting to NATS and JetStream.
 //! - [`consume`]: a durable pull consumer driving a handler, each key's events in order.
+//! - [`deadletter`]: events consumers gave up on: list them, send one back to its consumer.
+//! - [`replay`]: move a consumer back (or forward) to a time or sequence.
 //! - [`demo`]: the whole pipeline on one machine, set up and removed by itself.
 //! - [`relay`]: the loop that moves rows into JetStream, with leadership and reconciliation.
 //! - [`exit`]: the process exit codes, documented.
@@ -24,6 +26,7 @@ pub mod binding;
 pub mod catalog;
 pub mod config;
 pub mod consume;
+pub mod deadletter;
 pub mod demo;
 pub mod event;
 pub mod exit;
@@ -34,4 +37,5 @@ pub mod outbox;
 pub mod pg;
 pub mod provision;
 pub mod relay;
+pub mod replay;
 pub mod subject;

@@ -12,7 +12,7 @@ use mes_events::config::Config;
 use mes_events::{demo, exit, migrate, nats, outbox, pg, relay};
 use tokio_util::sync::CancellationToken;
 
-use cli::{Cli, Command, EmitArgs, OutboxCommand, ProvisionCommand};
+use cli::{Cli, Command, DeadLetterCommand, EmitArgs, OutboxCommand, ProvisionCommand, ReplayArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -94,6 +94,8 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         Command::Emit(args) => emit(&cfg, args).await,
         Command::Outbox(cmd) => outbox_command(&cfg, cmd).await,
         Command::Provision(cmd) => provision_command(&cfg, cmd).await,
+        Command::DeadLetters(cmd) => dead_letters(&cfg, cmd).await,
+        Command::Replay(args) => replay(&cfg, args).await,
         Command::Relay => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -365,6 +367,76 @@ async fn provision_command(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Resul
         }
         ProvisionCommand::Credentials { .. } => unreachable!("handled above"),
     }
+}
+
+async fn dead_letters(cfg: &Config, cmd: DeadLetterCommand) -> anyhow::Result<u8> {
+    use mes_events::deadletter;
+    let client = nats::connect(&cfg.nats, "mes-events dead-letters", false).await?;
+    let js = nats::jetstream(client, &cfg.nats, 64);
+    match cmd {
+        DeadLetterCommand::List { stream, json } => {
+            let list = deadletter::list(&js, &stream).await?;
+            if json {
+                for d in &list {
+                    println!("{}", serde_json::to_string(d)?);
+                }
+            } else if list.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!(
+                    "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  event",
+                    "id", "reason", "stream", "consumer", "stream-seq", "deliveries"
+                );
+                for d in &list {
+                    let event = match (&d.event_type, &d.event_subject, &d.problem) {
+                        (Some(t), s, _) => format!("{t} {}", s.as_deref().unwrap_or("")),
+                        (None, _, Some(p)) => format!("({p})"),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  {event}",
+                        d.id, d.reason, d.stream, d.consumer, d.stream_seq, d.deliveries
+                    );
+                }
+            }
+        }
+        DeadLetterCommand::Resend { id, stream } => {
+            let subject = deadletter::resend(&js, &stream, id).await?;
+            println!("dead letter {id} sent back on {subject}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<u8> {
+    use mes_events::replay as r;
+    let client = nats::connect(&cfg.nats, "mes-events replay", false).await?;
+    let js = nats::jetstream(client, &cfg.nats, 64);
+    let plan = r::plan(&js, &args.stream, &args.consumer, args.from).await?;
+    println!(
+        "consumer {}/{}: now acked up to stream sequence {} with {} pending.\nreplay from {}: {} event(s) will be delivered to it again.",
+        plan.stream, plan.consumer, plan.acked_up_to, plan.pending_now, plan.from, plan.redeliver
+    );
+    if !args.yes {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            eprintln!("error: not confirmed: pass --yes to replay without a prompt");
+            return Ok(exit::USAGE);
+        }
+        eprint!("proceed? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("nothing changed");
+            return Ok(exit::OK);
+        }
+    }
+    r::apply(&js, &plan).await?;
+    println!(
+        "consumer {}/{} now delivers from {}",
+        plan.stream, plan.consumer, plan.from
+    );
+    Ok(exit::OK)
 }
 
 /// Cancels `token` on the first SIGTERM or Ctrl-C.

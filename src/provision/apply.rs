@@ -156,7 +156,7 @@ fn make_plan(d: &Declaration, live: &Live, opts: Options) -> Plan {
             let (action, changes) = match info {
                 None => (Action::Create, Vec::new()),
                 Some(i) => {
-                    let ch = plan::consumer_changes(c, &i.config);
+                    let ch = plan::consumer_changes(name, c, &i.config);
                     (plan::action(&ch), ch)
                 }
             };
@@ -243,7 +243,7 @@ pub async fn apply(js: &Context, d: &Declaration, opts: Options) -> Result<Plan,
                         .map_err(nats("creating consumer"))?;
                 }
                 Some(i) => {
-                    let changes = plan::consumer_changes(c, &i.config);
+                    let changes = plan::consumer_changes(name, c, &i.config);
                     match plan::action(&changes) {
                         Action::Unchanged => {}
                         Action::Update => {

@@ -129,10 +129,11 @@ fn meta(m: &BTreeMap<String, String>) -> String {
     format!("{m:?}")
 }
 
-/// Live metadata without the keys the server adds itself (`_nats.*`, since 2.11).
+/// Live metadata without the keys the server adds itself (`_nats.*`, since 2.11) and those
+/// mes-events records on purpose (`mes-events.*`, e.g. a replay).
 fn live_meta(m: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     m.iter()
-        .filter(|(k, _)| !k.starts_with("_nats."))
+        .filter(|(k, _)| !k.starts_with("_nats.") && !k.starts_with("mes-events."))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
@@ -152,7 +153,7 @@ pub fn stream_changes(d: &StreamDecl, live: &stream::Config) -> Vec<Change> {
             }
         }
     };
-    let subjects: Vec<String> = d.subjects.iter().map(|s| s.get_ref().clone()).collect();
+    let subjects = stream_subjects(d);
     cmp(
         "subjects",
         Some(list(&subjects)),
@@ -244,7 +245,7 @@ pub fn stream_changes(d: &StreamDecl, live: &stream::Config) -> Vec<Change> {
 /// Lays the declared fields over a stream configuration (a default one for a new stream).
 pub fn stream_config(d: &StreamDecl, mut c: stream::Config) -> stream::Config {
     c.name = d.name.get_ref().clone();
-    c.subjects = d.subjects.iter().map(|s| s.get_ref().clone()).collect();
+    c.subjects = stream_subjects(d);
     if let Some(v) = &d.description {
         c.description = Some(v.clone());
     }
@@ -313,8 +314,40 @@ pub fn stream_config(d: &StreamDecl, mut c: stream::Config) -> stream::Config {
     c
 }
 
+/// Subject prefix of dead letters sent back to one consumer:
+/// `mes-redeliver.<stream>.<consumer>.<original subject>`.
+pub const REDELIVER_PREFIX: &str = "mes-redeliver";
+
+/// A stream's subjects: the declared ones, plus the one dead letters are sent back on.
+pub fn stream_subjects(d: &StreamDecl) -> Vec<String> {
+    let mut v: Vec<String> = d.subjects.iter().map(|s| s.get_ref().clone()).collect();
+    v.push(format!("{REDELIVER_PREFIX}.{}.>", d.name.get_ref()));
+    v
+}
+
+/// The subject a dead letter is sent back to its consumer on.
+pub fn redeliver_subject(stream: &str, consumer: &str, original: &str) -> String {
+    format!("{REDELIVER_PREFIX}.{stream}.{consumer}.{original}")
+}
+
+/// A consumer's filters: the declared ones, plus the subject its own dead letters come back on.
+pub fn consumer_filters(name: &str, d: &ConsumerDecl) -> Vec<String> {
+    let mut v: Vec<String> = d
+        .filter_subjects
+        .iter()
+        .map(|s| s.get_ref().clone())
+        .collect();
+    if !v.is_empty() {
+        v.push(format!(
+            "{REDELIVER_PREFIX}.{}.{name}.>",
+            d.stream.get_ref()
+        ));
+    }
+    v
+}
+
 /// Differences between a declared consumer and the live one, declared fields only.
-pub fn consumer_changes(d: &ConsumerDecl, live: &consumer::Config) -> Vec<Change> {
+pub fn consumer_changes(name: &str, d: &ConsumerDecl, live: &consumer::Config) -> Vec<Change> {
     let mut out = Vec::new();
     let mut cmp = |field, declared: Option<String>, live: String, mutable| {
         if let Some(declared) = declared {
@@ -328,11 +361,7 @@ pub fn consumer_changes(d: &ConsumerDecl, live: &consumer::Config) -> Vec<Change
             }
         }
     };
-    let filters: Vec<String> = d
-        .filter_subjects
-        .iter()
-        .map(|s| s.get_ref().clone())
-        .collect();
+    let filters = consumer_filters(name, d);
     let live_filters = if live.filter_subject.is_empty() {
         live.filter_subjects.clone()
     } else {
@@ -350,9 +379,13 @@ pub fn consumer_changes(d: &ConsumerDecl, live: &consumer::Config) -> Vec<Change
         live.description.clone().unwrap_or_default(),
         true,
     );
+    // A replay moves the start point on purpose: not drift.
+    let replayed = live.metadata.contains_key(crate::replay::REPLAYED_FROM);
     cmp(
         "deliver",
-        d.deliver.map(|_| deliver_text(&deliver_policy(d))),
+        d.deliver
+            .filter(|_| !replayed)
+            .map(|_| deliver_text(&deliver_policy(d))),
         deliver_text(&live.deliver_policy),
         false,
     );
@@ -428,11 +461,7 @@ pub fn consumer_config(name: &str, d: &ConsumerDecl, mut c: consumer::Config) ->
     c.durable_name = Some(name.to_owned());
     c.name = Some(name.to_owned());
     c.ack_policy = consumer::AckPolicy::Explicit;
-    let filters: Vec<String> = d
-        .filter_subjects
-        .iter()
-        .map(|s| s.get_ref().clone())
-        .collect();
+    let filters = consumer_filters(name, d);
     // One filter goes in filter_subject (understood by every server), several in filter_subjects.
     if filters.len() == 1 {
         c.filter_subject = filters[0].clone();
