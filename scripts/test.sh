@@ -5,12 +5,16 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 # Independent CloudEvents readers for the interop tests: official SDKs from PyPI and npm, pinned.
-if ! python3 -c 'import cloudevents.core, nats, jsonschema, referencing' 2>/dev/null; then
-  echo "test: installing the Python interop readers' packages" >&2
-  python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt >&2
+# The integrator examples under examples/ run in the tests too, with their own pinned packages.
+if ! python3 -c 'import cloudevents.core, nats, nkeys, jsonschema, referencing' 2>/dev/null; then
+  echo "test: installing the Python readers' and example's packages" >&2
+  python3 -m pip install --quiet --disable-pip-version-check \
+    -r tests/interop/requirements.txt -r examples/python/requirements.txt >&2
 fi
-if [ ! -d tests/interop/node_modules ]; then
-  echo "test: installing the JavaScript interop readers' packages" >&2
-  npm ci --prefix tests/interop --no-audit --no-fund --silent >&2
-fi
+for dir in tests/interop examples/javascript; do
+  if [ ! -d "$dir/node_modules" ]; then
+    echo "test: installing $dir's npm packages" >&2
+    npm ci --prefix "$dir" --no-audit --no-fund --silent >&2
+  fi
+done
 exec cargo test --locked "$@"

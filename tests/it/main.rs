@@ -5,6 +5,7 @@ mod support;
 
 mod catalog;
 mod consume;
+mod examples;
 mod interop;
 mod migrate;
 mod provision;

@@ -1,0 +1,164 @@
+//! The integrator examples under examples/, run against a real server with credentials from
+//! `mes-events provision credentials`: each receives and acks part of a published batch, is
+//! stopped, and on restart receives exactly the rest.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::support::*;
+
+const HINT: &str = "run scripts/test.sh: it installs examples/python/requirements.txt and examples/javascript/package.json";
+
+const SYSTEMS: &str = r#"
+[system]
+name = "python-app"
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.processorder.>"]
+max_deliver = 5
+"#;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_owned()
+}
+
+/// Runs an example to completion; returns the `sequence` of every event it printed.
+async fn run_example(program: &str, script: &Path, cwd: &Path, args: &[String]) -> Vec<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(program)
+            .arg(script)
+            .args(args)
+            .current_dir(cwd)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{} did not finish within 60 s", script.display()))
+    .unwrap_or_else(|e| panic!("cannot run {program}: {e}: {HINT}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed ({HINT}):\n{stderr}",
+        script.display()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            v["sequence"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_credentials() {
+    // Declaration: the shipped streams, and one system per example.
+    let decl_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("nats/streams.toml"),
+        decl_dir.path().join("streams.toml"),
+    )
+    .unwrap();
+    std::fs::write(decl_dir.path().join("python-app.toml"), SYSTEMS).unwrap();
+    std::fs::write(
+        decl_dir.path().join("js-app.toml"),
+        SYSTEMS.replace("python-app", "js-app"),
+    )
+    .unwrap();
+    let decl = mes_events::provision::load_dir(decl_dir.path()).unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    mes_events::provision::auth::write(&decl, creds.path()).unwrap();
+    let auth = std::fs::read_to_string(creds.path().join("auth.conf")).unwrap();
+
+    let nats = NatsServer::start_with_config(&auth).await;
+    let db = TestDb::new().await;
+    let mut cfg = config(&db, &nats);
+    // The admin provisions; the relay publishes with its own identity.
+    let seed = |u: &str| {
+        std::fs::read_to_string(creds.path().join(format!("{u}.nk")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let admin = async_nats::ConnectOptions::with_nkey(seed("admin"))
+        .connect(nats.url())
+        .await
+        .unwrap();
+    mes_events::provision::apply(
+        &async_nats::jetstream::new(admin),
+        &decl,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    cfg.nats.nkey = Some(creds.path().join("relay.nk"));
+    let client = mes_events::nats::connect(&cfg.nats, "test relay", true)
+        .await
+        .unwrap();
+    let js = mes_events::nats::jetstream(client, &cfg.nats, 256);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn({
+        let (cfg, shutdown) = (cfg.clone(), shutdown.clone());
+        async move { mes_events::relay::run(&cfg, js, shutdown).await }
+    });
+
+    let c = db.client().await;
+    let mut published = BTreeSet::new();
+    for i in 0..20 {
+        let key = format!("PO-{}", i % 4);
+        let id =
+            mes_events::outbox::emit(&c, ORDER_TYPE, &key, &order_data(&key), &Default::default())
+                .await
+                .unwrap();
+        published.insert(format!("{id:020}"));
+    }
+    eventually(Duration::from_secs(30), "published", || async {
+        pending(&db).await == 0
+    })
+    .await;
+    shutdown.cancel();
+    relay.await.unwrap().unwrap();
+
+    let common = |system: &str, max: usize| {
+        vec![
+            "--url".into(),
+            nats.url(),
+            "--system".into(),
+            system.into(),
+            "--seed".into(),
+            creds
+                .path()
+                .join(format!("{system}.nk"))
+                .display()
+                .to_string(),
+            "--max".into(),
+            max.to_string(),
+        ]
+    };
+    for (program, script, system) in [
+        (
+            "python3",
+            root().join("examples/python/consumer.py"),
+            "python-app",
+        ),
+        (
+            "node",
+            root().join("examples/javascript/consumer.mjs"),
+            "js-app",
+        ),
+    ] {
+        let cwd = script.parent().unwrap().to_owned();
+        let first = run_example(program, &script, &cwd, &common(system, 12)).await;
+        let second = run_example(program, &script, &cwd, &common(system, 8)).await;
+        assert_eq!(first.len(), 12, "{system}");
+        assert_eq!(second.len(), 8, "{system}");
+        let all: BTreeSet<String> = first.iter().chain(&second).cloned().collect();
+        assert_eq!(
+            all, published,
+            "{system}: every event once across the restart, none twice"
+        );
+    }
+}
