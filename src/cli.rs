@@ -37,6 +37,9 @@ pub enum Command {
     /// Events consumers gave up on (max deliveries, terminated): list, or send one back.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
+    /// Watch decoded events live: from a subject wildcard, or from a consumer's position (its
+    /// acks and position are left alone).
+    Tail(TailArgs),
     /// Move a system's consumer back (or forward) to a time or stream sequence.
     Replay(ReplayArgs),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
@@ -186,4 +189,23 @@ pub struct ReplayArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// A subject wildcard, e.g. 'mes.bsl.>' (live only).
+    #[arg(conflicts_with = "consumer", required_unless_present = "consumer")]
+    pub subject: Option<String>,
+    /// Show what this durable consumer is about to receive (from its ack floor on).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// The consumer's stream.
+    #[arg(long, default_value = "MES_EVENTS")]
+    pub stream: String,
+    /// One JSON event per line instead of a human-readable line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<usize>,
 }

@@ -17,6 +17,7 @@
 //! - [`consume`]: a durable pull consumer driving a handler, each key's events in order.
 //! - [`deadletter`]: events consumers gave up on: list them, send one back to its consumer.
 //! - [`replay`]: move a consumer back (or forward) to a time or sequence.
+//! - [`tail`]: watch decoded events live, from a subject or a consumer's position.
 //! - [`demo`]: the whole pipeline on one machine, set up and removed by itself.
 //! - [`relay`]: the loop that moves rows into JetStream, with leadership and reconciliation.
 //! - [`exit`]: the process exit codes, documented.
@@ -39,3 +40,4 @@ pub mod provision;
 pub mod relay;
 pub mod replay;
 pub mod subject;
+pub mod tail;

@@ -96,6 +96,32 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         Command::Provision(cmd) => provision_command(&cfg, cmd).await,
         Command::DeadLetters(cmd) => dead_letters(&cfg, cmd).await,
         Command::Replay(args) => replay(&cfg, args).await,
+        Command::Tail(args) => {
+            use mes_events::tail::{self, Source};
+            let shutdown = CancellationToken::new();
+            tokio::spawn(cancel_on_signal(shutdown.clone()));
+            let client = nats::connect(&cfg.nats, "mes-events tail", false).await?;
+            let js = nats::jetstream(client.clone(), &cfg.nats, 64);
+            let source = match (args.subject, args.consumer) {
+                (_, Some(name)) => Source::Consumer {
+                    stream: args.stream,
+                    name,
+                },
+                (Some(subject), None) => Source::Subject(subject),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            tail::run(
+                &client,
+                &js,
+                &source,
+                args.json,
+                args.count,
+                std::io::stdout().lock(),
+                shutdown,
+            )
+            .await?;
+            Ok(exit::OK)
+        }
         Command::Relay => {
             let shutdown = CancellationToken::new();
             tokio::spawn(cancel_on_signal(shutdown.clone()));

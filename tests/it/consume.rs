@@ -414,3 +414,234 @@ async fn replay_from_a_timestamp_redelivers_exactly_the_events_from_then_on() {
         .unwrap();
     assert!(!plan.pending(), "{plan}");
 }
+
+#[tokio::test]
+async fn tail_shows_live_events_and_a_consumers_next_events_without_touching_it() {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    durable(&env, "watched", -1).await;
+    for i in 0..5 {
+        emit_one(&env.db, &format!("T{i}")).await;
+    }
+    eventually(Duration::from_secs(30), "published", || async {
+        pending(&env.db).await == 0
+    })
+    .await;
+    let tail = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .arg("tail")
+            .args(args)
+            .env("MES_EVENTS_NATS__URL", env.nats.url())
+            .current_dir(std::env::temp_dir())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // From a consumer's position: its next five events, as JSON.
+    let out = tail(&["--consumer", "watched", "--count", "5", "--json"])
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let keys: Vec<&str> = lines
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["T0", "T1", "T2", "T3", "T4"]);
+    let info = env
+        .js()
+        .await
+        .get_stream("MES_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info("watched")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            info.num_ack_pending,
+            info.num_pending,
+            info.delivered.stream_sequence
+        ),
+        (0, 5, 0),
+        "the consumer was not touched"
+    );
+
+    // Live from a wildcard: keep emitting until it has shown three.
+    let mut live = tail(&["mes.bsl.>", "--count", "3"]);
+    let mut n = 0;
+    while live.try_wait().unwrap().is_none() {
+        assert!(n < 200, "tail did not show 3 live events");
+        emit_one(&env.db, &format!("L{n}")).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = live.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.lines()
+            .all(|l| l.contains("processorder.statuschanged.v1  L")),
+        "{text}"
+    );
+    relay.stop().await;
+}
+
+/// Stream messages the consumer has not yet acked (pending + in flight).
+async fn lag(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    let i = js
+        .get_stream("MES_EVENTS")
+        .await
+        .unwrap()
+        .consumer_info(name)
+        .await
+        .unwrap();
+    i.num_pending + i.num_ack_pending as u64
+}
+
+#[tokio::test]
+async fn a_slow_consumer_falls_behind_without_holding_back_a_fast_one_and_loses_nothing() {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    durable(&env, "fast", -1).await;
+    durable(&env, "slow", -1).await;
+    let js = env.js().await;
+    let fast_log: Log = Arc::default();
+    let fast_stop = CancellationToken::new();
+    let fast = tokio::spawn({
+        let (js, log, stop) = (js.clone(), fast_log.clone(), fast_stop.clone());
+        async move {
+            let h = move |d: Delivery| {
+                let log = log.clone();
+                async move {
+                    log.lock().unwrap().push((d.key.clone(), sequence(&d)));
+                    Outcome::Done
+                }
+            };
+            consume::run(&js, "MES_EVENTS", "fast", Options::default(), h, stop).await
+        }
+    });
+    // A steady publish: 10 events every 100 ms, in two phases of 40 rounds each.
+    let steady = |rounds: usize| {
+        let db = &env.db;
+        async move {
+            for _ in 0..rounds {
+                let c = db.client().await;
+                for k in 0..10 {
+                    let key = format!("S{k}");
+                    mes_events::outbox::emit(
+                        &c,
+                        ORDER_TYPE,
+                        &key,
+                        &order_data(&key),
+                        &Default::default(),
+                    )
+                    .await
+                    .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await; // the publish rate itself
+            }
+        }
+    };
+    let sample_max_lag = |name: &'static str, stop: CancellationToken| {
+        let js = js.clone();
+        async move {
+            let mut max = 0;
+            while !stop.is_cancelled() {
+                max = max.max(lag(&js, name).await);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            max
+        }
+    };
+    // Phase 1: the fast consumer alone.
+    let s1 = CancellationToken::new();
+    let (_, alone) = tokio::join!(
+        async {
+            steady(40).await;
+            s1.cancel()
+        },
+        sample_max_lag("fast", s1.clone())
+    );
+    // Phase 2: the same with a slow consumer (one event a second) on the same stream.
+    let slow_log: Log = Arc::default();
+    let slow_stop = CancellationToken::new();
+    let slow = tokio::spawn({
+        let (js, log, stop) = (js.clone(), slow_log.clone(), slow_stop.clone());
+        async move {
+            let h = move |d: Delivery| {
+                let log = log.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    log.lock().unwrap().push((d.key.clone(), sequence(&d)));
+                    Outcome::Done
+                }
+            };
+            let opts = Options {
+                concurrency: 1,
+                ..Default::default()
+            };
+            consume::run(&js, "MES_EVENTS", "slow", opts, h, stop).await
+        }
+    });
+    let s2 = CancellationToken::new();
+    let (_, beside_slow) = tokio::join!(
+        async {
+            steady(40).await;
+            s2.cancel()
+        },
+        sample_max_lag("fast", s2.clone())
+    );
+    eventually(
+        Duration::from_secs(30),
+        "fast consumer caught up",
+        || async { fast_log.lock().unwrap().len() == 800 },
+    )
+    .await;
+    let slow_behind = lag(&js, "slow").await;
+    println!("fast consumer's largest lag: {alone} events alone, {beside_slow} beside the slow one; slow one {slow_behind} behind");
+    // The fast one keeps up as it did alone (within a second's worth of events); the slow one
+    // is far behind.
+    assert!(
+        beside_slow <= 100 && alone <= 100,
+        "fast lag {alone} alone, {beside_slow} beside the slow one"
+    );
+    assert!(
+        slow_behind > 700,
+        "the slow consumer fell behind ({slow_behind})"
+    );
+    assert_each_key_in_order_once(&fast_log.lock().unwrap(), 10, 80);
+
+    // The slow one lost nothing: sped up, it gets every remaining event, each key in order.
+    slow_stop.cancel();
+    slow.await.unwrap().unwrap();
+    let stop = CancellationToken::new();
+    let h = {
+        let (log, stop) = (slow_log.clone(), stop.clone());
+        move |d: Delivery| {
+            let (log, stop) = (log.clone(), stop.clone());
+            async move {
+                let mut l = log.lock().unwrap();
+                l.push((d.key.clone(), sequence(&d)));
+                if l.len() == 800 {
+                    stop.cancel();
+                }
+                Outcome::Done
+            }
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        consume::run(&js, "MES_EVENTS", "slow", Options::default(), h, stop),
+    )
+    .await
+    .expect("slow consumer caught up")
+    .unwrap();
+    assert_each_key_in_order_once(&slow_log.lock().unwrap(), 10, 80);
+    fast_stop.cancel();
+    fast.await.unwrap().unwrap();
+    relay.stop().await;
+}
