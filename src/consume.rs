@@ -88,7 +88,8 @@ pub struct Stats {
 #[derive(Default)]
 struct Key {
     queue: VecDeque<Held>,
-    busy: bool,
+    /// Stream sequence of the event whose handler is running, if any.
+    running: Option<u64>,
     /// Stream sequence of the naked event the key waits for.
     blocked_on: Option<u64>,
     /// Highest stream sequence handled: a redelivery at or below it is a duplicate.
@@ -159,6 +160,8 @@ where
                 if seq <= k.done {
                     stats.duplicates += 1;
                     let _ = held.msg.ack().await;
+                } else if k.running == Some(seq) {
+                    stats.duplicates += 1; // redelivered while its handler runs: that one acks
                 } else if k.blocked_on == Some(seq) {
                     k.blocked_on = None;
                     k.queue.push_front(held);
@@ -178,7 +181,7 @@ where
                 };
                 let d = &held.delivery;
                 let k = keys.entry(d.key.clone()).or_default();
-                k.busy = false;
+                k.running = None;
                 match outcome {
                     Outcome::Done => {
                         k.done = d.stream_seq;
@@ -221,11 +224,11 @@ where
             if tasks.len() >= opts.concurrency {
                 break;
             }
-            if k.busy || k.blocked_on.is_some() {
+            if k.running.is_some() || k.blocked_on.is_some() {
                 continue;
             }
             if let Some(held) = k.queue.pop_front() {
-                k.busy = true;
+                k.running = Some(held.delivery.stream_seq);
                 let handler = handler.clone();
                 tasks.spawn(async move {
                     let outcome = handler(held.delivery.clone()).await;
@@ -233,7 +236,9 @@ where
                 });
             }
         }
-        keys.retain(|_, k| k.busy || k.blocked_on.is_some() || !k.queue.is_empty() || k.done > 0);
+        keys.retain(|_, k| {
+            k.running.is_some() || k.blocked_on.is_some() || !k.queue.is_empty() || k.done > 0
+        });
     }
     // Let running handlers finish and record them; held events are redelivered to the next run.
     while let Some(Ok((held, outcome))) = tasks.join_next().await {
