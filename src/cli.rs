@@ -61,6 +61,9 @@ pub struct DemoArgs {
     /// Use this NATS server instead of starting one from PATH.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    /// The declaration to provision.
+    #[arg(long, default_value = "nats", value_name = "DIR")]
+    pub nats_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

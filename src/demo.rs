@@ -1,22 +1,27 @@
 //! The demo: the whole pipeline on one machine, with real components and nothing to set up.
 //!
 //! Creates a database of its own on the configured PostgreSQL, starts a nats-server from PATH on
-//! a free port (unless a NATS URL is given), creates the streams, runs the relay, a plant
-//! simulator writing through `mes_events.emit` in real transactions, and a durable consumer
-//! that checks every event arrives, each key in order. Removes everything it created on exit
+//! a free port (unless a NATS URL is given), provisions the shipped declaration (nats/), runs the
+//! relay, a plant simulator writing through `mes_events.emit` in real transactions, and three
+//! external systems with the consumer library: a slow ERP, a fast line dashboard, and a quality
+//! system that disconnects for a while and catches up. Shows it live; at the end checks that
+//! every consumer received everything published for it. Removes everything it created on exit
 //! unless asked to keep it.
 //!
 //! Owns orchestration and its clean-up only; the pipeline itself is the library's.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer, stream};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer};
+use cloudevents::AttributesReader;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::consume::{self, Delivery, Outcome};
 use crate::local_nats::{LocalNats, LocalNatsError};
 use crate::{migrate, outbox, pg, relay};
 
@@ -29,6 +34,8 @@ pub struct Options {
     pub keep: bool,
     /// Use this NATS server instead of starting one.
     pub nats_url: Option<String>,
+    /// The declaration to provision (streams, consumers).
+    pub nats_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,17 +63,56 @@ pub enum DemoError {
 pub struct Summary {
     pub emitted: u64,
     pub published: u64,
+    pub rejected: u64,
+    pub consumers: Vec<ConsumerSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSummary {
+    pub name: String,
+    /// Events its handler completed.
     pub received: u64,
-    pub out_of_order: u64,
-    pub duplicates: u64,
+    /// Events in its stream matching its filters.
+    pub expected: u64,
 }
 
 impl Summary {
+    /// Everything emitted was published, and every consumer received everything meant for it.
     pub fn complete(&self) -> bool {
         self.emitted == self.published
-            && self.published == self.received
-            && self.out_of_order == 0
-            && self.duplicates == 0
+            && self.rejected == 0
+            && self.consumers.iter().all(|c| c.received == c.expected)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "summary: emitted {}, published {}, rejected {}",
+            self.emitted, self.published, self.rejected
+        )?;
+        for c in &self.consumers {
+            let ok = if c.received == c.expected {
+                "all"
+            } else {
+                "MISSING"
+            };
+            writeln!(
+                f,
+                "  {:<27} received {:>6} of {:>6} published for it: {ok}",
+                c.name, c.received, c.expected
+            )?;
+        }
+        write!(
+            f,
+            "{}",
+            if self.complete() {
+                "every consumer received everything published for it"
+            } else {
+                "INCOMPLETE"
+            }
+        )
     }
 }
 
@@ -138,6 +184,7 @@ async fn run_in(
     let mut cfg = base.clone();
     cfg.database.url = db_url.to_owned();
     cfg.nats.url = nats_url.to_owned();
+    cfg.events.site = "bsl".into();
     cfg.relay.streams = vec!["MES_EVENTS".into(), "MES_PV".into()];
 
     let mut s = pg::connect(db_url, "mes-events demo").await?;
@@ -146,36 +193,79 @@ async fn run_in(
     let client = crate::nats::connect(&cfg.nats, "mes-events demo", false)
         .await
         .map_err(|e| DemoError::Jetstream(format!("{e:#}")))?;
-    let js = crate::nats::jetstream(client.clone(), &cfg.nats, cfg.relay.max_in_flight);
-    create_streams(&js, &cfg.events.subject_prefix).await?;
+    let js = crate::nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
+    // The shipped declaration: streams, and the ERP, line dashboard and quality consumers.
+    let decl = crate::provision::load_dir(&opts.nats_dir).map_err(|errors| {
+        DemoError::Jetstream(format!(
+            "the declaration under {} is invalid: {}",
+            opts.nats_dir.display(),
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    crate::provision::apply(&js, &decl, Default::default())
+        .await
+        .map_err(|e| DemoError::Jetstream(e.to_string()))?;
+    println!(
+        "NATS        provisioned {}: streams, and the consumers of the ERP, line dashboard and quality system",
+        opts.nats_dir.display()
+    );
 
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn({
-        let cfg = cfg.clone();
-        let js = js.clone();
-        let stop = relay_stop.clone();
+        let (cfg, js, stop) = (cfg.clone(), js.clone(), relay_stop.clone());
         async move { relay::run(&cfg, js, stop).await }
     });
 
-    let reader = consumer_task(js.clone()).await?;
+    let systems = [
+        System::new("ERP (slow)", "MES_EVENTS", "erp", Duration::from_millis(15)),
+        System::new(
+            "line dashboard",
+            "MES_EVENTS",
+            "scada-dashboard",
+            Duration::ZERO,
+        ),
+        System::new(
+            "line dashboard PV",
+            "MES_PV",
+            "scada-dashboard-pv",
+            Duration::ZERO,
+        ),
+        System::new(
+            "quality (offline a while)",
+            "MES_EVENTS",
+            "quality",
+            Duration::from_millis(2),
+        ),
+    ];
+    for sys in &systems {
+        sys.start(&js);
+    }
     let sim_stop = shutdown.child_token();
     let simulator = tokio::spawn(simulate(db_url.to_owned(), opts.rate, sim_stop.clone()));
     let started = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let (off_at, back_at) = (opts.duration.mul_f64(0.3), opts.duration.mul_f64(0.6));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => break,
         }
+        let t = started.elapsed();
+        // The quality system disconnects for a while, then catches up.
+        let quality = &systems[3];
+        if t >= off_at && t < back_at && quality.is_running() {
+            quality.stop().await;
+        } else if t >= back_at && !quality.is_running() {
+            quality.start(&js);
+        }
         let c = outbox::counts(&s.client).await?;
-        println!(
-            "{:>4}s  emitted {:>6}  published {:>6}  received {:>6}",
-            started.elapsed().as_secs(),
-            c.pending + c.published,
-            c.published,
-            reader.received()
-        );
-        if started.elapsed() >= opts.duration {
+        view(tty, t, &c, &systems, &js).await;
+        if t >= opts.duration {
             break;
         }
     }
@@ -183,158 +273,218 @@ async fn run_in(
     let emitted = simulator
         .await
         .map_err(|e| DemoError::Jetstream(e.to_string()))??;
-    // Let the relay and the consumer catch up with the last events (bounded).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
+    if !systems[3].is_running() {
+        systems[3].start(&js);
+    }
+    // Let the relay and every consumer catch up with the last events (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
         let c = outbox::counts(&s.client).await?;
-        if c.pending == 0 && reader.received() >= emitted {
+        let mut behind = 0;
+        for sys in &systems {
+            behind += sys.pending(&js).await;
+        }
+        if (c.pending == 0 && behind == 0) || Instant::now() > deadline || shutdown.is_cancelled() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = outbox::counts(&s.client).await?;
+    view(tty, started.elapsed(), &c, &systems, &js).await;
+    let mut consumers = Vec::new();
+    for sys in &systems {
+        sys.stop().await;
+        consumers.push(ConsumerSummary {
+            name: sys.label.to_owned(),
+            received: sys.received(),
+            expected: sys.expected(&js).await?,
+        });
     }
     relay_stop.cancel();
     relay
         .await
         .map_err(|e| DemoError::Jetstream(e.to_string()))??;
-    let c = outbox::counts(&s.client).await?;
-    let r = reader.stop().await;
     let summary = Summary {
         emitted,
         published: c.published as u64,
-        received: r.received,
-        out_of_order: r.out_of_order,
-        duplicates: r.duplicates,
+        rejected: c.rejected as u64,
+        consumers,
     };
     drop(s);
     Ok(summary)
 }
 
-async fn create_streams(js: &jetstream::Context, prefix: &str) -> Result<(), DemoError> {
-    let business = [
-        "processorder",
-        "batch",
-        "material",
-        "stock",
-        "inventory",
-        "document",
-    ];
-    for (name, subjects, max_age) in [
-        (
-            "MES_EVENTS",
-            business
-                .iter()
-                .map(|c| format!("{prefix}.*.*.*.*.{c}.>"))
-                .collect::<Vec<_>>(),
-            Duration::ZERO,
-        ),
-        (
-            "MES_PV",
-            vec![format!("{prefix}.*.*.*.*.processvariable.>")],
-            Duration::from_secs(24 * 3600),
-        ),
-    ] {
-        js.get_or_create_stream(stream::Config {
-            name: name.into(),
-            subjects,
-            max_age,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| DemoError::Jetstream(format!("creating stream {name}: {e}")))?;
-    }
-    Ok(())
+/// One external system of the demo: a consumer-library run that can be stopped and restarted.
+struct System {
+    label: &'static str,
+    stream: &'static str,
+    consumer: &'static str,
+    /// Handling time per event: the ERP is slow.
+    work: Duration,
+    received: Arc<AtomicU64>,
+    last: Arc<Mutex<VecDeque<String>>>,
+    running: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
 }
 
-/// A durable consumer reading both streams, counting and checking per-key order.
-struct Reader {
-    stop: CancellationToken,
-    state: std::sync::Arc<std::sync::Mutex<ReaderState>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-#[derive(Default, Clone)]
-struct ReaderState {
-    received: u64,
-    out_of_order: u64,
-    duplicates: u64,
-    last_seq_per_key: HashMap<String, String>,
-}
-
-impl Reader {
-    fn received(&self) -> u64 {
-        self.state.lock().map(|s| s.received).unwrap_or(0)
-    }
-
-    async fn stop(self) -> ReaderState {
-        self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+impl System {
+    fn new(
+        label: &'static str,
+        stream: &'static str,
+        consumer: &'static str,
+        work: Duration,
+    ) -> System {
+        System {
+            label,
+            stream,
+            consumer,
+            work,
+            received: Arc::default(),
+            last: Arc::default(),
+            running: Mutex::new(None),
         }
-        self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }
-}
 
-async fn consumer_task(js: jetstream::Context) -> Result<Reader, DemoError> {
-    let stop = CancellationToken::new();
-    let state = std::sync::Arc::new(std::sync::Mutex::new(ReaderState::default()));
-    let mut tasks = Vec::new();
-    for stream_name in ["MES_EVENTS", "MES_PV"] {
-        let stream = js
-            .get_stream(stream_name)
-            .await
-            .map_err(|e| DemoError::Jetstream(e.to_string()))?;
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                "demo-dashboard",
-                consumer::pull::Config {
-                    durable_name: Some("demo-dashboard".into()),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| DemoError::Jetstream(e.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| DemoError::Jetstream(e.to_string()))?;
-        let stop = stop.clone();
-        let state = state.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let next = tokio::select! {
-                    m = messages.next() => m,
-                    _ = stop.cancelled() => return,
-                };
-                let Some(Ok(m)) = next else { continue };
-                if let Some(h) = m.headers.as_ref() {
-                    let key = h
-                        .get("ce-partitionkey")
-                        .map(|v| v.as_str().to_owned())
-                        .unwrap_or_default();
-                    let seq = h
-                        .get("ce-sequence")
-                        .map(|v| v.as_str().to_owned())
-                        .unwrap_or_default();
-                    if let Ok(mut s) = state.lock() {
-                        s.received += 1;
-                        match s.last_seq_per_key.get(&key) {
-                            Some(prev) if *prev == seq => s.duplicates += 1,
-                            Some(prev) if *prev > seq => s.out_of_order += 1,
-                            _ => {
-                                s.last_seq_per_key.insert(key, seq);
-                            }
-                        }
+    fn is_running(&self) -> bool {
+        self.running.lock().map(|r| r.is_some()).unwrap_or(false)
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    fn start(&self, js: &jetstream::Context) {
+        let stop = CancellationToken::new();
+        let (received, last, work) = (self.received.clone(), self.last.clone(), self.work);
+        let handler = move |d: Delivery| {
+            let (received, last) = (received.clone(), last.clone());
+            async move {
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut l) = last.lock() {
+                    let ty = d.event.ty();
+                    let ty = ty.split_once(".mes.").map_or(ty, |(_, t)| t);
+                    l.push_back(format!("{ty} {}", d.key));
+                    if l.len() > 3 {
+                        l.pop_front();
                     }
                 }
-                let _ = m.ack().await;
+                Outcome::Done
             }
-        }));
+        };
+        let task = tokio::spawn({
+            let (js, stop, stream, consumer) =
+                (js.clone(), stop.clone(), self.stream, self.consumer);
+            async move {
+                let opts = consume::Options::default();
+                if let Err(e) = consume::run(&js, stream, consumer, opts, handler, stop).await {
+                    tracing::warn!(error = %e, "demo consumer stopped");
+                }
+            }
+        });
+        if let Ok(mut r) = self.running.lock() {
+            *r = Some((stop, task));
+        }
     }
-    Ok(Reader { stop, state, tasks })
+
+    async fn stop(&self) {
+        let running = self.running.lock().ok().and_then(|mut r| r.take());
+        if let Some((stop, task)) = running {
+            stop.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Events not yet acked by this consumer (`u64::MAX` when unknown).
+    async fn pending(&self, js: &jetstream::Context) -> u64 {
+        let Ok(s) = js.get_stream_no_info(self.stream).await else {
+            return u64::MAX;
+        };
+        s.consumer_info(self.consumer)
+            .await
+            .map(|i| i.num_pending + i.num_ack_pending as u64)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Events in the stream matching this consumer's filters (a throw-away ordered consumer).
+    async fn expected(&self, js: &jetstream::Context) -> Result<u64, DemoError> {
+        let err = |e: String| DemoError::Jetstream(e);
+        let s = js
+            .get_stream_no_info(self.stream)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let cfg = s
+            .consumer_info(self.consumer)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .config;
+        let mut probe = s
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: cfg.filter_subject.clone(),
+                filter_subjects: cfg.filter_subjects.clone(),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let n = probe
+            .info()
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .num_pending;
+        let name = probe.cached_info().name.clone();
+        let _ = s.delete_consumer(&name).await;
+        Ok(n)
+    }
 }
 
-/// A small plant: orders released → running → completed, material consumed and produced, a
-/// lot created and released, and a dryer's temperature ticking, all through `mes_events.emit`.
+/// The live view: redrawn in place on a terminal, plain lines otherwise.
+async fn view(
+    tty: bool,
+    t: Duration,
+    c: &outbox::Counts,
+    systems: &[System],
+    js: &jetstream::Context,
+) {
+    let mut lines = vec![format!(
+        "{:>4}s  emitted {:>6}   published {:>6}   rejected {}",
+        t.as_secs(),
+        c.pending + c.published + c.rejected,
+        c.published,
+        c.rejected
+    )];
+    for sys in systems {
+        let pending = sys.pending(js).await;
+        let state = if sys.is_running() { "" } else { "  [offline]" };
+        let pending = if pending == u64::MAX {
+            "-".to_owned()
+        } else {
+            pending.to_string()
+        };
+        lines.push(format!(
+            "      {:<27} received {:>6}   pending {:>6}{state}",
+            sys.label,
+            sys.received(),
+            pending
+        ));
+    }
+    if tty {
+        let last: Vec<String> = systems[1]
+            .last
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        lines.push(format!("      last events: {}", last.join("  |  ")));
+        println!("\x1b[H\x1b[2J{}", lines.join("\n"));
+    } else {
+        println!("{}", lines.join("\n"));
+    }
+}
+
+/// A small plant: orders released → running → completed, material consumed and produced against
+/// them, lots created and released, a master recipe approved, and a dryer's temperature ticking,
+/// all through `mes_events.emit` in real transactions.
 async fn simulate(db_url: String, rate: u32, stop: CancellationToken) -> Result<u64, DemoError> {
     let mut s = pg::connect(&db_url, "mes-events demo plant").await?;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
@@ -343,16 +493,18 @@ async fn simulate(db_url: String, rate: u32, stop: CancellationToken) -> Result<
     let mut n = 0u64;
     let scope =
         r#""hierarchyScope":{"site":"bsl","area":"gran","workCenter":"line2","workUnit":"dryer1"}"#;
+    let signer = r#"{"id":"jkeller","name":"Dr. Jonas Keller","type":"user"}"#;
+    let hash = r#"{"algorithm":"sha-256","value":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}"#;
     while !stop.is_cancelled() {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => break,
         }
         n += 1;
-        let order = format!("PO-{:05}", 1000 + n / 6);
-        let lot = format!("LOT-{:05}", 1000 + n / 6);
-        let step = n % 6;
-        let (ty, key, data) = match step {
+        let order = format!("PO-{:05}", 1000 + n / 8);
+        let lot = format!("LOT-{:05}", 1000 + n / 8);
+        let doc = format!("MR-{:03}", n / 8 % 50);
+        let (ty, key, data) = match n % 8 {
             0 => (
                 "processorder.statuschanged",
                 order.clone(),
@@ -388,11 +540,26 @@ async fn simulate(db_url: String, rate: u32, stop: CancellationToken) -> Result<
                     r#"{{"lotId":"{lot}","materialDefinitionId":"FG-200","quantity":{{"value":"10","uom":"KGM"}},"status":"quarantine","origin":"produced",{scope}}}"#
                 ),
             ),
-            _ => (
+            5 => (
                 "processorder.statuschanged",
                 order.clone(),
                 format!(
                     r#"{{"orderId":"{order}","previousStatus":"running","status":"completed",{scope}}}"#
+                ),
+            ),
+            6 => (
+                "stock.lotstatuschanged",
+                lot.clone(),
+                format!(
+                    r#"{{"lotId":"{lot}","materialDefinitionId":"FG-200","previousStatus":"quarantine","status":"released","reasonText":"QC release","hierarchyScope":{{"site":"bsl","area":"qa"}},"actor":{signer},"signatures":[{{"signer":{signer},"signedAt":"2026-11-23T08:00:00Z","meaning":"released"}}]}}"#
+                ),
+            ),
+            _ => (
+                "document.statuschanged",
+                doc.clone(),
+                format!(
+                    r#"{{"documentId":"{doc}","documentType":"masterrecipe","version":"{}.0","previousStatus":"inreview","status":"approved","reasonText":"Review complete","contentHash":{hash},"actor":{signer},"signatures":[{{"signer":{signer},"signedAt":"2026-11-23T08:00:00Z","meaning":"approved"}}],"hierarchyScope":{{"site":"bsl"}}}}"#,
+                    n / 8
                 ),
             ),
         };

@@ -138,17 +138,10 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
                 rate: args.rate,
                 keep: args.keep,
                 nats_url: args.nats,
+                nats_dir: args.nats_dir,
             };
             let s = demo::run(&cfg, &opts, shutdown).await?;
-            println!(
-                "summary: emitted {}, published {}, received {}, out of order {}, duplicates {}: {}",
-                s.emitted,
-                s.published,
-                s.received,
-                s.out_of_order,
-                s.duplicates,
-                if s.complete() { "every event arrived once, in order" } else { "INCOMPLETE" }
-            );
+            println!("{s}");
             Ok(if s.complete() {
                 exit::OK
             } else {

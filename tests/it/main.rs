@@ -5,6 +5,7 @@ mod support;
 
 mod catalog;
 mod consume;
+mod demo;
 mod examples;
 mod interop;
 mod migrate;
