@@ -215,10 +215,12 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Reads every `*.toml` under `dir` (sorted, recursively) and validates the whole declaration.
+/// Reads the `*.toml` files of `dir` and of its `systems/` folder (sorted) and validates the whole
+/// declaration. Other subfolders (e.g. `cluster/`) are not part of it.
 pub fn load_dir(dir: &Path) -> Result<Declaration, Vec<DeclError>> {
     let mut paths = Vec::new();
-    collect(dir, &mut paths);
+    collect(dir, false, &mut paths);
+    collect(&dir.join("systems"), true, &mut paths);
     paths.sort();
     if paths.is_empty() {
         return Err(vec![DeclError {
@@ -254,14 +256,16 @@ pub fn load_dir(dir: &Path) -> Result<Declaration, Vec<DeclError>> {
     validate(sources)
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+fn collect(dir: &Path, recurse: bool, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
-            collect(&p, out);
+            if recurse {
+                collect(&p, true, out);
+            }
         } else if p.extension().is_some_and(|x| x == "toml") {
             out.push(p);
         }

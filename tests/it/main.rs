@@ -4,6 +4,7 @@
 mod support;
 
 mod catalog;
+mod compose;
 mod consume;
 mod demo;
 mod examples;
