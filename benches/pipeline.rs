@@ -1,0 +1,493 @@
+//! End-to-end benchmark of mes-events against servers it starts itself (a nats-server from
+//! NATS_SERVER_BIN/PATH, a database on the local PostgreSQL). Run: `scripts/bench.sh`
+//! (= set-up + `cargo bench --bench pipeline`). Figures on a shared 2-core machine are noisy, so
+//! the relay is compared with the ceiling measured in the same run, as a ratio.
+//!
+//! 1. Ceiling: the messages the relay would send (same size, headers, subjects, stream config),
+//!    prebuilt, published pipelined by one async-nats client.
+//! 2. Relay throughput: a 200,000-event outbox of 1 KiB events drained, first row to last mark.
+//! 3. Latency: commit of `mes_events.emit` → receipt by a durable pull consumer, 1,000 events/s
+//!    for 30 s, with NOTIFY and poll-only.
+//! 4. Memory: the relay's peak RSS (a separate process) draining a 1,000,000-event backlog.
+//! 5. Fan-out: 10 durable consumers reading the same 200,000 events at once.
+//!
+//! Prints a table and writes target/bench/pipeline.json.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use chrono::Utc;
+use futures::StreamExt;
+use mes_events::catalog::Catalog;
+use mes_events::config::Config;
+use mes_events::event::{self, Profile};
+use mes_events::local_nats::LocalNats;
+use mes_events::outbox::{self, Row};
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+const ORDER: &str = "io.mesevents.mes.processorder.statuschanged.v1";
+const EVENTS: usize = 200_000;
+const BACKLOG: usize = 1_000_000;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// About 1 KiB of valid order-status data for `key`.
+fn data(key: &str) -> String {
+    let base = serde_json::json!({
+        "orderId": key, "previousStatus": "released", "status": "running",
+        "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2"}, "note": ""
+    })
+    .to_string();
+    let pad = 1024usize.saturating_sub(base.len());
+    base.replace(
+        "\"note\":\"\"",
+        &format!("\"note\":\"{}\"", "x".repeat(pad)),
+    )
+}
+
+/// SQL that emits `n` events over 1,000 keys, in one statement.
+const FILL: &str = "select count(mes_events.emit($1, k, jsonb_build_object(
+        'orderId', k, 'previousStatus', 'released', 'status', 'running',
+        'hierarchyScope', jsonb_build_object('site', 'bsl', 'area', 'gran', 'workCenter', 'line2'),
+        'note', repeat('x', 880))))
+      from generate_series(1, $2) g, lateral (select 'PO-' || (g % 1000) as k) key";
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let admin_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".into());
+    let nats = LocalNats::start("")?;
+    let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
+    tokio::spawn(conn);
+    let dbname = format!("mes_bench_{}", std::process::id());
+    admin
+        .batch_execute(&format!("create database {dbname}"))
+        .await?;
+    let result = run(&admin_url, &dbname, &nats).await;
+    admin
+        .batch_execute(&format!("drop database if exists {dbname} with (force)"))
+        .await?;
+    result
+}
+
+async fn run(admin_url: &str, dbname: &str, nats: &LocalNats) -> Res<()> {
+    let mut pg: tokio_postgres::Config = admin_url.parse()?;
+    pg.dbname(dbname);
+    let db_url = format!(
+        "host=127.0.0.1 port={} user={} dbname={dbname}",
+        pg.get_ports().first().copied().unwrap_or(5432),
+        pg.get_user().unwrap_or("postgres")
+    );
+    let mut session = mes_events::pg::connect(&db_url, "bench").await?;
+    mes_events::migrate::migrate(&mut session.client).await?;
+    let db = &session.client;
+
+    let mut cfg = Config::default();
+    cfg.database.url = db_url.clone();
+    cfg.nats.url = nats.url();
+    cfg.events.site = "bsl".into();
+    let client = mes_events::nats::connect(&cfg.nats, "bench", false).await?;
+    let js = mes_events::nats::jetstream(client.clone(), &cfg.nats, cfg.relay.max_in_flight);
+    let decl = mes_events::provision::load_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/nats"
+    )))
+    .map_err(|e| format!("{e:?}"))?;
+    mes_events::provision::apply(&js, &decl, Default::default()).await?;
+    let machine = machine();
+    println!("machine: {machine}");
+    let mut results = serde_json::Map::new();
+
+    // 1. Ceiling.
+    let ceiling = ceiling(&js).await?;
+    println!(
+        "ceiling: {ceiling:.0} events/s (pipelined publish of {EVENTS} prebuilt relay messages)"
+    );
+    js.get_stream_no_info("MES_EVENTS").await?.purge().await?;
+
+    // 2. Relay throughput from a pre-filled outbox.
+    let t = Instant::now();
+    db.query_one(FILL, &[&ORDER, &(EVENTS as i32)]).await?;
+    println!(
+        "  (filled {EVENTS} rows in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let relay = spawn_relay(&cfg, &js);
+    let started = Instant::now();
+    wait_drained(db, Duration::from_secs(600)).await?;
+    let drain = started.elapsed();
+    relay.0.cancel();
+    relay.1.await??;
+    let relay_rate = EVENTS as f64 / drain.as_secs_f64();
+    println!(
+        "relay:   {relay_rate:.0} events/s ({EVENTS} in {:.2} s) = {:.2} x ceiling",
+        drain.as_secs_f64(),
+        relay_rate / ceiling
+    );
+
+    // 5. Fan-out over the same 200,000 events.
+    let (aggregate, per) = fan_out(&js, 10).await?;
+    println!(
+        "fan-out: 10 consumers x {EVENTS}: {aggregate:.0} events/s together, {:.0}-{:.0} each",
+        per.iter().cloned().fold(f64::MAX, f64::min),
+        per.iter().cloned().fold(0.0, f64::max)
+    );
+
+    // 3. Latency, with NOTIFY and poll-only.
+    let lat_notify = latency(&cfg, &js, &db_url, true).await?;
+    println!("latency (NOTIFY):    {}", lat_notify.line());
+    let lat_poll = latency(&cfg, &js, &db_url, false).await?;
+    println!("latency (poll only): {}", lat_poll.line());
+
+    // 4. Memory and time draining a 1,000,000-event backlog, relay as its own process.
+    let t = Instant::now();
+    for _ in 0..(BACKLOG / 200_000) {
+        db.query_one(FILL, &[&ORDER, &200_000i32]).await?;
+    }
+    println!(
+        "  (filled {BACKLOG} rows in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let (rss_kib, backlog_drain) = relay_process_drain(&cfg, db).await?;
+    println!(
+        "backlog: {BACKLOG} drained in {:.1} s ({:.0} events/s), relay peak RSS {:.1} MiB",
+        backlog_drain.as_secs_f64(),
+        BACKLOG as f64 / backlog_drain.as_secs_f64(),
+        rss_kib as f64 / 1024.0
+    );
+
+    results.insert("date".into(), Utc::now().to_rfc3339().into());
+    results.insert("machine".into(), machine.into());
+    results.insert("ceiling_events_per_s".into(), ceiling.into());
+    results.insert("relay_events_per_s".into(), relay_rate.into());
+    results.insert(
+        "relay_ratio_to_ceiling".into(),
+        (relay_rate / ceiling).into(),
+    );
+    results.insert("latency_notify_ms".into(), lat_notify.json());
+    results.insert("latency_poll_only_ms".into(), lat_poll.json());
+    results.insert("backlog_events".into(), BACKLOG.into());
+    results.insert("backlog_drain_s".into(), backlog_drain.as_secs_f64().into());
+    results.insert(
+        "relay_peak_rss_mib".into(),
+        (rss_kib as f64 / 1024.0).into(),
+    );
+    results.insert("fanout_consumers".into(), 10.into());
+    results.insert("fanout_aggregate_events_per_s".into(), aggregate.into());
+    results.insert("fanout_per_consumer_events_per_s".into(), per.into());
+    let out = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench"));
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join("pipeline.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    println!("\n{}", table(&results));
+    println!("written: target/bench/pipeline.json");
+    Ok(())
+}
+
+/// Publishes prebuilt relay messages as fast as one pipelined client can.
+async fn ceiling(js: &jetstream::Context) -> Res<f64> {
+    let catalog = Catalog::embedded()?;
+    // Another source: the same sizes, but Nats-Msg-Ids the relay will never use.
+    let profile = Profile {
+        source: "/mes/ceiling/bsl".into(),
+        site: "bsl".into(),
+        subject_prefix: "mes".into(),
+        mode: mes_events::binding::Mode::Binary,
+    };
+    let now = Utc::now();
+    let messages: Vec<_> = (1..=EVENTS as i64)
+        .map(|id| {
+            let key = format!("PO-{}", id % 1000);
+            let row = Row {
+                id,
+                ty: ORDER.into(),
+                key: key.clone(),
+                key_version: 1,
+                data: data(&key),
+                occurred_at: now,
+                recorded_at: now,
+                traceparent: None,
+                tracestate: None,
+            };
+            event::outbound(&profile, &catalog, &row).expect("valid")
+        })
+        .collect();
+    let started = Instant::now();
+    let mut acks = futures::stream::FuturesOrdered::new();
+    for m in messages {
+        let ack = js
+            .send_publish(
+                m.subject,
+                PublishMessage::build()
+                    .payload(m.payload)
+                    .headers(m.headers),
+            )
+            .await?;
+        acks.push_back(std::future::IntoFuture::into_future(ack));
+        while acks.len() >= 4096 {
+            acks.next().await.expect("ack")?;
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a?;
+    }
+    Ok(EVENTS as f64 / started.elapsed().as_secs_f64())
+}
+
+fn spawn_relay(
+    cfg: &Config,
+    js: &jetstream::Context,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), mes_events::relay::RelayError>>,
+) {
+    let stop = CancellationToken::new();
+    let (cfg, js, s) = (cfg.clone(), js.clone(), stop.clone());
+    (
+        stop,
+        tokio::spawn(async move { mes_events::relay::run(&cfg, js, s).await }),
+    )
+}
+
+async fn wait_drained(db: &tokio_postgres::Client, limit: Duration) -> Res<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if outbox::counts(db).await?.pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("outbox not drained in time".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn fan_out(js: &jetstream::Context, n: usize) -> Res<(f64, Vec<f64>)> {
+    let stream = js.get_stream("MES_EVENTS").await?;
+    let mut consumers = Vec::new();
+    for i in 0..n {
+        let c: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(format!("fan{i}")),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await?;
+        consumers.push(c);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = consumers
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let mut msgs = c.stream().max_messages_per_batch(1000).messages().await?;
+                let mut n = 0;
+                while n < EVENTS {
+                    let m = msgs.next().await.ok_or("stream ended")??;
+                    m.ack().await?;
+                    n += 1;
+                }
+                Res::Ok(EVENTS as f64 / t.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    let mut per = Vec::new();
+    for t in tasks {
+        per.push(t.await??);
+    }
+    Ok(((n * EVENTS) as f64 / started.elapsed().as_secs_f64(), per))
+}
+
+struct Latency {
+    samples: Vec<f64>,
+}
+
+impl Latency {
+    fn pct(&self, p: f64) -> f64 {
+        let i = ((self.samples.len() as f64 - 1.0) * p).round() as usize;
+        self.samples[i]
+    }
+    fn line(&self) -> String {
+        format!(
+            "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
+            self.pct(0.5),
+            self.pct(0.9),
+            self.pct(0.99),
+            self.samples.last().copied().unwrap_or(0.0),
+            self.samples.len()
+        )
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"p50": self.pct(0.5), "p90": self.pct(0.9), "p99": self.pct(0.99),
+                           "max": self.samples.last(), "events": self.samples.len()})
+    }
+}
+
+/// Commit → receipt at 1,000 events/s for 30 s.
+async fn latency(
+    cfg: &Config,
+    js: &jetstream::Context,
+    db_url: &str,
+    notify: bool,
+) -> Res<Latency> {
+    let mut cfg = cfg.clone();
+    cfg.relay.notify = notify;
+    let name = if notify { "lat-notify" } else { "lat-poll" };
+    let stream = js.get_stream("MES_EVENTS").await?;
+    let c: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let relay = spawn_relay(&cfg, js);
+    let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let received: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let total = 30_000;
+    let reader = tokio::spawn({
+        let received = received.clone();
+        async move {
+            let mut msgs = c.stream().max_messages_per_batch(100).messages().await?;
+            while received.lock().unwrap().len() < total {
+                let m = msgs.next().await.ok_or("stream ended")??;
+                let now = Instant::now();
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("ce-sequence"))
+                    .and_then(|v| v.as_str().parse::<i64>().ok())
+                    .unwrap_or(0);
+                received.lock().unwrap().push((id, now));
+                m.ack().await?;
+            }
+            Res::Ok(())
+        }
+    });
+    let writer = mes_events::pg::connect(db_url, "bench writer").await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let payload = data("PO-1");
+    for i in 0..total {
+        tick.tick().await;
+        let key = format!("PO-{}", i % 1000);
+        let body = payload.replace("PO-1\"", &format!("{key}\""));
+        let id = outbox::emit(&writer.client, ORDER, &key, &body, &Default::default()).await?;
+        committed.lock().unwrap().insert(id, Instant::now());
+    }
+    tokio::time::timeout(Duration::from_secs(60), reader).await???;
+    relay.0.cancel();
+    relay.1.await??;
+    let committed = committed.lock().unwrap();
+    let mut samples: Vec<f64> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, at)| {
+            committed
+                .get(id)
+                .map(|c| at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    Ok(Latency { samples })
+}
+
+/// Runs `mes-events relay` as a process until the outbox is drained; (peak RSS KiB, drain time).
+async fn relay_process_drain(cfg: &Config, db: &tokio_postgres::Client) -> Res<(u64, Duration)> {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .arg("relay")
+        .env("MES_EVENTS_DATABASE__URL", &cfg.database.url)
+        .env("MES_EVENTS_NATS__URL", &cfg.nats.url)
+        .env("MES_EVENTS_EVENTS__SITE", &cfg.events.site)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("relay has no pid")?;
+    let started = Instant::now();
+    wait_drained(db, Duration::from_secs(1200)).await?;
+    let drain = started.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or("no VmHWM")?;
+    unsafe_sigterm(pid);
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    Ok((hwm, drain))
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or("?".into(), |k| format!("{} GiB", k / 1024 / 1024));
+    format!("{cores} cores ({cpu}), {mem}, nats-server and PostgreSQL on the same machine")
+}
+
+fn table(r: &serde_json::Map<String, serde_json::Value>) -> String {
+    let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    let l = |k: &str, p: &str| {
+        r.get(k)
+            .and_then(|v| v.get(p))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(0.0)
+    };
+    format!(
+        "| measure | result | target |\n| --- | --- | --- |\n\
+         | ceiling: pipelined JetStream publish, relay's messages (1 KiB) | {:.0} events/s | |\n\
+         | relay: 200,000-event outbox drained | {:.0} events/s = {:.2} x ceiling | >= 0.75 x |\n\
+         | latency commit -> consumer, 1,000/s, NOTIFY | p50 {:.2} / p90 {:.2} / p99 {:.2} / max {:.2} ms | p50 <= 3, p99 <= 10 |\n\
+         | latency, poll only (1 s poll) | p50 {:.0} / p90 {:.0} / p99 {:.0} / max {:.0} ms | |\n\
+         | 1,000,000-event backlog: drain time, relay peak RSS | {:.1} s, {:.1} MiB | <= 32 MiB |\n\
+         | fan-out: 10 durable consumers x 200,000 | {:.0} events/s together | |",
+        f("ceiling_events_per_s"),
+        f("relay_events_per_s"),
+        f("relay_ratio_to_ceiling"),
+        l("latency_notify_ms", "p50"),
+        l("latency_notify_ms", "p90"),
+        l("latency_notify_ms", "p99"),
+        l("latency_notify_ms", "max"),
+        l("latency_poll_only_ms", "p50"),
+        l("latency_poll_only_ms", "p90"),
+        l("latency_poll_only_ms", "p99"),
+        l("latency_poll_only_ms", "max"),
+        f("backlog_drain_s"),
+        f("relay_peak_rss_mib"),
+        f("fanout_aggregate_events_per_s"),
+    )
+}
