@@ -128,6 +128,10 @@ async fn run(admin_url: &str, dbname: &str, nats: &LocalNats) -> Res<()> {
         relay_rate / ceiling
     );
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("relay") {
+        return Ok(()); // quick iteration on relay throughput
+    }
+
     // 5. Fan-out over the same 200,000 events.
     let (aggregate, per) = fan_out(&js, 10).await?;
     println!(

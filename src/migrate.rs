@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rejections",
         sql: include_str!("migrations/0002_rejections.sql"),
     },
+    Migration {
+        version: 3,
+        name: "published_log",
+        sql: include_str!("migrations/0003_published_log.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -115,7 +115,8 @@ pub struct Marked {
     pub rows: u64,
 }
 
-/// Records where rows landed and, if `epoch` is current, advances stream watermarks.
+/// Records where rows landed (moving them from the outbox to `mes_events.published`) and, if
+/// `epoch` is current, advances stream watermarks.
 ///
 /// `watermarks` may only name a sequence below which every message of the stream is recorded:
 /// reconciliation starts reading after it, so a watermark past an unrecorded message would hide
@@ -135,11 +136,15 @@ pub async fn mark(
         .query_one(
             "with lease as (
                  select epoch from mes_events.relay_lease where id = 1 and epoch = $1 for share
+             ), moved as (
+                 delete from mes_events.outbox o
+                  using unnest($2::bigint[], $3::text[], $4::bigint[]) as i(id, stream, seq)
+                  where o.id = i.id and o.rejected_at is null and exists (select 1 from lease)
+                 returning o.id, o.type, o.key, o.key_version, o.recorded_at, i.stream, i.seq
              ), marked as (
-                 update mes_events.outbox o
-                    set stream = i.stream, stream_seq = i.seq, published_at = now()
-                   from unnest($2::bigint[], $3::text[], $4::bigint[]) as i(id, stream, seq)
-                  where o.id = i.id and o.stream_seq is null and exists (select 1 from lease)
+                 insert into mes_events.published (id, type, key, key_version, recorded_at, stream, stream_seq)
+                 select * from moved
+                 on conflict (id) do nothing
                  returning 1
              ), watermark as (
                  update mes_events.relay_stream s
@@ -234,7 +239,7 @@ pub async fn set_watermark(
     Ok(row.get::<_, i64>(0) == 1)
 }
 
-/// Deletes up to `limit` rows published before `before`. Returns how many went.
+/// Deletes up to `limit` entries of the published log older than `before`. Returns how many went.
 pub async fn purge_published(
     client: &Client,
     before: DateTime<Utc>,
@@ -242,9 +247,9 @@ pub async fn purge_published(
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
-            "delete from mes_events.outbox where id in (
-                 select id from mes_events.outbox
-                  where published_at is not null and published_at < $1
+            "delete from mes_events.published where id in (
+                 select id from mes_events.published
+                  where published_at < $1
                   order by published_at limit $2)",
             &[&before, &limit],
         )
@@ -297,8 +302,8 @@ pub struct Counts {
 pub async fn counts(client: &impl GenericClient) -> Result<Counts, tokio_postgres::Error> {
     let r = client
         .query_one(
-            "select count(*) filter (where stream_seq is null and rejected_at is null and discarded_at is null),
-                    count(*) filter (where stream_seq is not null),
+            "select count(*) filter (where rejected_at is null and discarded_at is null),
+                    (select count(*) from mes_events.published),
                     count(*) filter (where rejected_at is not null and discarded_at is null),
                     count(*) filter (where discarded_at is not null)
                from mes_events.outbox",
@@ -463,7 +468,11 @@ pub async fn discard(
 
 async fn not_rejected(tx: &tokio_postgres::Transaction<'_>, id: i64) -> ResolveError {
     match tx
-        .query_opt("select 1 from mes_events.outbox where id = $1", &[&id])
+        .query_opt(
+            "select 1 from mes_events.outbox where id = $1
+             union all select 1 from mes_events.published where id = $1",
+            &[&id],
+        )
         .await
     {
         Ok(Some(_)) => ResolveError::NotRejected(id),

@@ -333,6 +333,7 @@ impl Active<'_> {
                 return Err(Interrupt::SessionClosed);
             }
 
+            let batch = self.cfg.relay.batch_size;
             let room = self
                 .cfg
                 .relay
@@ -340,9 +341,12 @@ impl Active<'_> {
                 .saturating_sub(self.in_flight.len());
             let mut sent = 0;
             let mut read = 0;
-            if room > 0 {
-                let limit = room.min(self.cfg.relay.batch_size) as i64;
-                let fetched = outbox::fetch(&self.session.client, self.cursor, limit).await?;
+            // Read only when a whole batch fits (or nothing is in flight): reading into the room
+            // a few acks freed would cost a PostgreSQL round trip per few events.
+            let limit = room.min(batch);
+            if limit > 0 && (room >= batch || self.in_flight.is_empty()) {
+                let fetched =
+                    outbox::fetch(&self.session.client, self.cursor, limit as i64).await?;
                 if fetched.epoch != self.epoch {
                     self.drain().await.ok();
                     return Err(Interrupt::LeaseLost(fetched.epoch));
@@ -371,29 +375,37 @@ impl Active<'_> {
                         Sent::NotQueued => break,
                     }
                 }
-            }
-            if read > 0 && read == room.min(self.cfg.relay.batch_size) && room > sent {
-                continue; // more may be waiting: read again before waiting on acks
+                if read == limit && room - sent >= batch {
+                    continue; // a full batch was there and another fits: read again now
+                }
             }
             if self.in_flight.is_empty() {
                 self.cursor = 0;
-                if sent == 0 {
+                if read == 0 {
                     self.idle().await?;
                 }
-            } else {
-                // Wait for the oldest ack, or new rows to read while acks are outstanding.
-                tokio::select! {
-                    acked = self.in_flight.next() => {
-                        let mut h = Harvest::default();
-                        if let Some(acked) = acked {
-                            self.check(acked, &mut h);
-                        }
-                        self.record(&h).await?;
+                continue;
+            }
+            // Wait for acks; then take every ack that is ready, and record them in one statement.
+            // A NOTIFY only matters when a whole batch fits.
+            let can_read = room - sent >= batch;
+            tokio::select! {
+                acked = self.in_flight.next() => {
+                    let mut h = Harvest::default();
+                    if let Some(acked) = acked {
+                        self.check(acked, &mut h);
                     }
-                    _ = self.session.wake.notified(), if room > sent => {}
-                    _ = self.shutdown.cancelled() => {}
-                    _ = self.session.closed.cancelled() => {}
+                    while h.marks.len() < batch {
+                        match self.in_flight.next().now_or_never() {
+                            Some(Some(acked)) => self.check(acked, &mut h),
+                            _ => break,
+                        }
+                    }
+                    self.record(&h).await?;
                 }
+                _ = self.session.wake.notified(), if can_read => {}
+                _ = self.shutdown.cancelled() => {}
+                _ = self.session.closed.cancelled() => {}
             }
         }
     }

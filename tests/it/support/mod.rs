@@ -333,7 +333,7 @@ pub async fn assert_exactly_once_in_order(db: &TestDb, published: &[Published], 
     let client = db.client().await;
     let rows = client
         .query(
-            "select id, key, key_version, stream, stream_seq from mes_events.outbox",
+            "select id, key, key_version, stream, stream_seq from mes_events.published",
             &[],
         )
         .await
