@@ -129,6 +129,19 @@ fn meta(m: &BTreeMap<String, String>) -> String {
     format!("{m:?}")
 }
 
+/// Declared metadata plus the keys the server keeps for itself (`_nats.*`), which must survive
+/// an update.
+fn declared_metadata(
+    declared: &BTreeMap<String, String>,
+    live: &std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
+    live.iter()
+        .filter(|(k, _)| k.starts_with("_nats."))
+        .chain(declared)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Live metadata without the keys the server adds itself (`_nats.*`, since 2.11) and those
 /// mes-events records on purpose (`mes-events.*`, e.g. a replay).
 fn live_meta(m: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -299,17 +312,7 @@ pub fn stream_config(d: &StreamDecl, mut c: stream::Config) -> stream::Config {
         c.allow_direct = v;
     }
     if let Some(m) = &d.metadata {
-        let server: Vec<(String, String)> = c
-            .metadata
-            .iter()
-            .filter(|(k, _)| k.starts_with("_nats."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        c.metadata = m
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(server)
-            .collect();
+        c.metadata = declared_metadata(m, &c.metadata);
     }
     c
 }
@@ -489,17 +492,7 @@ pub fn consumer_config(name: &str, d: &ConsumerDecl, mut c: consumer::Config) ->
         c.max_ack_pending = v;
     }
     if let Some(m) = &d.metadata {
-        let server: Vec<(String, String)> = c
-            .metadata
-            .iter()
-            .filter(|(k, _)| k.starts_with("_nats."))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        c.metadata = m
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(server)
-            .collect();
+        c.metadata = declared_metadata(m, &c.metadata);
     }
     c
 }
