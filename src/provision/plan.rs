@@ -151,21 +151,29 @@ fn live_meta(m: &std::collections::HashMap<String, String>) -> BTreeMap<String, 
         .collect()
 }
 
+/// Records a difference when a field is declared and its value differs from the live one.
+fn compare(
+    out: &mut Vec<Change>,
+    field: &'static str,
+    declared: Option<String>,
+    live: String,
+    mutable: bool,
+) {
+    if let Some(declared) = declared.filter(|d| *d != live) {
+        out.push(Change {
+            field,
+            live,
+            declared,
+            mutable,
+        });
+    }
+}
+
 /// Differences between a declared stream and the live one, declared fields only.
 pub fn stream_changes(d: &StreamDecl, live: &stream::Config) -> Vec<Change> {
     let mut out = Vec::new();
-    let mut cmp = |field, declared: Option<String>, live: String, mutable| {
-        if let Some(declared) = declared {
-            if declared != live {
-                out.push(Change {
-                    field,
-                    live,
-                    declared,
-                    mutable,
-                });
-            }
-        }
-    };
+    let mut cmp =
+        |field, declared, live, mutable| compare(&mut out, field, declared, live, mutable);
     let subjects = stream_subjects(d);
     cmp(
         "subjects",
@@ -352,18 +360,8 @@ pub fn consumer_filters(name: &str, d: &ConsumerDecl) -> Vec<String> {
 /// Differences between a declared consumer and the live one, declared fields only.
 pub fn consumer_changes(name: &str, d: &ConsumerDecl, live: &consumer::Config) -> Vec<Change> {
     let mut out = Vec::new();
-    let mut cmp = |field, declared: Option<String>, live: String, mutable| {
-        if let Some(declared) = declared {
-            if declared != live {
-                out.push(Change {
-                    field,
-                    live,
-                    declared,
-                    mutable,
-                });
-            }
-        }
-    };
+    let mut cmp =
+        |field, declared, live, mutable| compare(&mut out, field, declared, live, mutable);
     let filters = consumer_filters(name, d);
     let live_filters = if live.filter_subject.is_empty() {
         live.filter_subjects.clone()
