@@ -61,10 +61,6 @@ impl LocalNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     pub fn log_file(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }

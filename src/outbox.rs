@@ -421,24 +421,17 @@ pub enum ResolveError {
 
 /// Queues a rejected row again, optionally with corrected data, and wakes the relay.
 pub async fn retry(client: &mut Client, id: i64, data: Option<&str>) -> Result<(), ResolveError> {
-    let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "update mes_events.outbox
-                set rejected_at = null, reject_kind = null, reject_path = null, reject_rule = null,
-                    reject_reason = null, retries = retries + 1,
-                    data = coalesce($2::text::jsonb, data)
-              where id = $1 and rejected_at is not null and discarded_at is null",
-            &[&id, &data],
-        )
-        .await?;
-    if n == 0 {
-        return Err(not_rejected(&tx, id).await);
-    }
-    tx.execute("select pg_notify('mes_events', '')", &[])
-        .await?;
-    tx.commit().await?;
-    Ok(())
+    resolve(
+        client,
+        id,
+        "update mes_events.outbox
+            set rejected_at = null, reject_kind = null, reject_path = null, reject_rule = null,
+                reject_reason = null, retries = retries + 1,
+                data = coalesce($2::text::jsonb, data)
+          where id = $1 and rejected_at is not null and discarded_at is null",
+        &[&id, &data],
+    )
+    .await
 }
 
 /// Gives up on a rejected row on purpose, releasing its key, and records who and why.
@@ -448,16 +441,27 @@ pub async fn discard(
     by: &str,
     reason: &str,
 ) -> Result<(), ResolveError> {
+    resolve(
+        client,
+        id,
+        "update mes_events.outbox
+            set discarded_at = now(), discarded_by = $2, discard_reason = $3
+          where id = $1 and rejected_at is not null and discarded_at is null",
+        &[&id, &by, &reason],
+    )
+    .await
+}
+
+/// Runs an update that applies only to a rejected row, then wakes the relay, in one transaction;
+/// says why when the row is not (or no longer) rejected.
+async fn resolve(
+    client: &mut Client,
+    id: i64,
+    update: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<(), ResolveError> {
     let tx = client.transaction().await?;
-    let n = tx
-        .execute(
-            "update mes_events.outbox
-                set discarded_at = now(), discarded_by = $2, discard_reason = $3
-              where id = $1 and rejected_at is not null and discarded_at is null",
-            &[&id, &by, &reason],
-        )
-        .await?;
-    if n == 0 {
+    if tx.execute(update, params).await? == 0 {
         return Err(not_rejected(&tx, id).await);
     }
     tx.execute("select pg_notify('mes_events', '')", &[])

@@ -801,8 +801,3 @@ fn holder_name() -> String {
         .unwrap_or_else(|_| "unknown".into());
     format!("{host}:{}", std::process::id())
 }
-
-/// Logs a relay error the way operators read it, with its causes.
-pub fn report(e: &RelayError) {
-    error!(error = %e, "relay stopped");
-}

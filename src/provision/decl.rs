@@ -9,8 +9,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::subject;
-
 /// One file under nats/.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -585,11 +583,6 @@ pub fn overlap(a: &str, b: &str) -> bool {
             _ => return false,
         }
     }
-}
-
-/// Whether a literal subject is captured by a filter (for tests and status output).
-pub fn captures(filter: &str, literal: &str) -> bool {
-    subject::matches(filter, literal)
 }
 
 #[cfg(test)]

@@ -51,6 +51,32 @@ fn sequence(d: &Delivery) -> String {
     d.event.extension("sequence").unwrap().to_string()
 }
 
+/// A handler that records (key, sequence) of each event after `work`, and stops the run once
+/// `n` are recorded.
+fn collecting(
+    log: &Log,
+    stop: &CancellationToken,
+    n: usize,
+    work: Duration,
+) -> impl Fn(Delivery) -> futures::future::BoxFuture<'static, Outcome> + Clone + Send + Sync + 'static
+{
+    let (log, stop) = (log.clone(), stop.clone());
+    move |d: Delivery| {
+        let (log, stop) = (log.clone(), stop.clone());
+        Box::pin(async move {
+            if !work.is_zero() {
+                tokio::time::sleep(work).await;
+            }
+            let mut l = log.lock().unwrap();
+            l.push((d.key.clone(), sequence(&d)));
+            if l.len() == n {
+                stop.cancel();
+            }
+            Outcome::Done
+        })
+    }
+}
+
 pub fn assert_each_key_in_order_once(log: &[(String, String)], keys: usize, per_key: usize) {
     let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
     for (k, s) in log {
@@ -136,20 +162,7 @@ async fn a_consumer_offline_while_5000_events_are_published_gets_them_all_in_ord
 
     let log: Log = Arc::default();
     let stop = CancellationToken::new();
-    let handler = {
-        let (log, stop) = (log.clone(), stop.clone());
-        move |d: Delivery| {
-            let (log, stop) = (log.clone(), stop.clone());
-            async move {
-                let mut l = log.lock().unwrap();
-                l.push((d.key.clone(), sequence(&d)));
-                if l.len() == 5_000 {
-                    stop.cancel();
-                }
-                Outcome::Done
-            }
-        }
-    };
+    let handler = collecting(&log, &stop, 5_000, Duration::ZERO);
     let js = env.js().await;
     let run = consume::run(
         &js,
@@ -320,20 +333,7 @@ async fn replay_from_a_timestamp_redelivers_exactly_the_events_from_then_on() {
         async move {
             let log: Log = Arc::default();
             let stop = CancellationToken::new();
-            let handler = {
-                let (log, stop) = (log.clone(), stop.clone());
-                move |d: Delivery| {
-                    let (log, stop) = (log.clone(), stop.clone());
-                    async move {
-                        let mut l = log.lock().unwrap();
-                        l.push((d.key.clone(), sequence(&d)));
-                        if l.len() == n {
-                            stop.cancel();
-                        }
-                        Outcome::Done
-                    }
-                }
-            };
+            let handler = collecting(&log, &stop, n, Duration::ZERO);
             let run = consume::run(
                 &js,
                 "MES_EVENTS",
@@ -619,20 +619,7 @@ async fn a_slow_consumer_falls_behind_without_holding_back_a_fast_one_and_loses_
     slow_stop.cancel();
     slow.await.unwrap().unwrap();
     let stop = CancellationToken::new();
-    let h = {
-        let (log, stop) = (slow_log.clone(), stop.clone());
-        move |d: Delivery| {
-            let (log, stop) = (log.clone(), stop.clone());
-            async move {
-                let mut l = log.lock().unwrap();
-                l.push((d.key.clone(), sequence(&d)));
-                if l.len() == 800 {
-                    stop.cancel();
-                }
-                Outcome::Done
-            }
-        }
-    };
+    let h = collecting(&slow_log, &stop, 800, Duration::ZERO);
     tokio::time::timeout(
         Duration::from_secs(60),
         consume::run(&js, "MES_EVENTS", "slow", Options::default(), h, stop),
@@ -660,21 +647,7 @@ async fn the_consumer_library_survives_a_server_restart() {
 
     let log: Log = Arc::default();
     let stop = CancellationToken::new();
-    let handler = {
-        let (log, stop) = (log.clone(), stop.clone());
-        move |d: Delivery| {
-            let (log, stop) = (log.clone(), stop.clone());
-            async move {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                let mut l = log.lock().unwrap();
-                l.push((d.key.clone(), sequence(&d)));
-                if l.len() == 1_000 {
-                    stop.cancel();
-                }
-                Outcome::Done
-            }
-        }
-    };
+    let handler = collecting(&log, &stop, 1_000, Duration::from_millis(2));
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connect(env.nats.url())
