@@ -3,7 +3,7 @@
 //! (then all go out in order) or discarded.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mes_events::outbox::{self, EmitOptions};
 
@@ -200,14 +200,8 @@ async fn stop_mode_stops_at_the_first_bad_row_and_will_not_restart_until_resolve
     let stop_mode = [("MES_EVENTS_RELAY__ON_INVALID", "stop")];
 
     let wait_exit = |mut p: RelayProcess| async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = p.child.try_wait().unwrap() {
-                return (s.code(), p.stderr());
-            }
-            assert!(Instant::now() < deadline, "relay did not stop");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let status = p.wait_exit("stop").await;
+        (status.code(), p.stderr())
     };
     let (code, err) = wait_exit(RelayProcess::spawn(&env.cfg, &stop_mode)).await;
     assert_eq!(code, Some(1), "{err}");

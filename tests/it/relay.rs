@@ -432,17 +432,7 @@ async fn refuses_to_start_without_its_stream_and_says_what_to_run() {
     let db = TestDb::new().await;
     let cfg = config(&db, &nats);
     let mut relay = RelayProcess::spawn(&cfg, &[]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = relay.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "relay kept running without its streams"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = relay.wait_exit("stop without its streams").await;
     assert_eq!(status.code(), Some(3));
     let err = relay.stderr();
     assert!(

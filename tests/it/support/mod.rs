@@ -222,15 +222,17 @@ impl RelayProcess {
         unsafe {
             libc::kill(self.pid(), libc::SIGTERM);
         }
+        self.wait_exit("exit within 30 s of SIGTERM").await
+    }
+
+    /// Waits (30 s at most) for the relay to exit by itself; `what` names what was expected.
+    pub async fn wait_exit(&mut self, what: &str) -> std::process::ExitStatus {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "relay did not exit within 30 s of SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "relay did not {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
