@@ -238,3 +238,63 @@ async fn stop_mode_stops_at_the_first_bad_row_and_will_not_restart_until_resolve
     .await;
     assert!(relay.terminate().await.success());
 }
+
+#[tokio::test]
+async fn a_message_over_the_streams_max_msg_size_is_rejected_not_retried_forever() {
+    // The server would refuse it on every try; the relay checks the stream's limit before.
+    use async_nats::jetstream::stream;
+    let env = Env::without_streams().await;
+    let js = env.js().await;
+    for (name, subjects, max) in [
+        (
+            "MES_EVENTS",
+            vec!["mes.*.*.*.*.processorder.>".to_owned()],
+            4_096,
+        ),
+        (
+            "MES_PV",
+            vec!["mes.*.*.*.*.processvariable.>".to_owned()],
+            -1,
+        ),
+    ] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects,
+            max_message_size: max,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let relay = env.spawn_relay().await;
+    let mut big: serde_json::Value = serde_json::from_str(&order_data("M")).unwrap();
+    big["note"] = "x".repeat(10_000).into(); // far under max_payload, over the stream's 4 KiB
+    let too_big = emit(&env.db, ORDER_TYPE, "M", &big.to_string()).await;
+    let held = emit(&env.db, ORDER_TYPE, "M", &order_data("M")).await;
+    let other = emit(&env.db, ORDER_TYPE, "N", &order_data("N")).await;
+    let db = env.db.client().await;
+    eventually(
+        Duration::from_secs(30),
+        "rejected, and the other key published",
+        || async {
+            outbox::rejected(&db).await.unwrap().len() == 1 && published_ids(&js).await == [other]
+        },
+    )
+    .await;
+    let r = &outbox::rejected(&db).await.unwrap()[0];
+    assert_eq!(
+        (r.id, r.kind.as_str(), r.waiting),
+        (too_big, "too_large", 1)
+    );
+    let mut admin = env.db.client().await;
+    outbox::retry(&mut admin, too_big, Some(&order_data("M")))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the key's events follow in order",
+        || async { published_ids(&js).await == [other, too_big, held] },
+    )
+    .await;
+    relay.stop().await;
+}
