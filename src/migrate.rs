@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "published_log",
         sql: include_str!("migrations/0003_published_log.sql"),
     },
+    Migration {
+        version: 4,
+        name: "relay_reads",
+        sql: include_str!("migrations/0004_relay_reads.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -15,11 +15,12 @@
 //!   recorded watermark to its tail, map every message back to its outbox row through
 //!   `Nats-Msg-Id`, and mark those rows. No duplicate, whatever the outage length or the
 //!   duplicate window.
-//! - **No cursor skips**: rows are read by a pending marker, not an id cursor. Within one
-//!   pipeline the relay does read above the highest id it sent, but counts in the same snapshot
-//!   the pending rows at or below it: more than it has in flight means a row committed late, and
-//!   the relay finishes what is in flight and reads again from the start. (Same-key writers
-//!   queue on the key's lock, so a later row of a late row's key cannot have been read before.)
+//! - **No cursor skips**: rows are read by a pending marker, not an id cursor alone. The relay
+//!   reads above the highest id it sent, and checks in the same snapshot whether a pending row at
+//!   or below it became visible since its previous read (a row that committed late, or one a
+//!   retry or discard released): then it finishes what is in flight and reads again from the
+//!   start. (Same-key writers queue on the key's lock, so a later row of a late row's key cannot
+//!   have been read before.)
 //!
 //! Owns the loop, its state and its back-off. Never writes SQL itself (outbox) and never builds
 //! messages itself (event).
@@ -228,11 +229,20 @@ async fn session(
             .await?;
     }
     let epoch = outbox::bump_epoch(&session.client, holder).await?;
+    // From here on the session only records progress. A mark lost in a PostgreSQL crash is
+    // harmless (reconciliation finds the message in the stream and marks its row again), so
+    // its commit need not wait for the WAL flush. The epoch bump above did wait.
+    session
+        .client
+        .batch_execute("set synchronous_commit = off")
+        .await?;
+    let prepared = outbox::Prepared::new(&session.client).await?;
     info!(epoch, holder, "active");
     let mut active = Active {
         cfg,
         js,
         session: &session,
+        prepared: &prepared,
         shutdown,
         epoch,
         profile: Profile::from_config(cfg),
@@ -242,6 +252,7 @@ async fn session(
         tails: vec![0; routes.len()],
         in_flight: FuturesOrdered::new(),
         cursor: 0,
+        after: None,
         route_cache: HashMap::new(),
         last_purge: None,
         retry: Backoff::new(cfg.relay.max_backoff),
@@ -277,6 +288,7 @@ struct Active<'a> {
     cfg: &'a Config,
     js: &'a Context,
     session: &'a Session,
+    prepared: &'a outbox::Prepared,
     shutdown: &'a CancellationToken,
     epoch: i64,
     profile: Profile,
@@ -287,8 +299,12 @@ struct Active<'a> {
     /// Predicted last sequence of each route's stream.
     tails: Vec<u64>,
     in_flight: FuturesOrdered<BoxFuture<'static, Acked>>,
-    /// Highest outbox id sent in the current pipeline; 0 when nothing is in flight.
+    /// Highest outbox id sent since reading last started from the oldest pending row (0: read
+    /// from the start next).
     cursor: i64,
+    /// Snapshot of the previous read, while `cursor` is above 0: the next read checks that no
+    /// pending row at or below the cursor became visible since.
+    after: Option<String>,
     /// Subject's first two tokens after the location → route, to skip matching on every row.
     route_cache: HashMap<String, usize>,
     last_purge: Option<tokio::time::Instant>,
@@ -345,21 +361,27 @@ impl Active<'_> {
             // a few acks freed would cost a PostgreSQL round trip per few events.
             let limit = room.min(batch);
             if limit > 0 && (room >= batch || self.in_flight.is_empty()) {
-                let fetched =
-                    outbox::fetch(&self.session.client, self.cursor, limit as i64).await?;
+                let fetched = outbox::fetch(
+                    &self.session.client,
+                    self.prepared,
+                    self.cursor,
+                    limit as i64,
+                    self.after.as_deref(),
+                )
+                .await?;
                 if fetched.epoch != self.epoch {
                     self.drain().await.ok();
                     return Err(Interrupt::LeaseLost(fetched.epoch));
                 }
-                if fetched.pending_at_or_below != self.in_flight.len() as i64 {
+                if fetched.late {
                     debug!(
-                        pending = fetched.pending_at_or_below,
-                        in_flight = self.in_flight.len(),
-                        "a row committed behind the pipeline; restarting from the oldest pending row"
+                        cursor = self.cursor,
+                        "a row became publishable behind the read position; reading again from the oldest pending row"
                     );
                     self.drain().await?;
                     continue;
                 }
+                self.after = Some(fetched.snapshot);
                 // Keys whose row was just rejected: their later rows wait behind it.
                 let mut held: HashSet<&str> = HashSet::new();
                 for row in &fetched.rows {
@@ -380,7 +402,6 @@ impl Active<'_> {
                 }
             }
             if self.in_flight.is_empty() {
-                self.cursor = 0;
                 if read == 0 {
                     self.idle().await?;
                 }
@@ -578,7 +599,14 @@ impl Active<'_> {
             .iter()
             .map(|(&r, &seq)| (self.routes[r].stream.clone(), seq))
             .collect();
-        let m = outbox::mark(&self.session.client, self.epoch, &h.marks, &watermarks).await?;
+        let m = outbox::mark(
+            &self.session.client,
+            self.prepared,
+            self.epoch,
+            &h.marks,
+            &watermarks,
+        )
+        .await?;
         if !m.lease_held {
             return Err(Interrupt::LeaseLost(self.epoch));
         }
@@ -592,9 +620,14 @@ impl Active<'_> {
         while let Some(acked) = self.in_flight.next().await {
             self.check(acked, &mut h);
         }
-        self.cursor = 0;
+        self.read_from_start();
         self.record(&h).await?;
         Ok(())
+    }
+
+    fn read_from_start(&mut self) {
+        self.cursor = 0;
+        self.after = None;
     }
 
     /// After a failure: drain, reconcile every stream (retrying while NATS is away), then pause
@@ -630,7 +663,7 @@ impl Active<'_> {
     /// predicted tails to the streams' real ones.
     async fn reconcile(&mut self) -> Result<(), Interrupt> {
         debug_assert!(self.in_flight.is_empty());
-        self.cursor = 0;
+        self.read_from_start();
         self.max_payload = self.js.client().server_info().max_payload;
         for (i, route) in self.routes.iter().enumerate() {
             let mut stream = self
@@ -660,6 +693,7 @@ impl Active<'_> {
             if from <= last {
                 let n = read_back(
                     &self.session.client,
+                    self.prepared,
                     self.epoch,
                     &self.profile.source,
                     &stream,
@@ -690,6 +724,7 @@ impl Active<'_> {
 /// Reads sequences `from..=to` of a stream and marks the rows this outbox sent there.
 async fn read_back(
     client: &tokio_postgres::Client,
+    prepared: &outbox::Prepared,
     epoch: i64,
     source: &str,
     stream: &jetstream::stream::Stream,
@@ -722,10 +757,10 @@ async fn read_back(
             Err(e) => return Err(Interrupt::Nats(format!("reading {name} #{seq}: {e}"))),
         }
         if marks.len() >= 1000 {
-            recorded += mark_all(client, epoch, std::mem::take(&mut marks)).await?;
+            recorded += mark_all(client, prepared, epoch, std::mem::take(&mut marks)).await?;
         }
     }
-    recorded += mark_all(client, epoch, marks).await?;
+    recorded += mark_all(client, prepared, epoch, marks).await?;
     Ok(recorded)
 }
 
@@ -740,13 +775,14 @@ fn is_no_message(kind: RawMessageErrorKind) -> bool {
 
 async fn mark_all(
     client: &tokio_postgres::Client,
+    prepared: &outbox::Prepared,
     epoch: i64,
     marks: Vec<Mark>,
 ) -> Result<u64, Interrupt> {
     if marks.is_empty() {
         return Ok(0);
     }
-    let m = outbox::mark(client, epoch, &marks, &[]).await?;
+    let m = outbox::mark(client, prepared, epoch, &marks, &[]).await?;
     if !m.lease_held {
         return Err(Interrupt::LeaseLost(epoch));
     }
