@@ -257,6 +257,7 @@ async fn session(
         last_purge: None,
         retry: Backoff::new(cfg.relay.max_backoff),
         suspect: false,
+        harvest: Harvest::default(),
     };
     active.run(backoff).await
 }
@@ -314,6 +315,8 @@ struct Active<'a> {
     /// Something did not land where predicted since the last reconciliation: the pipeline must be
     /// drained and reconciled, and until then no watermark moves.
     suspect: bool,
+    /// Acks not yet recorded.
+    harvest: Harvest,
 }
 
 /// What harvesting acks found.
@@ -330,11 +333,10 @@ impl Active<'_> {
         self.reconcile_retrying().await?;
         backoff.reset();
         loop {
-            let mut h = Harvest::default();
             while let Some(Some(acked)) = self.in_flight.next().now_or_never() {
-                self.check(acked, &mut h);
+                self.check(acked);
             }
-            self.record(&h).await?;
+            self.record_when_due().await?;
             if self.suspect {
                 self.recover().await?;
                 continue;
@@ -407,22 +409,18 @@ impl Active<'_> {
                 }
                 continue;
             }
-            // Wait for acks; then take every ack that is ready, and record them in one statement.
+            // Wait for acks; then take every ack that is ready.
             // A NOTIFY only matters when a whole batch fits.
             let can_read = room - sent >= batch;
             tokio::select! {
                 acked = self.in_flight.next() => {
-                    let mut h = Harvest::default();
                     if let Some(acked) = acked {
-                        self.check(acked, &mut h);
+                        self.check(acked);
                     }
-                    while h.marks.len() < batch {
-                        match self.in_flight.next().now_or_never() {
-                            Some(Some(acked)) => self.check(acked, &mut h),
-                            _ => break,
-                        }
+                    while let Some(Some(acked)) = self.in_flight.next().now_or_never() {
+                        self.check(acked);
                     }
-                    self.record(&h).await?;
+                    self.record_when_due().await?;
                 }
                 _ = self.session.wake.notified(), if can_read => {}
                 _ = self.shutdown.cancelled() => {}
@@ -554,9 +552,10 @@ impl Active<'_> {
         Some(found)
     }
 
-    /// Classifies one ack. Every mark it makes is truthful: a duplicate ack names where the
-    /// original landed, a surprising sequence is still where this message landed.
-    fn check(&mut self, (sent, result): Acked, h: &mut Harvest) {
+    /// Classifies one ack into the harvest. Every mark it makes is truthful: a duplicate ack
+    /// names where the original landed, a surprising sequence is still where this message landed.
+    fn check(&mut self, (sent, result): Acked) {
+        let h = &mut self.harvest;
         match result {
             Ok(ack) => {
                 let expected_stream = &self.routes[sent.route].stream;
@@ -589,7 +588,24 @@ impl Active<'_> {
         }
     }
 
-    async fn record(&mut self, h: &Harvest) -> Result<(), Interrupt> {
+    /// Records the harvest once it fills a batch, or when nothing else is coming to join it
+    /// (nothing in flight, or the pipeline must be recovered). Each mark statement costs
+    /// PostgreSQL a fixed part besides its rows, and nothing waits for marks: events are in the
+    /// stream already, and a crash before the mark is what reconciliation repairs.
+    async fn record_when_due(&mut self) -> Result<(), Interrupt> {
+        if self.harvest.marks.len() >= self.cfg.relay.batch_size
+            || self.in_flight.is_empty()
+            || self.suspect
+            || self.shutdown.is_cancelled()
+        {
+            self.record().await?;
+        }
+        Ok(())
+    }
+
+    /// Records every harvested ack in one statement.
+    async fn record(&mut self) -> Result<(), Interrupt> {
+        let h = std::mem::take(&mut self.harvest);
         if h.marks.is_empty() {
             return Ok(());
         }
@@ -616,12 +632,11 @@ impl Active<'_> {
     /// Awaits every publish in flight and records those that landed (a failure among them
     /// leaves the pipeline suspect, for the main loop to reconcile).
     async fn drain(&mut self) -> Result<(), Interrupt> {
-        let mut h = Harvest::default();
         while let Some(acked) = self.in_flight.next().await {
-            self.check(acked, &mut h);
+            self.check(acked);
         }
         self.read_from_start();
-        self.record(&h).await?;
+        self.record().await?;
         Ok(())
     }
 
