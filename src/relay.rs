@@ -22,6 +22,12 @@
 //!   start. (Same-key writers queue on the key's lock, so a later row of a late row's key cannot
 //!   have been read before.)
 //!
+//! How it stays fast: while one batch is published, the next is already being read (sent ahead
+//! on the main session, from the current batch's last row and snapshot), and acks are recorded
+//! a batch at a time on a second session, without waiting for the answer. A batch read ahead
+//! cannot see rejections recorded while the batch before it was published, so it holds their
+//! keys itself.
+//!
 //! Owns the loop, its state and its back-off. Never writes SQL itself (outbox) and never builds
 //! messages itself (event).
 
@@ -237,12 +243,24 @@ async fn session(
         .batch_execute("set synchronous_commit = off")
         .await?;
     let prepared = outbox::Prepared::new(&session.client).await?;
+    // Acks are recorded on a second session, so that recording one batch overlaps with reading
+    // and publishing the next (one session runs its statements one after another). Marks are
+    // fenced by the epoch, not by this session's lock, so either session may carry them.
+    let marker = pg::connect(&cfg.database.url, "mes-events relay marks").await?;
+    marker
+        .client
+        .batch_execute("set synchronous_commit = off")
+        .await?;
+    let marker_prepared = outbox::Prepared::new(&marker.client).await?;
     info!(epoch, holder, "active");
     let mut active = Active {
         cfg,
         js,
         session: &session,
         prepared: &prepared,
+        marker: &marker,
+        marker_prepared: &marker_prepared,
+        marking: None,
         shutdown,
         epoch,
         profile: Profile::from_config(cfg),
@@ -253,6 +271,8 @@ async fn session(
         in_flight: FuturesOrdered::new(),
         cursor: 0,
         after: None,
+        read_ahead: None,
+        held: HashSet::new(),
         route_cache: HashMap::new(),
         last_purge: None,
         retry: Backoff::new(cfg.relay.max_backoff),
@@ -260,6 +280,14 @@ async fn session(
         harvest: Harvest::default(),
     };
     active.run(backoff).await
+}
+
+/// A batch read sent ahead of its turn.
+struct ReadAhead<'a> {
+    /// It reads after this id: taken only if the relay still stands there.
+    cursor: i64,
+    limit: usize,
+    fetched: BoxFuture<'a, Result<outbox::Fetched, tokio_postgres::Error>>,
 }
 
 /// What became of one row.
@@ -290,6 +318,12 @@ struct Active<'a> {
     js: &'a Context,
     session: &'a Session,
     prepared: &'a outbox::Prepared,
+    /// The second session, which records acks.
+    marker: &'a Session,
+    marker_prepared: &'a outbox::Prepared,
+    /// The mark statement sent on `marker` and not answered yet. At most one: the next waits for
+    /// it, so a failure (or a lost lease) surfaces before anything else is recorded.
+    marking: Option<BoxFuture<'a, Result<outbox::Marked, tokio_postgres::Error>>>,
     shutdown: &'a CancellationToken,
     epoch: i64,
     profile: Profile,
@@ -306,6 +340,11 @@ struct Active<'a> {
     /// Snapshot of the previous read, while `cursor` is above 0: the next read checks that no
     /// pending row at or below the cursor became visible since.
     after: Option<String>,
+    /// The next batch, read (from PostgreSQL's side, in parallel) while the current one is
+    /// published.
+    read_ahead: Option<ReadAhead<'a>>,
+    /// Keys rejected in the batch before: a batch read ahead did not see those rejections.
+    held: HashSet<String>,
     /// Subject's first two tokens after the location → route, to skip matching on every row.
     route_cache: HashMap<String, usize>,
     last_purge: Option<tokio::time::Instant>,
@@ -347,7 +386,7 @@ impl Active<'_> {
                 info!(in_flight = n, "stopped; acks in flight recorded");
                 return Ok(());
             }
-            if self.session.closed.is_cancelled() {
+            if self.session.closed.is_cancelled() || self.marker.closed.is_cancelled() {
                 return Err(Interrupt::SessionClosed);
             }
 
@@ -363,14 +402,23 @@ impl Active<'_> {
             // a few acks freed would cost a PostgreSQL round trip per few events.
             let limit = room.min(batch);
             if limit > 0 && (room >= batch || self.in_flight.is_empty()) {
-                let fetched = outbox::fetch(
-                    &self.session.client,
-                    self.prepared,
-                    self.cursor,
-                    limit as i64,
-                    self.after.as_deref(),
-                )
-                .await?;
+                let (fetched, limit, read_ahead) = match self.read_ahead.take() {
+                    Some(next) if next.cursor == self.cursor && next.limit <= room => {
+                        (next.fetched.await?, next.limit, true)
+                    }
+                    _ => (
+                        outbox::fetch(
+                            &self.session.client,
+                            self.prepared,
+                            self.cursor,
+                            limit as i64,
+                            self.after.as_deref(),
+                        )
+                        .await?,
+                        limit,
+                        false,
+                    ),
+                };
                 if fetched.epoch != self.epoch {
                     self.drain().await.ok();
                     return Err(Interrupt::LeaseLost(fetched.epoch));
@@ -383,9 +431,22 @@ impl Active<'_> {
                     self.drain().await?;
                     continue;
                 }
+                // A full batch: read the next one while this one is published, from this one's
+                // last row, in the snapshot this one was read in.
+                if let (true, Some(last)) = (fetched.rows.len() == limit, fetched.rows.last()) {
+                    self.read_ahead(last.id, limit, fetched.snapshot.clone());
+                }
                 self.after = Some(fetched.snapshot);
-                // Keys whose row was just rejected: their later rows wait behind it.
-                let mut held: HashSet<&str> = HashSet::new();
+                // Keys whose row was just rejected: their later rows wait behind it. A batch read
+                // ahead was read before the previous batch's rejections were recorded, so it
+                // holds their keys too.
+                let mut held = if read_ahead {
+                    std::mem::take(&mut self.held)
+                } else {
+                    HashSet::new()
+                };
+                self.held.clear();
+                let mut complete = true;
                 for row in &fetched.rows {
                     read += 1;
                     if held.contains(row.key.as_str()) {
@@ -394,10 +455,21 @@ impl Active<'_> {
                     match self.send(row).await? {
                         Sent::Queued => sent += 1,
                         Sent::Rejected => {
-                            held.insert(row.key.as_str());
+                            held.insert(row.key.clone());
+                            self.held.insert(row.key.clone());
                         }
-                        Sent::NotQueued => break,
+                        Sent::NotQueued => {
+                            complete = false;
+                            break;
+                        }
                     }
+                }
+                match fetched.rows.last() {
+                    // Every row was published, rejected or held: read on after the last one.
+                    Some(last) if complete => self.cursor = self.cursor.max(last.id),
+                    // Rows after the one the client refused were not sent: the read ahead
+                    // passed them (and the pipeline is suspect, so reading starts over).
+                    _ => self.read_ahead = None,
                 }
                 if read == limit && room - sent >= batch {
                     continue; // a full batch was there and another fits: read again now
@@ -421,6 +493,10 @@ impl Active<'_> {
                         self.check(acked);
                     }
                     self.record_when_due().await?;
+                }
+                marked = answer(&mut self.marking) => {
+                    self.marking = None;
+                    marked_ok(marked, self.epoch)?;
                 }
                 _ = self.session.wake.notified(), if can_read => {}
                 _ = self.shutdown.cancelled() => {}
@@ -603,8 +679,10 @@ impl Active<'_> {
         Ok(())
     }
 
-    /// Records every harvested ack in one statement.
+    /// Records every harvested ack in one statement, sent on the marker session without waiting
+    /// for its answer (after the previous one's).
     async fn record(&mut self) -> Result<(), Interrupt> {
+        self.finish_marking().await?;
         let h = std::mem::take(&mut self.harvest);
         if h.marks.is_empty() {
             return Ok(());
@@ -615,18 +693,26 @@ impl Active<'_> {
             .iter()
             .map(|(&r, &seq)| (self.routes[r].stream.clone(), seq))
             .collect();
-        let m = outbox::mark(
-            &self.session.client,
-            self.prepared,
-            self.epoch,
-            &h.marks,
-            &watermarks,
-        )
-        .await?;
-        if !m.lease_held {
-            return Err(Interrupt::LeaseLost(self.epoch));
+        let (client, prepared, epoch) = (&self.marker.client, self.marker_prepared, self.epoch);
+        let mut marking =
+            async move { outbox::mark(client, prepared, epoch, &h.marks, &watermarks).await }
+                .boxed();
+        // tokio-postgres sends a statement when its future is first polled.
+        match futures::poll!(marking.as_mut()) {
+            std::task::Poll::Ready(marked) => marked_ok(marked, self.epoch),
+            std::task::Poll::Pending => {
+                self.marking = Some(marking);
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Waits for the mark statement in flight, if any.
+    async fn finish_marking(&mut self) -> Result<(), Interrupt> {
+        match self.marking.take() {
+            Some(marking) => marked_ok(marking.await, self.epoch),
+            None => Ok(()),
+        }
     }
 
     /// Awaits every publish in flight and records those that landed (a failure among them
@@ -637,12 +723,36 @@ impl Active<'_> {
         }
         self.read_from_start();
         self.record().await?;
-        Ok(())
+        self.finish_marking().await
     }
 
     fn read_from_start(&mut self) {
         self.cursor = 0;
         self.after = None;
+        self.read_ahead = None;
+        self.held.clear();
+    }
+
+    /// Sends the read of the batch after `cursor` now, to be taken when room allows.
+    fn read_ahead(&mut self, cursor: i64, limit: usize, after: String) {
+        let (client, prepared) = (&self.session.client, self.prepared);
+        let mut fetched = async move {
+            outbox::fetch(client, prepared, cursor, limit as i64, Some(&after)).await
+        }
+        .boxed();
+        // tokio-postgres sends a statement when its future is first polled; the answer waits
+        // in the connection until it is taken.
+        if let std::task::Poll::Ready(r) = futures::FutureExt::poll_unpin(
+            &mut fetched,
+            &mut std::task::Context::from_waker(futures::task::noop_waker_ref()),
+        ) {
+            fetched = futures::future::ready(r).boxed();
+        }
+        self.read_ahead = Some(ReadAhead {
+            cursor,
+            limit,
+            fetched,
+        });
     }
 
     /// After a failure: drain, reconcile every stream (retrying while NATS is away), then pause
@@ -734,6 +844,27 @@ impl Active<'_> {
         self.suspect = false;
         Ok(())
     }
+}
+
+/// The answer to the mark statement in flight; never, when there is none.
+async fn answer(
+    marking: &mut Option<BoxFuture<'_, Result<outbox::Marked, tokio_postgres::Error>>>,
+) -> Result<outbox::Marked, tokio_postgres::Error> {
+    match marking {
+        Some(m) => m.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A mark statement's outcome: an error, or the lease gone, interrupts the session.
+fn marked_ok(
+    marked: Result<outbox::Marked, tokio_postgres::Error>,
+    epoch: i64,
+) -> Result<(), Interrupt> {
+    if !marked?.lease_held {
+        return Err(Interrupt::LeaseLost(epoch));
+    }
+    Ok(())
 }
 
 /// Reads sequences `from..=to` of a stream and marks the rows this outbox sent there.

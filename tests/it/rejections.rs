@@ -298,3 +298,66 @@ async fn a_message_over_the_streams_max_msg_size_is_rejected_not_retried_forever
     .await;
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejection_holds_its_key_in_the_batch_already_read_ahead() {
+    // The relay reads the next batch while it publishes the current one, so that read cannot
+    // see a rejection recorded while publishing. Small batches over five keys put the rejected
+    // row last of its key in batch 1 and the key's next row in batch 2, read ahead.
+    let env = Env::new().await;
+    let db = env.db.client().await;
+    let keys = ["A", "B", "C", "D", "E"];
+    let ids: Vec<i64> = db
+        .query(
+            "select mes_events.emit($1, k, case when g = 6
+                    then jsonb_build_object('orderId', k, 'previousStatus', 'released',
+                         'status', 'runing', 'hierarchyScope', jsonb_build_object('site', 'bsl'))
+                    else jsonb_build_object('orderId', k, 'previousStatus', 'released',
+                         'status', 'running', 'hierarchyScope', jsonb_build_object('site', 'bsl'))
+                    end)
+               from generate_series(1, 100) g, lateral (select ($2::text[])[1 + (g - 1) % 5] as k) key
+              order by g",
+            &[&ORDER_TYPE, &keys.map(String::from).to_vec()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let bad = ids[5];
+    let mut cfg = env.cfg.clone();
+    cfg.relay.batch_size = 10;
+    cfg.relay.max_in_flight = 100;
+    let relay = spawn_relay(cfg, &env.nats.url()).await;
+    let js = env.js().await;
+    // A's rows are 1, 6, 11, …, 96: the first goes out, the sixth is rejected, 18 wait.
+    eventually(
+        Duration::from_secs(30),
+        "the bad row rejected, every other key published",
+        || async {
+            outbox::rejected(&db).await.unwrap().len() == 1 && published_ids(&js).await.len() >= 81
+        },
+    )
+    .await;
+    let published = published_ids(&js).await;
+    let a_rows: Vec<i64> = ids.iter().copied().step_by(5).collect();
+    assert!(
+        published.iter().all(|id| !a_rows[1..].contains(id)),
+        "a row of the rejected key overtook it: {published:?}"
+    );
+    assert_eq!(published.len(), 81);
+
+    let mut admin = env.db.client().await;
+    outbox::retry(&mut admin, bad, Some(&order_data("A")))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "A's rows published after the retry",
+        || async { pending(&env.db).await == 0 },
+    )
+    .await;
+    relay.stop().await;
+    let published = read_stream(&js, "MES_EVENTS").await;
+    assert_exactly_once_in_order(&env.db, &published, &ids).await;
+}
