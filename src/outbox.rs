@@ -71,24 +71,31 @@ impl Prepared {
 
 /// Pending: not published (published rows leave the table), not rejected, not discarded.
 ///
-/// The late check runs before the read, in the same snapshot. Only transactions at or after the
-/// previous snapshot's xmin can have been invisible to it, so it is a range scan of
-/// `outbox_late` over recent transactions; `order by txid limit 1` keeps the planner on
-/// that index (a scan of `id <= cursor` would walk every deleted row since the last VACUUM).
-/// Held rows (a rejected row earlier in their key) are skipped; the per-row probe for them runs
-/// only when some row is rejected at all.
+/// The late check runs in the same snapshot as the read. A transaction the previous snapshot
+/// could not see was either running then (in its xip list: one exact probe of `outbox_late`
+/// each) or started after it (txid at or above its xmax: a range over the transactions since,
+/// kept on that index by `order by txid limit 1`). So it costs the same however many events went
+/// before, and a long transaction elsewhere in the cluster does not widen it (a range from the
+/// snapshot's xmin would have). A scan of `id <= cursor` instead would walk every row deleted
+/// since the last VACUUM. Held rows (a rejected row earlier in their key) are skipped; the
+/// per-row probe for them runs only when some row is rejected at all.
 const FETCH: &str = "
     select l.epoch,
            pg_current_snapshot()::text,
-           $3::text is not null and exists (
-               select 1 from (
+           $3::text is not null and (
+               exists (select 1 from (
                    select h.id from mes_events.outbox h
                     where h.stream_seq is null and h.rejected_at is null and h.discarded_at is null
-                      and h.txid >= pg_snapshot_xmin($3::text::pg_snapshot)
-                      and h.id <= $1
-                      and not pg_visible_in_snapshot(h.txid, $3::text::pg_snapshot)
+                      and h.txid >= pg_snapshot_xmax($3::text::pg_snapshot) and h.id <= $1
                     order by h.txid
-                    limit 1) late),
+                    limit 1) started_after)
+               or exists (select 1 from pg_snapshot_xip($3::text::pg_snapshot) x(xid)
+                           cross join lateral (
+                               select 1 from mes_events.outbox h
+                                where h.stream_seq is null and h.rejected_at is null
+                                  and h.discarded_at is null
+                                  and h.txid = x.xid and h.id <= $1
+                                limit 1) running)),
            o.id, o.type, o.key, o.key_version, o.data::text, o.occurred_at,
            o.recorded_at, o.traceparent, o.tracestate
       from mes_events.relay_lease l

@@ -8,9 +8,10 @@
 --
 -- Now each row records txid: the transaction that made it publishable (its emit, or the retry or
 -- discard that released it). The relay keeps the snapshot of its previous read. A pending row at
--- or below the read position whose txid that snapshot could not see is a late row; only
--- transactions at or after the snapshot's xmin can be such, so the check is an index range scan
--- over recent transactions (outbox_late), whatever the history.
+-- or below the read position whose txid that snapshot could not see is a late row. Such a
+-- transaction was running then (one exact probe of outbox_late per running transaction) or
+-- started after (a range of outbox_late over the transactions since), so the check costs the
+-- same whatever the history.
 --
 -- Rows written before this migration have no txid: they committed before it ran (it locks the
 -- table), so they can never be late.

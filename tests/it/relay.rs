@@ -61,8 +61,10 @@ async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
         let first = mes_events::outbox::emit(&tx, ORDER_TYPE, &key, &order_data(&key), &opts)
             .await
             .unwrap();
-        // Let ids above `first` be taken and published meanwhile.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Let ids above `first` be taken and published meanwhile; the first one stays open
+        // across many of the relay's reads.
+        let open = if k == 0 { 1_000 } else { 20 };
+        tokio::time::sleep(Duration::from_millis(open)).await;
         tx.commit().await.unwrap();
         // The key's next event commits right after, with a higher id than the pipeline's cursor.
         let second = mes_events::outbox::emit(&next, ORDER_TYPE, &key, &order_data(&key), &opts)
