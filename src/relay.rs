@@ -334,8 +334,8 @@ struct Active<'a> {
     /// Predicted last sequence of each route's stream.
     tails: Vec<u64>,
     in_flight: FuturesOrdered<BoxFuture<'static, Acked>>,
-    /// Highest outbox id sent since reading last started from the oldest pending row (0: read
-    /// from the start next).
+    /// Highest outbox id dealt with (published, rejected or held) since reading last started
+    /// from the oldest pending row; 0: read from the start next.
     cursor: i64,
     /// Snapshot of the previous read, while `cursor` is above 0: the next read checks that no
     /// pending row at or below the cursor became visible since.
