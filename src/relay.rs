@@ -440,12 +440,10 @@ impl Active<'_> {
                 // Keys whose row was just rejected: their later rows wait behind it. A batch read
                 // ahead was read before the previous batch's rejections were recorded, so it
                 // holds their keys too.
-                let mut held = if read_ahead {
-                    std::mem::take(&mut self.held)
-                } else {
-                    HashSet::new()
-                };
-                self.held.clear();
+                let mut held = std::mem::take(&mut self.held);
+                if !read_ahead {
+                    held.clear();
+                }
                 let mut complete = true;
                 for row in &fetched.rows {
                     read += 1;
@@ -496,7 +494,7 @@ impl Active<'_> {
                 }
                 marked = answer(&mut self.marking) => {
                     self.marking = None;
-                    marked_ok(marked, self.epoch)?;
+                    lease_held(marked, self.epoch)?;
                 }
                 _ = self.session.wake.notified(), if can_read => {}
                 _ = self.shutdown.cancelled() => {}
@@ -694,23 +692,17 @@ impl Active<'_> {
             .map(|(&r, &seq)| (self.routes[r].stream.clone(), seq))
             .collect();
         let (client, prepared, epoch) = (&self.marker.client, self.marker_prepared, self.epoch);
-        let mut marking =
+        self.marking = Some(send_now(
             async move { outbox::mark(client, prepared, epoch, &h.marks, &watermarks).await }
-                .boxed();
-        // tokio-postgres sends a statement when its future is first polled.
-        match futures::poll!(marking.as_mut()) {
-            std::task::Poll::Ready(marked) => marked_ok(marked, self.epoch),
-            std::task::Poll::Pending => {
-                self.marking = Some(marking);
-                Ok(())
-            }
-        }
+                .boxed(),
+        ));
+        Ok(())
     }
 
     /// Waits for the mark statement in flight, if any.
     async fn finish_marking(&mut self) -> Result<(), Interrupt> {
         match self.marking.take() {
-            Some(marking) => marked_ok(marking.await, self.epoch),
+            Some(marking) => lease_held(marking.await, self.epoch).map(drop),
             None => Ok(()),
         }
     }
@@ -736,18 +728,10 @@ impl Active<'_> {
     /// Sends the read of the batch after `cursor` now, to be taken when room allows.
     fn read_ahead(&mut self, cursor: i64, limit: usize, after: String) {
         let (client, prepared) = (&self.session.client, self.prepared);
-        let mut fetched = async move {
-            outbox::fetch(client, prepared, cursor, limit as i64, Some(&after)).await
-        }
-        .boxed();
-        // tokio-postgres sends a statement when its future is first polled; the answer waits
-        // in the connection until it is taken.
-        if let std::task::Poll::Ready(r) = futures::FutureExt::poll_unpin(
-            &mut fetched,
-            &mut std::task::Context::from_waker(futures::task::noop_waker_ref()),
-        ) {
-            fetched = futures::future::ready(r).boxed();
-        }
+        let fetched = send_now(
+            async move { outbox::fetch(client, prepared, cursor, limit as i64, Some(&after)).await }
+                .boxed(),
+        );
         self.read_ahead = Some(ReadAhead {
             cursor,
             limit,
@@ -857,14 +841,25 @@ async fn answer(
 }
 
 /// A mark statement's outcome: an error, or the lease gone, interrupts the session.
-fn marked_ok(
+fn lease_held(
     marked: Result<outbox::Marked, tokio_postgres::Error>,
     epoch: i64,
-) -> Result<(), Interrupt> {
-    if !marked?.lease_held {
+) -> Result<outbox::Marked, Interrupt> {
+    let m = marked?;
+    if !m.lease_held {
         return Err(Interrupt::LeaseLost(epoch));
     }
-    Ok(())
+    Ok(m)
+}
+
+/// Polls a statement's future once, so that tokio-postgres sends it now (it sends on the first
+/// poll); the answer waits in the connection until the future is awaited.
+fn send_now<'a, T: Send + 'a>(mut fut: BoxFuture<'a, T>) -> BoxFuture<'a, T> {
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    match fut.poll_unpin(&mut cx) {
+        std::task::Poll::Ready(done) => futures::future::ready(done).boxed(),
+        std::task::Poll::Pending => fut,
+    }
 }
 
 /// Reads sequences `from..=to` of a stream and marks the rows this outbox sent there.
@@ -928,11 +923,8 @@ async fn mark_all(
     if marks.is_empty() {
         return Ok(0);
     }
-    let m = outbox::mark(client, prepared, epoch, &marks, &[]).await?;
-    if !m.lease_held {
-        return Err(Interrupt::LeaseLost(epoch));
-    }
-    Ok(m.rows)
+    let marked = outbox::mark(client, prepared, epoch, &marks, &[]).await;
+    Ok(lease_held(marked, epoch)?.rows)
 }
 
 fn too_large(size: usize, limit: usize) -> Rejection {
