@@ -7,8 +7,8 @@
 //!
 //! Each key's events are handled in order, several keys at once; a transient failure is
 //! retried after a delay while that key waits; Ctrl-C finishes what is running and acks it.
-//! (A system connecting with its generated credentials must also set its inbox prefix,
-//! `_INBOX_<system>`: see `connect` below.)
+//! (A system connecting with its generated credentials must also use its inbox prefix,
+//! `_INBOX_<system>`: `mes_events::nats::connect` takes it from the seed file's name.)
 
 use std::time::Duration;
 
@@ -24,14 +24,10 @@ async fn main() -> anyhow::Result<()> {
     let consumer = args.next().unwrap_or_else(|| "erp".into());
     let cfg = Config::load(None)?;
 
-    let mut opts =
-        async_nats::ConnectOptions::new().custom_inbox_prefix(format!("_INBOX_{consumer}"));
-    if let Some(seed) = &cfg.nats.nkey {
-        opts =
-            async_nats::ConnectOptions::with_nkey(std::fs::read_to_string(seed)?.trim().to_owned())
-                .custom_inbox_prefix(format!("_INBOX_{consumer}"));
-    }
-    let client = opts.connect(cfg.nats.url.as_str()).await?;
+    // Connects with the seed in `nats.nkey` and the inbox prefix of the identity it is named
+    // after (`erp.nk` → `_INBOX_erp`), the only place its permissions let replies arrive.
+    let client =
+        mes_events::nats::connect(&cfg.nats, &format!("{consumer} consumer"), false).await?;
     let js = async_nats::jetstream::new(client);
 
     let shutdown = CancellationToken::new();

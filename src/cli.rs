@@ -158,6 +158,9 @@ pub enum ProvisionCommand {
         /// Output folder (keep it out of git); existing seeds are kept.
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
+        /// Replace this identity's seed (admin, relay or a system), keeping every other one.
+        #[arg(long, value_name = "NAME")]
+        rotate: Option<String>,
     },
 }
 

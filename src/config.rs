@@ -52,6 +52,12 @@ pub struct NatsConfig {
     /// Optional NKey seed file (`mes-events provision credentials` writes `relay.nk`, `admin.nk`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nkey: Option<PathBuf>,
+    /// Subject prefix of this client's reply inboxes. Unset: `_INBOX_<identity>` when `nkey` is
+    /// a seed file named after its identity, as `mes-events provision credentials` writes them
+    /// (`relay.nk` → `_INBOX_relay`, `admin.nk` → `_INBOX_admin`), else NATS's `_INBOX`. The
+    /// generated permissions let each identity receive replies only under its own prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_prefix: Option<String>,
     /// How long to wait for a JetStream API answer or a PubAck before treating it as lost.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -125,6 +131,7 @@ impl Default for Config {
                 url: "nats://127.0.0.1:4222".into(),
                 credentials: None,
                 nkey: None,
+                inbox_prefix: None,
                 request_timeout: Duration::from_secs(5),
             },
             events: EventsConfig {
@@ -162,6 +169,30 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+}
+
+impl NatsConfig {
+    /// The inbox prefix this client uses: see [`NatsConfig::inbox_prefix`].
+    pub fn inbox_prefix(&self) -> String {
+        if let Some(p) = &self.inbox_prefix {
+            return p.clone();
+        }
+        let identity = self
+            .nkey
+            .as_deref()
+            .filter(|p| p.extension().is_some_and(|x| x == "nk"))
+            .and_then(|p| p.file_stem())
+            .and_then(|s| s.to_str())
+            .filter(|s| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        match identity {
+            Some(name) => format!("_INBOX_{name}"),
+            None => "_INBOX".into(),
+        }
+    }
 }
 
 impl Config {
@@ -239,6 +270,17 @@ impl Config {
             self.events.subject_prefix.clone(),
             "one or more dot-separated tokens of letters, digits, '-' and '_'",
         )?;
+        if let Some(p) = &self.nats.inbox_prefix {
+            check(
+                !p.is_empty()
+                    && p.split('.').all(|t| {
+                        !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace)
+                    }),
+                "nats.inbox_prefix",
+                p.clone(),
+                "a subject without wildcards, e.g. _INBOX_relay",
+            )?;
+        }
         check(
             !self.relay.streams.is_empty(),
             "relay.streams",
@@ -323,6 +365,27 @@ fn describe(errors: &figment::Error) -> String {
 mod tests {
     use super::*;
     use figment::Jail;
+
+    #[test]
+    fn inbox_prefix_follows_the_identity_of_the_seed() {
+        let mut n = Config::default().nats;
+        assert_eq!(n.inbox_prefix(), "_INBOX");
+        n.nkey = Some("/creds/relay.nk".into());
+        assert_eq!(n.inbox_prefix(), "_INBOX_relay");
+        n.nkey = Some("/creds/scada-dashboard.nk".into());
+        assert_eq!(n.inbox_prefix(), "_INBOX_scada-dashboard");
+        n.nkey = Some("/creds/seed.txt".into());
+        assert_eq!(n.inbox_prefix(), "_INBOX");
+        n.inbox_prefix = Some("_INBOX_ops".into());
+        assert_eq!(n.inbox_prefix(), "_INBOX_ops");
+        let mut c = Config::default();
+        c.nats.inbox_prefix = Some("_INBOX.>".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("nats.inbox_prefix"));
+    }
 
     #[test]
     fn defaults_are_valid() {

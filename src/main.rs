@@ -289,13 +289,40 @@ async fn provision_command(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Resul
             return Ok(exit::USAGE);
         }
     };
-    if let ProvisionCommand::Credentials { out, .. } = &cmd {
-        let seeds = provision::auth::write(&decl, out)?;
+    if let ProvisionCommand::Credentials { out, rotate, .. } = &cmd {
+        use provision::auth::SeedFate;
+        let written = match provision::auth::write(&decl, out, rotate.as_deref()) {
+            Ok(w) => w,
+            Err(
+                e @ (provision::auth::AuthError::SeedExposed { .. }
+                | provision::auth::AuthError::UnknownIdentity { .. }
+                | provision::auth::AuthError::BadSeed { .. }),
+            ) => {
+                eprintln!("error: {e}");
+                eprintln!("nothing was written");
+                return Ok(exit::USAGE);
+            }
+            Err(e) => return Err(e.into()),
+        };
         println!("wrote {}", out.join("auth.conf").display());
-        for (user, path) in seeds {
-            println!("  {user:<20} {}", path.display());
+        println!("  {:<20} {:<28} seed", "identity", "inbox prefix");
+        for w in &written {
+            let fate = match w.fate {
+                SeedFate::Kept => "kept",
+                SeedFate::Created => "new",
+                SeedFate::Rotated => "ROTATED",
+            };
+            println!(
+                "  {:<20} {:<28} {} ({fate})",
+                w.name,
+                w.inbox_prefix,
+                w.path.display()
+            );
         }
-        println!("include auth.conf in the nats-server configuration; give each system its .nk seed and inbox prefix _INBOX_<system>");
+        println!("include auth.conf in the nats-server configuration; give each system its .nk seed and tell it its inbox prefix");
+        if written.iter().any(|w| w.fate == SeedFate::Rotated) {
+            println!("reload nats-server now (nats-server --signal reload, or SIGHUP): until then the old seed is still accepted and the new one is not");
+        }
         return Ok(exit::OK);
     }
     let client = nats::connect(&cfg.nats, "mes-events provision", false).await?;

@@ -1,6 +1,7 @@
 //! Connecting to NATS and building the JetStream context the relay and the CLI use.
 //!
-//! Owns connection options (name, credentials, reconnect behaviour, timeouts); never publishes.
+//! Owns connection options (name, credentials and the inbox prefix that goes with them,
+//! reconnect behaviour, timeouts); never publishes.
 
 use async_nats::jetstream::{self, context::Context};
 
@@ -32,6 +33,7 @@ pub async fn connect(
 ) -> Result<async_nats::Client, ConnectError> {
     let mut opts = async_nats::ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(cfg.inbox_prefix())
         .request_timeout(Some(cfg.request_timeout));
     if let Some(path) = &cfg.credentials {
         opts = opts

@@ -1,14 +1,30 @@
-//! NATS server authorization generated from the declaration: an NKey user per external system
-//! that may pull and ack only its own durable consumer(s), through its own inbox prefix, and
-//! subscribe live to the subject patterns its declaration lists; a relay user, the only one that
-//! may publish on the event subjects; an admin user for operators and provisioning.
+//! NATS server authorization generated from the declaration: who may do what on the bus.
+//!
+//! Three kinds of identity, each an NKey user with its own inbox prefix (`_INBOX_<name>`):
+//! - **admin**: operators and provisioning; everything.
+//! - **relay**: publishes events on the event streams' subjects and reads those streams (info
+//!   and single messages, for its start-up check and reconciliation); nothing else.
+//! - **one per external system**: pulls, acks and reads the info of its own durable consumer(s),
+//!   and subscribes live to the patterns its declaration lists; nothing else.
+//!
+//! Every grant is derived from the subjects the server itself listens on (nats-server 2.10 to
+//! 2.15, `server/consumer.go` and `server/jetstream_api.go`), never from the shape a client
+//! library happens to use, and every token that names a stream or a consumer is pinned to a
+//! literal with the exact token count of the server's subscription, so that no subject a grant
+//! allows can reach another consumer's subscription. `grants_reach_nothing_of_others` below
+//! checks that against the server's grammar; `tests/it/permissions.rs` against a real server.
 //!
 //! Seeds are generated once and kept in the output folder (never in git); running again keeps
-//! them and only rewrites the permissions.
+//! them and only rewrites the permissions, `--rotate NAME` replaces one identity's seed.
+//! A kept seed that group or others can read is refused: it may have leaked.
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest as _;
+
 use super::decl::Declaration;
+
+pub use super::decl::{ADMIN, RELAY, RESERVED};
 
 /// One user's permissions.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -18,53 +34,120 @@ pub struct User {
     pub subscribe: Vec<String>,
 }
 
-/// The inbox prefix a system's client must use (`custom_inbox_prefix`, `inbox_prefix`, …).
-pub fn inbox_prefix(system: &str) -> String {
-    format!("_INBOX_{system}")
+/// The inbox prefix an identity's client must use (async-nats `custom_inbox_prefix`, nats-py
+/// `inbox_prefix`, nats.js `inboxPrefix`, NATS.Net `InboxPrefix`): replies to its requests come
+/// there, and it may subscribe nowhere else but its declared live patterns.
+pub fn inbox_prefix(identity: &str) -> String {
+    format!("_INBOX_{identity}")
+}
+
+/// Where the server's consumers live, as the v2 ack subjects name it: the JetStream domain
+/// (`_` for none) and the account. Users of an `authorization { users = [...] }` block are in
+/// the global account `$G`, as in every configuration this project ships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub domain: String,
+    pub account: String,
+}
+
+impl Default for Scope {
+    fn default() -> Scope {
+        Scope {
+            domain: "_".into(),
+            account: "$G".into(),
+        }
+    }
+}
+
+/// The server's 8-character account hash in v2 ack subjects (`getHash` in `server/events.go`:
+/// SHA-256 of the name, each of the first 8 bytes mapped onto 62 digits).
+pub fn account_hash(account: &str) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let sum = sha2::Sha256::digest(account.as_bytes());
+    sum[..8]
+        .iter()
+        .map(|b| DIGITS[(b % 62) as usize] as char)
+        .collect()
+}
+
+/// What a client needs to publish to use one durable pull consumer `consumer` of `stream`.
+///
+/// - `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`: pull requests (`fetch`, `consume`,
+///   `messages`), the consumer's `nextMsgSubj`. The reply subject carries the messages.
+/// - `$JS.API.CONSUMER.INFO.<stream>.<consumer>`: the bind check every client library makes, and
+///   the consumer's own lag (`num_pending`). Read-only.
+/// - `$JS.ACK.<stream>.<consumer>.*.*.*.*.*`: the v1 ack subject, exactly the 9 tokens of the
+///   server's `ackSubjOld` subscription (delivered count, stream and consumer sequence,
+///   timestamp, pending). Every ack kind is a payload on it: `+ACK` (or empty), `-NAK`, `+WPI`,
+///   `+TERM`, `+NXT`. Nine tokens with stream and consumer pinned cannot match any other
+///   consumer's subscriptions: v1 ones differ in tokens 3–4, v2 ones need 11 tokens or more.
+///   (A `>` tail, or wildcards in tokens 3–4, is what let one system pull another's events
+///   with `+NXT`: `$JS.ACK.*.*.S.erp.>` allowed `$JS.ACK.S.quality.S.erp.1.1.1`, which is
+///   quality's v1 subscription.)
+/// - `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.*.*.*.*.*`: the v2 ack subject the
+///   server writes from 2.14 on when `js_ack_fc_v2` is enabled: exactly the 11 tokens of its
+///   reply template, every naming token pinned. (The server also accepts longer v2 subjects,
+///   which its replies never are, so they are not granted.)
+///
+/// Not granted: `$JS.FC.…` (flow control replies, push consumers only), `$JS.API.INFO` and
+/// everything else of the API: creating, updating, pausing, resetting or deleting consumers is
+/// `provision`'s job, replays the operators'.
+pub fn consumer_grants(scope: &Scope, stream: &str, consumer: &str) -> Vec<String> {
+    vec![
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
+        format!("$JS.ACK.{stream}.{consumer}.*.*.*.*.*"),
+        format!(
+            "$JS.ACK.{}.{}.{stream}.{consumer}.*.*.*.*.*",
+            scope.domain,
+            account_hash(&scope.account)
+        ),
+    ]
+}
+
+/// The streams the relay writes: those whose subjects are events (not `$JS.…` advisories, such
+/// as the dead letters' stream).
+pub fn event_streams(d: &Declaration) -> impl Iterator<Item = &super::decl::StreamDecl> {
+    d.streams
+        .iter()
+        .filter(|s| s.subjects.iter().all(|x| !x.get_ref().starts_with('$')))
 }
 
 /// Every user and its permissions (pure).
-pub fn users(d: &Declaration) -> Vec<User> {
-    let event_subjects: Vec<String> = d
-        .streams
-        .iter()
-        .flat_map(|s| s.subjects.iter().map(|x| x.get_ref().clone()))
-        .filter(|s| !s.starts_with("$JS."))
-        .collect();
-    let stream_names: Vec<&str> = d
-        .streams
-        .iter()
-        .map(|s| s.name.get_ref().as_str())
-        .collect();
-    let mut relay_publish = event_subjects.clone();
-    for s in &stream_names {
-        relay_publish.push(format!("$JS.API.STREAM.INFO.{s}"));
-        relay_publish.push(format!("$JS.API.STREAM.MSG.GET.{s}"));
+pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
+    // The relay: publish on the event streams' subjects (the PubAck comes to its inbox);
+    // `STREAM.INFO` for the start-up check and the tail a reconciliation reads up to;
+    // `STREAM.MSG.GET` for reading back what landed. Only its own streams: nothing of the dead
+    // letters, no consumer, no `DIRECT.GET` (it does not use it), no purge, update or delete.
+    let mut relay_publish = Vec::new();
+    for s in event_streams(d) {
+        relay_publish.extend(s.subjects.iter().map(|x| x.get_ref().clone()));
     }
-    relay_publish.push("$JS.API.INFO".into());
+    for s in event_streams(d) {
+        let name = s.name.get_ref();
+        relay_publish.push(format!("$JS.API.STREAM.INFO.{name}"));
+        relay_publish.push(format!("$JS.API.STREAM.MSG.GET.{name}"));
+    }
     let mut out = vec![
         User {
-            name: "admin".into(),
+            name: ADMIN.into(),
             publish: vec![">".into()],
             subscribe: vec![">".into()],
         },
         User {
-            name: "relay".into(),
+            name: RELAY.into(),
             publish: relay_publish,
-            subscribe: vec!["_INBOX.>".into()],
+            subscribe: vec![format!("{}.>", inbox_prefix(RELAY))],
         },
     ];
     for sys in &d.systems {
         let name = sys.decl.name.get_ref();
         let mut publish = Vec::new();
         for (consumer, c) in &sys.consumers {
-            let stream = c.stream.get_ref();
-            publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"));
-            publish.push(format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"));
-            publish.push(format!("$JS.ACK.{stream}.{consumer}.>"));
-            // The newer ack subject form (domain and account hash tokens first).
-            publish.push(format!("$JS.ACK.*.*.{stream}.{consumer}.>"));
+            publish.extend(consumer_grants(scope, c.stream.get_ref(), consumer));
         }
+        // Its inbox (pull responses, heartbeats, API answers), then what it may watch live:
+        // validation keeps those patterns inside the event streams' subjects.
         let mut subscribe = vec![format!("{}.>", inbox_prefix(name))];
         subscribe.extend(sys.decl.live.iter().map(|p| p.get_ref().clone()));
         out.push(User {
@@ -87,6 +170,7 @@ pub fn render(users: &[(User, String)]) -> String {
     let mut out = String::from(
         "# Generated by `mes-events provision credentials` from the declaration under nats/.\n\
          # Do not edit: change the declaration and generate again. Seeds (*.nk) stay beside it.\n\
+         # Each identity must use its own inbox prefix, _INBOX_<name>.\n\
          authorization {\n  users = [\n",
     );
     for (u, public) in users {
@@ -109,56 +193,359 @@ pub enum AuthError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} does not hold a valid NKey user seed: delete it to generate a new one")]
-    BadSeed { path: PathBuf },
+    #[error("{path} does not hold a valid NKey user seed: delete it to generate a new one, or rotate it with --rotate {name}")]
+    BadSeed { path: PathBuf, name: String },
+    #[error(
+        "{path} can be read or written by group or others (mode {mode:04o}), so its seed may have leaked: \
+         replace it with `mes-events provision credentials --rotate {name} …` and reload nats-server, \
+         or, if you know nobody else read it, `chmod 600 {path}` and run again"
+    )]
+    SeedExposed {
+        path: PathBuf,
+        name: String,
+        mode: u32,
+    },
+    #[error("--rotate {name}: no such identity (known: {known})")]
+    UnknownIdentity { name: String, known: String },
 }
 
-/// Writes `auth.conf` and one `<user>.nk` seed per user into `out` (keeping existing seeds).
-/// Returns (user, seed file) pairs.
-pub fn write(d: &Declaration, out: &Path) -> Result<Vec<(String, PathBuf)>, AuthError> {
+/// What happened to one identity's seed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedFate {
+    Kept,
+    Created,
+    Rotated,
+}
+
+/// One identity's seed file, its inbox prefix and what was done to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub name: String,
+    pub path: PathBuf,
+    pub inbox_prefix: String,
+    pub fate: SeedFate,
+}
+
+/// Writes `auth.conf` and one `<identity>.nk` seed per identity into `out`, keeping existing
+/// seeds (`rotate` names one identity whose seed is replaced). Nothing is written when a kept
+/// seed is unreadable, exposed, or `rotate` names no identity.
+pub fn write(d: &Declaration, out: &Path, rotate: Option<&str>) -> Result<Vec<Written>, AuthError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| AuthError::Io { path, source }
     };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let mut rendered = Vec::new();
-    let mut seeds = Vec::new();
-    for u in users(d) {
+    let users = users(d, &Scope::default());
+    if let Some(r) = rotate {
+        if !users.iter().any(|u| u.name == r) {
+            return Err(AuthError::UnknownIdentity {
+                name: r.to_owned(),
+                known: users
+                    .iter()
+                    .map(|u| u.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+    }
+    // First every check, then every write: a refusal leaves the folder as it was.
+    let mut plan = Vec::new();
+    for u in users {
         let path = out.join(format!("{}.nk", u.name));
-        let pair = match std::fs::read_to_string(&path) {
-            Ok(seed) => nkeys::KeyPair::from_seed(seed.trim())
-                .map_err(|_| AuthError::BadSeed { path: path.clone() })?,
-            Err(_) => {
+        let existing = if rotate == Some(u.name.as_str()) {
+            None
+        } else {
+            read_seed(&path, &u.name)?
+        };
+        plan.push((u, path, existing));
+    }
+    create_private_dir(out).map_err(io(out))?;
+    let mut rendered = Vec::new();
+    let mut written = Vec::new();
+    for (u, path, existing) in plan {
+        let (pair, fate) = match existing {
+            Some(pair) => (pair, SeedFate::Kept),
+            None => {
                 let pair = nkeys::KeyPair::new_user();
-                let seed = pair
-                    .seed()
-                    .map_err(|_| AuthError::BadSeed { path: path.clone() })?;
+                let seed = pair.seed().map_err(|_| AuthError::BadSeed {
+                    path: path.clone(),
+                    name: u.name.clone(),
+                })?;
+                let fate = if path.exists() {
+                    SeedFate::Rotated
+                } else {
+                    SeedFate::Created
+                };
                 write_secret(&path, &seed).map_err(io(&path))?;
-                pair
+                (pair, fate)
             }
         };
-        seeds.push((u.name.clone(), path));
+        written.push(Written {
+            name: u.name.clone(),
+            path,
+            inbox_prefix: inbox_prefix(&u.name),
+            fate,
+        });
         rendered.push((u, pair.public_key()));
     }
     let conf = out.join("auth.conf");
     std::fs::write(&conf, render(&rendered)).map_err(io(&conf))?;
-    Ok(seeds)
+    Ok(written)
 }
 
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+/// The key pair in an existing seed file; `None` where there is none yet.
+fn read_seed(path: &Path, name: &str) -> Result<Option<nkeys::KeyPair>, AuthError> {
+    let seed = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AuthError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
     #[cfg(unix)]
     {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(text.as_bytes())
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|source| AuthError::Io {
+                path: path.to_owned(),
+                source,
+            })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(AuthError::SeedExposed {
+                path: path.to_owned(),
+                name: name.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
+    }
+    nkeys::KeyPair::from_seed(seed.trim())
+        .map(Some)
+        .map_err(|_| AuthError::BadSeed {
+            path: path.to_owned(),
+            name: name.to_owned(),
+        })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
     }
     #[cfg(not(unix))]
     {
-        std::fs::write(path, text)
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Writes a seed readable by its owner only, replacing any file at `path` in one rename, so a
+/// reader never sees half a seed.
+fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".seed-");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o600));
+    }
+    let mut tmp = builder.tempfile_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provision::decl::{overlap, parse, validate};
+
+    fn declaration() -> Declaration {
+        let files = [
+            (
+                "streams.toml",
+                r#"
+[[stream]]
+name = "MES_EVENTS"
+subjects = ["mes.*.*.*.*.processorder.>", "mes.*.*.*.*.document.>"]
+[[stream]]
+name = "MES_PV"
+subjects = ["mes.*.*.*.*.processvariable.>"]
+[[stream]]
+name = "MES_DEAD_LETTERS"
+subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
+"#,
+            ),
+            (
+                "systems/erp.toml",
+                "[system]\nname = \"erp\"\n[[consumer]]\nstream = \"MES_EVENTS\"\n",
+            ),
+            (
+                "systems/quality.toml",
+                "[system]\nname = \"quality\"\nlive = [\"mes.*.*.*.*.document.>\"]\n[[consumer]]\nstream = \"MES_EVENTS\"\n",
+            ),
+            (
+                "systems/scada.toml",
+                "[system]\nname = \"scada\"\n[[consumer]]\nstream = \"MES_EVENTS\"\n[[consumer]]\nstream = \"MES_PV\"\nname = \"scada-pv\"\n",
+            ),
+        ];
+        let sources = files
+            .iter()
+            .map(|(p, t)| parse(Path::new(p), t).unwrap())
+            .collect();
+        validate(sources).unwrap()
+    }
+
+    /// Every subject the server subscribes to for one consumer, with wildcards where the server
+    /// has them (domain and account hash taken as wildcards too, to be safe), and the API verbs
+    /// that name it.
+    fn server_side(stream: &str, consumer: &str) -> Vec<String> {
+        vec![
+            format!("$JS.ACK.{stream}.{consumer}.*.*.*.*.*"),
+            format!("$JS.ACK.*.*.{stream}.{consumer}.*.*.*.*.>"),
+            format!("$JS.FC.{stream}.{consumer}.*"),
+            format!("$JS.FC.*.*.{stream}.{consumer}.*"),
+            format!("$JS.API.CONSUMER.*.{stream}.{consumer}"),
+            format!("$JS.API.CONSUMER.*.{stream}.{consumer}.>"),
+            format!("$JS.API.CONSUMER.*.*.{stream}.{consumer}"),
+            format!("$JS.API.CONSUMER.*.{stream}"),
+            format!("$JS.EVENT.>"),
+        ]
+    }
+
+    #[test]
+    fn grants_reach_nothing_of_others() {
+        let d = declaration();
+        let users = users(&d, &Scope::default());
+        let consumers: Vec<(String, String, String)> = d
+            .systems
+            .iter()
+            .flat_map(|s| {
+                s.consumers.iter().map(|(c, decl)| {
+                    (
+                        s.decl.name.get_ref().clone(),
+                        decl.stream.get_ref().clone(),
+                        c.clone(),
+                    )
+                })
+            })
+            .collect();
+        let everything_else = [
+            "$JS.API.STREAM.>",
+            "$JS.API.DIRECT.>",
+            "$JS.API.INFO",
+            "$JS.API.ACCOUNT.>",
+            "$JS.API.SERVER.>",
+            "$JS.API.META.>",
+            "$JS.SNAPSHOT.>",
+            "$SYS.>",
+            "_INBOX.>",
+        ];
+        for u in users.iter().filter(|u| u.name != ADMIN) {
+            for g in &u.publish {
+                for (owner, stream, consumer) in &consumers {
+                    if *owner == u.name {
+                        continue;
+                    }
+                    for s in server_side(stream, consumer) {
+                        assert!(
+                            !overlap(g, &s),
+                            "{} may publish {g}, which reaches {s} of {owner}'s consumer",
+                            u.name
+                        );
+                    }
+                }
+                if u.name != RELAY {
+                    for s in everything_else {
+                        assert!(!overlap(g, s), "{} may publish {g}, inside {s}", u.name);
+                    }
+                    assert!(!g.starts_with("mes."), "{} may publish events: {g}", u.name);
+                }
+            }
+            for g in &u.subscribe {
+                for other in users.iter().filter(|o| o.name != u.name) {
+                    let theirs = format!("{}.>", inbox_prefix(&other.name));
+                    assert!(!overlap(g, &theirs), "{} may read {theirs}", u.name);
+                }
+                for s in ["_INBOX.>", "$JS.>", "$SYS.>", "$KV.>", "$O.>"] {
+                    assert!(
+                        !overlap(g, s),
+                        "{} may subscribe to {g}, inside {s}",
+                        u.name
+                    );
+                }
+            }
+        }
+        let relay = users.iter().find(|u| u.name == RELAY).unwrap();
+        for g in &relay.publish {
+            for s in [
+                "$JS.API.CONSUMER.>",
+                "$JS.ACK.>",
+                "$JS.FC.>",
+                "$JS.EVENT.>",
+                "$JS.API.STREAM.*.MES_DEAD_LETTERS",
+                "$JS.API.STREAM.*.*.MES_DEAD_LETTERS",
+                "$JS.API.DIRECT.>",
+                "$JS.API.STREAM.PURGE.>",
+                "$JS.API.STREAM.DELETE.>",
+                "$JS.API.STREAM.UPDATE.>",
+                "$JS.API.STREAM.CREATE.>",
+                "$JS.API.STREAM.SNAPSHOT.>",
+                "$JS.API.STREAM.MSG.DELETE.>",
+                "$SYS.>",
+            ] {
+                assert!(!overlap(g, s), "the relay may publish {g}, inside {s}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_identity_has_its_own_inbox_and_systems_only_their_consumers() {
+        let d = declaration();
+        let users = users(&d, &Scope::default());
+        let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["admin", "relay", "erp", "quality", "scada"]);
+        let relay = &users[1];
+        assert_eq!(relay.subscribe, ["_INBOX_relay.>"]);
+        assert!(relay
+            .publish
+            .contains(&"$JS.API.STREAM.MSG.GET.MES_PV".to_string()));
+        assert!(!relay.publish.iter().any(|g| g.contains("MES_DEAD_LETTERS")));
+        let scada = &users[4];
+        assert_eq!(scada.subscribe, ["_INBOX_scada.>"]);
+        let hash = account_hash("$G");
+        assert_eq!(
+            scada.publish,
+            [
+                "$JS.API.CONSUMER.MSG.NEXT.MES_EVENTS.scada".to_string(),
+                "$JS.API.CONSUMER.INFO.MES_EVENTS.scada".into(),
+                "$JS.ACK.MES_EVENTS.scada.*.*.*.*.*".into(),
+                format!("$JS.ACK._.{hash}.MES_EVENTS.scada.*.*.*.*.*"),
+                "$JS.API.CONSUMER.MSG.NEXT.MES_PV.scada-pv".into(),
+                "$JS.API.CONSUMER.INFO.MES_PV.scada-pv".into(),
+                "$JS.ACK.MES_PV.scada-pv.*.*.*.*.*".into(),
+                format!("$JS.ACK._.{hash}.MES_PV.scada-pv.*.*.*.*.*"),
+            ]
+        );
+        assert_eq!(
+            users[3].subscribe,
+            ["_INBOX_quality.>", "mes.*.*.*.*.document.>"]
+        );
+    }
+
+    #[test]
+    fn account_hash_is_eight_base62_digits() {
+        let h = account_hash("$G");
+        assert_eq!(h.len(), 8);
+        assert!(h.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_ne!(h, account_hash("OTHER"));
     }
 }

@@ -9,6 +9,13 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The operators' identity (`admin.nk`): may do everything.
+pub const ADMIN: &str = "admin";
+/// The relay's identity (`relay.nk`).
+pub const RELAY: &str = "relay";
+/// Names no system may take: they are identities of their own, with their own seed files.
+pub const RESERVED: [&str; 2] = [ADMIN, RELAY];
+
 /// One file under nats/.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -397,8 +404,16 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
             }
             continue;
         };
-        if !valid_name(sys.name.get_ref()) {
-            errors.push(err(src, sys.name.span(), "system.name".into(), "a system name is letters, digits, '-' and '_' only (it becomes a user name and an inbox prefix)".into()));
+        let name = sys.name.get_ref();
+        if !valid_name(name) {
+            errors.push(err(src, sys.name.span(), "system.name".into(), format!(
+                "{name:?} is not a safe name: a system name is letters, digits, '-' and '_' only (it becomes a user name, a seed file and an inbox prefix); rename it, e.g. {:?}",
+                safe_name(name)
+            )));
+        } else if let Some(r) = RESERVED.iter().find(|r| r.eq_ignore_ascii_case(name)) {
+            errors.push(err(src, sys.name.span(), "system.name".into(), format!(
+                "{name:?} is reserved for mes-events' own {r} identity (its seed would be handed out as this system's): name the system after what it is, e.g. \"{name}-system\""
+            )));
         }
         if systems
             .iter()
@@ -411,8 +426,30 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
                 format!("system {} is declared in two files", sys.name.get_ref()),
             ));
         }
+        // A live pattern is a subscribe permission: it must stay inside the event subjects,
+        // never reach inboxes (`_INBOX…`), the server's own subjects (`$JS.…`, `$SYS.…`) or
+        // anything else, so its first token is a literal first token of an event stream.
+        let event_roots: Vec<&str> = streams
+            .iter()
+            .flat_map(|(_, s)| s.subjects.iter().map(|x| x.get_ref().as_str()))
+            .filter(|x| !x.starts_with('$'))
+            .filter_map(|x| x.split('.').next())
+            .filter(|t| *t != "*" && *t != ">")
+            .collect();
         for (j, p) in sys.live.iter().enumerate() {
-            if !valid_subject(p.get_ref())
+            let root = p.get_ref().split('.').next().unwrap_or_default();
+            if valid_subject(p.get_ref()) && !event_roots.contains(&root) {
+                errors.push(err(
+                    src,
+                    p.span(),
+                    format!("system.live[{j}]"),
+                    format!(
+                        "{:?} would let this system subscribe outside the event subjects (to inboxes or the server's own subjects): start it with the events' prefix, e.g. \"{}.bsl.>\"",
+                        p.get_ref(),
+                        event_roots.first().copied().unwrap_or("mes")
+                    ),
+                ));
+            } else if !valid_subject(p.get_ref())
                 || !streams
                     .iter()
                     .any(|(_, s)| s.subjects.iter().any(|x| overlap(x.get_ref(), p.get_ref())))
@@ -537,6 +574,19 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
     } else {
         Err(errors)
     }
+}
+
+/// `n` with every character that is not safe in a name replaced by `-`.
+fn safe_name(n: &str) -> String {
+    n.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 fn valid_name(n: &str) -> bool {

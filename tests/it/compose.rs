@@ -185,7 +185,7 @@ fn every_nats_config_passes_nats_server_t_with_generated_credentials() {
     // Laid out as the containers see it: /etc/nats/{server.conf,cluster/*.conf,creds/auth.conf}.
     let etc = tempfile::tempdir().unwrap();
     let decl = mes_events::provision::load_dir(&root().join("nats")).unwrap();
-    mes_events::provision::auth::write(&decl, &etc.path().join("creds")).unwrap();
+    mes_events::provision::auth::write(&decl, &etc.path().join("creds"), None).unwrap();
     std::fs::create_dir(etc.path().join("cluster")).unwrap();
     let mut configs = vec![etc.path().join("server.conf")];
     std::fs::copy(root().join("nats/server.conf"), &configs[0]).unwrap();

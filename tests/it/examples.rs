@@ -70,7 +70,7 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
     .unwrap();
     let decl = mes_events::provision::load_dir(decl_dir.path()).unwrap();
     let creds = tempfile::tempdir().unwrap();
-    mes_events::provision::auth::write(&decl, creds.path()).unwrap();
+    mes_events::provision::auth::write(&decl, creds.path(), None).unwrap();
     let auth = std::fs::read_to_string(creds.path().join("auth.conf")).unwrap();
 
     let nats = NatsServer::start_with_config(&auth).await;

@@ -10,6 +10,7 @@ mod demo;
 mod examples;
 mod interop;
 mod migrate;
+mod permissions;
 mod provision;
 mod rejections;
 mod relay;

@@ -49,16 +49,6 @@ ack_wait = "45s"
 max_ack_pending = 200
 "#;
 
-fn decl(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
-}
-
 fn provision(url: &str, dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mes-events"))
         .arg("provision")
@@ -72,16 +62,8 @@ fn provision(url: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 fn assert_code(o: &Output, code: i32) {
-    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    assert_eq!(o.status.code(), Some(code), "{}", output_text(o));
 }
 
 async fn js(url: &str) -> jetstream::Context {
@@ -92,14 +74,14 @@ async fn js(url: &str) -> jetstream::Context {
 async fn empty_server_plan_apply_then_in_sync_against_server_defaults() {
     let nats = NatsServer::start().await;
     let url = nats.url();
-    let d = decl(&[
+    let d = decl_dir(&[
         ("streams.toml", STREAMS),
         ("systems/erp.toml", ERP),
         ("systems/quality.toml", QUALITY),
     ]);
     let plan = provision(&url, d.path(), &["plan"]);
     assert_code(&plan, 4);
-    let out = text(&plan);
+    let out = output_text(&plan);
     for what in [
         "create  stream MES_EVENTS",
         "create  stream MES_PV",
@@ -112,9 +94,10 @@ async fn empty_server_plan_apply_then_in_sync_against_server_defaults() {
     let again = provision(&url, d.path(), &["plan"]);
     assert_code(&again, 0);
     assert!(
-        text(&again).contains("0 to create, 0 to update, 0 to replace, 0 to delete, 4 unchanged"),
+        output_text(&again)
+            .contains("0 to create, 0 to update, 0 to replace, 0 to delete, 4 unchanged"),
         "{}",
-        text(&again)
+        output_text(&again)
     );
     // Applying again changes nothing and still succeeds (safe on every deploy).
     assert_code(&provision(&url, d.path(), &["apply"]), 0);
@@ -129,14 +112,14 @@ async fn empty_server_plan_apply_then_in_sync_against_server_defaults() {
         .iter()
         .all(|r| r["exists"] == true && r["pending"] == 0));
     let table = provision(&url, d.path(), &["status"]);
-    assert!(text(&table).contains("erp") && text(&table).contains("quality"));
+    assert!(output_text(&table).contains("erp") && output_text(&table).contains("quality"));
 }
 
 #[tokio::test]
 async fn changes_updates_refusals_and_recreate() {
     let nats = NatsServer::start().await;
     let url = nats.url();
-    let d = decl(&[
+    let d = decl_dir(&[
         ("streams.toml", STREAMS),
         ("systems/erp.toml", ERP),
         ("systems/quality.toml", QUALITY),
@@ -144,7 +127,7 @@ async fn changes_updates_refusals_and_recreate() {
     assert_code(&provision(&url, d.path(), &["apply"]), 0);
 
     // A mutable change: shown as an update with its fields, then applied.
-    let changed = decl(&[
+    let changed = decl_dir(&[
         (
             "streams.toml",
             &STREAMS.replace("max_age = \"30d\"", "max_age = \"60d\""),
@@ -158,15 +141,15 @@ async fn changes_updates_refusals_and_recreate() {
     let plan = provision(&url, changed.path(), &["plan"]);
     assert_code(&plan, 4);
     assert!(
-        text(&plan).contains("max_age: 30days -> 2months")
-            || text(&plan).contains("max_age: 30days"),
+        output_text(&plan).contains("max_age: 30days -> 2months")
+            || output_text(&plan).contains("max_age: 30days"),
         "{}",
-        text(&plan)
+        output_text(&plan)
     );
     assert!(
-        text(&plan).contains("max_ack_pending: 1000 -> 500"),
+        output_text(&plan).contains("max_ack_pending: 1000 -> 500"),
         "{}",
-        text(&plan)
+        output_text(&plan)
     );
     assert_code(&provision(&url, changed.path(), &["apply"]), 0);
     assert_code(&provision(&url, changed.path(), &["plan"]), 0);
@@ -178,7 +161,7 @@ async fn changes_updates_refusals_and_recreate() {
     );
 
     // Immutable changes: the stream's storage, the consumer's deliver policy. Refused with why.
-    let immutable = decl(&[
+    let immutable = decl_dir(&[
         (
             "streams.toml",
             &STREAMS
@@ -194,14 +177,14 @@ async fn changes_updates_refusals_and_recreate() {
     ]);
     let plan = provision(&url, immutable.path(), &["plan"]);
     assert!(
-        text(&plan).contains("replace  stream MES_EVENTS")
-            && text(&plan).contains("cannot change in place"),
+        output_text(&plan).contains("replace  stream MES_EVENTS")
+            && output_text(&plan).contains("cannot change in place"),
         "{}",
-        text(&plan)
+        output_text(&plan)
     );
     let refused = provision(&url, immutable.path(), &["apply"]);
     assert_code(&refused, 5);
-    let why = text(&refused);
+    let why = output_text(&refused);
     assert!(
         why.contains("stream MES_EVENTS: storage") && why.contains("never recreated"),
         "{why}"
@@ -215,9 +198,9 @@ async fn changes_updates_refusals_and_recreate() {
     let recreated = provision(&url, immutable.path(), &["apply", "--allow-recreate"]);
     assert_code(&recreated, 5);
     assert!(
-        !text(&recreated).contains("consumer MES_EVENTS/erp:"),
+        !output_text(&recreated).contains("consumer MES_EVENTS/erp:"),
         "{}",
-        text(&recreated)
+        output_text(&recreated)
     );
     let info = s.consumer_info("erp").await.unwrap();
     assert_eq!(info.config.deliver_policy, consumer::DeliverPolicy::New);
@@ -233,7 +216,7 @@ async fn changes_updates_refusals_and_recreate() {
 async fn drift_made_behind_its_back_is_reported_and_repaired() {
     let nats = NatsServer::start().await;
     let url = nats.url();
-    let d = decl(&[
+    let d = decl_dir(&[
         ("streams.toml", STREAMS),
         ("systems/erp.toml", ERP),
         ("systems/quality.toml", QUALITY),
@@ -256,7 +239,7 @@ async fn drift_made_behind_its_back_is_reported_and_repaired() {
 
     let plan = provision(&url, d.path(), &["plan"]);
     assert_code(&plan, 4);
-    let out = text(&plan);
+    let out = output_text(&plan);
     assert!(out.contains("create  consumer MES_EVENTS/quality"), "{out}");
     assert!(
         out.contains("update  stream MES_PV") && out.contains("max_msgs_per_subject: 5 -> 100"),
@@ -275,7 +258,7 @@ async fn drift_made_behind_its_back_is_reported_and_repaired() {
 async fn prune_removes_only_undeclared_durable_consumers() {
     let nats = NatsServer::start().await;
     let url = nats.url();
-    let d = decl(&[
+    let d = decl_dir(&[
         ("streams.toml", STREAMS),
         ("systems/erp.toml", ERP),
         ("systems/quality.toml", QUALITY),
@@ -296,17 +279,17 @@ async fn prune_removes_only_undeclared_durable_consumers() {
     };
     let plan = provision(&url, d.path(), &["plan"]);
     assert!(
-        text(&plan).contains("unmanaged (left alone)  consumer MES_EVENTS/legacy"),
+        output_text(&plan).contains("unmanaged (left alone)  consumer MES_EVENTS/legacy"),
         "{}",
-        text(&plan)
+        output_text(&plan)
     );
     assert_code(&provision(&url, d.path(), &["apply"]), 0);
     assert_eq!(names(s.clone()).await, ["erp", "legacy", "quality"]);
     let plan = provision(&url, d.path(), &["plan", "--prune"]);
     assert!(
-        text(&plan).contains("delete  consumer MES_EVENTS/legacy"),
+        output_text(&plan).contains("delete  consumer MES_EVENTS/legacy"),
         "{}",
-        text(&plan)
+        output_text(&plan)
     );
     assert_code(&provision(&url, d.path(), &["apply", "--prune"]), 0);
     assert_eq!(names(s).await, ["erp", "quality"]);
@@ -376,11 +359,11 @@ async fn every_validation_error_names_file_and_key_and_no_call_is_made() {
     ];
     for (what, files, file_hint, key_hint) in cases {
         let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-        let d = decl(&files);
+        let d = decl_dir(&files);
         for cmd in ["plan", "apply", "status"] {
             let o = provision(unreachable, d.path(), &[cmd]);
             assert_code(&o, 2);
-            let err = text(&o);
+            let err = output_text(&o);
             assert!(
                 err.contains(file_hint) && err.contains(key_hint),
                 "{what} ({cmd}): {err}"
@@ -395,7 +378,7 @@ async fn every_validation_error_names_file_and_key_and_no_call_is_made() {
 
 #[tokio::test]
 async fn generated_credentials_give_each_system_its_own_consumer_and_nothing_else() {
-    let d = decl(&[
+    let d = decl_dir(&[
         ("streams.toml", STREAMS),
         ("systems/erp.toml", ERP),
         ("systems/quality.toml", QUALITY),
@@ -442,7 +425,7 @@ async fn generated_credentials_give_each_system_its_own_consumer_and_nothing_els
         }
     };
     // Only the relay may publish events.
-    let relay = jetstream::new(connect("relay", None).await);
+    let relay = jetstream::new(connect("relay", Some("_INBOX_relay")).await);
     relay
         .publish(
             "mes.bsl._._._.processorder.statuschanged.v1.4711",

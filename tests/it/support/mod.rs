@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod nats;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -242,6 +243,26 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A declaration folder holding `files` (path under the folder, contents).
+pub fn decl_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+/// A finished command's standard output and error, for assertions and their messages.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// Polls `cond` until it holds, failing the test with `what` after `limit`.

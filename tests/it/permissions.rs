@@ -1,0 +1,917 @@
+//! The generated permissions, loaded into a real nats-server and tried as a hostile integrator
+//! would: every identity speaks the wire protocol itself and tries the whole JetStream surface
+//! against every other system's consumer and every stream. Each attempt must be refused by the
+//! server, and the victims' consumers must not have moved. Then the positive side: each system
+//! can do its whole job (pull, ack, nak, in progress, terminate, next, info, live), with v1 and
+//! v2 ack subjects; the reserved names and exposed seeds are refused; one seed rotates alone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use mes_events::provision::auth;
+
+use crate::support::raw::Raw;
+use crate::support::*;
+
+const STREAMS: &str = r#"
+[[stream]]
+name = "MES_EVENTS"
+subjects = ["mes.*.*.*.*.processorder.>", "mes.*.*.*.*.document.>", "mes.*.*.*.*.stock.>"]
+
+[[stream]]
+name = "MES_PV"
+subjects = ["mes.*.*.*.*.processvariable.>"]
+
+[[stream]]
+name = "MES_DEAD_LETTERS"
+subjects = [
+  "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>",
+  "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_PV.>",
+  "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.MES_EVENTS.>",
+  "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.MES_PV.>",
+]
+"#;
+
+// Long ack waits: nothing is redelivered by itself while the test runs, so any change in a
+// victim's counters is the attacker's doing. max_deliver = 2: one stolen redelivery would be
+// enough to dead-letter a victim's event.
+const ERP: &str = r#"
+[system]
+name = "erp"
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.processorder.>"]
+ack_wait = "10m"
+max_deliver = 2
+"#;
+
+const QUALITY: &str = r#"
+[system]
+name = "quality"
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.document.>"]
+ack_wait = "10m"
+max_deliver = 2
+"#;
+
+const SCADA: &str = r#"
+[system]
+name = "scada-dashboard"
+live = ["mes.bsl.gran.line2.>"]
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.bsl.gran.line2.>"]
+ack_wait = "10m"
+max_deliver = 2
+[[consumer]]
+stream = "MES_PV"
+name = "scada-dashboard-pv"
+filter_subjects = ["mes.bsl.gran.line2.>"]
+ack_wait = "10m"
+max_deliver = 2
+"#;
+
+const SYSTEMS: [&str; 3] = ["erp", "quality", "scada-dashboard"];
+const EVENT_STREAMS: [&str; 2] = ["MES_EVENTS", "MES_PV"];
+const ALL_STREAMS: [&str; 3] = ["MES_EVENTS", "MES_PV", "MES_DEAD_LETTERS"];
+
+/// (owner, stream, durable) of every declared consumer.
+const CONSUMERS: [(&str, &str, &str); 4] = [
+    ("erp", "MES_EVENTS", "erp"),
+    ("quality", "MES_EVENTS", "quality"),
+    ("scada-dashboard", "MES_EVENTS", "scada-dashboard"),
+    ("scada-dashboard", "MES_PV", "scada-dashboard-pv"),
+];
+
+fn mes_events(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mes-events"));
+    c.args(args).current_dir(std::env::temp_dir());
+    c
+}
+
+fn credentials(decl: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut c = mes_events(&["provision", "credentials", "--dir"]);
+    c.arg(decl).arg("--out").arg(out).args(extra);
+    c.output().unwrap()
+}
+
+/// A server loaded with the generated authorization, provisioned by the admin through the CLI.
+struct World {
+    _decl: tempfile::TempDir,
+    creds: tempfile::TempDir,
+    _nats: NatsServer,
+    url: String,
+}
+
+impl World {
+    async fn new(extra_server_config: &str) -> World {
+        let decl = decl_dir(&[
+            ("streams.toml", STREAMS),
+            ("systems/erp.toml", ERP),
+            ("systems/quality.toml", QUALITY),
+            ("systems/scada-dashboard.toml", SCADA),
+        ]);
+        let creds = tempfile::tempdir().unwrap();
+        let o = credentials(decl.path(), creds.path(), &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+        let auth = std::fs::read_to_string(creds.path().join("auth.conf")).unwrap();
+        let nats = NatsServer::start_with_config(&format!("{auth}\n{extra_server_config}")).await;
+        let url = nats.url();
+        // The admin provisions with its own seed, and so its own inbox prefix.
+        let o = mes_events(&["provision", "apply", "--dir"])
+            .arg(decl.path())
+            .env("MES_EVENTS_NATS__URL", &url)
+            .env("MES_EVENTS_NATS__NKEY", creds.path().join("admin.nk"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+        World {
+            _decl: decl,
+            creds,
+            _nats: nats,
+            url,
+        }
+    }
+
+    fn seed_path(&self, who: &str) -> std::path::PathBuf {
+        self.creds.path().join(format!("{who}.nk"))
+    }
+
+    fn seed(&self, who: &str) -> String {
+        std::fs::read_to_string(self.seed_path(who))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// A client connected as `who` the way mes-events itself connects (inbox prefix from the
+    /// seed file's identity).
+    async fn client(&self, who: &str) -> async_nats::Client {
+        let mut cfg = mes_events::config::Config::default().nats;
+        cfg.url = self.url.clone();
+        cfg.nkey = Some(self.seed_path(who));
+        cfg.request_timeout = Duration::from_secs(3);
+        mes_events::nats::connect(&cfg, "permissions test", false)
+            .await
+            .unwrap()
+    }
+
+    async fn js(&self, who: &str) -> jetstream::Context {
+        jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(3))
+            .build(self.client(who).await)
+    }
+
+    async fn raw(&self, who: &str) -> Raw {
+        Raw::connect(&self.url, &self.seed(who)).await
+    }
+
+    /// Events for every consumer, published by the relay's identity.
+    async fn publish_events(&self, n: usize) {
+        let js = self.js(auth::RELAY).await;
+        for i in 0..n {
+            for subject in [
+                format!("mes.bsl.gran.line1._.processorder.statuschanged.v1.o{i}"),
+                format!("mes.bsl.qa._._.document.statuschanged.v1.d{i}"),
+                format!("mes.bsl.gran.line2._.stock.moved.v1.l{i}"),
+                format!("mes.bsl.gran.line2.dryer1.processvariable.changed.v1.pv{i}"),
+            ] {
+                js.publish(subject, "{}".into())
+                    .await
+                    .unwrap()
+                    .await
+                    .expect("the relay publishes events");
+            }
+        }
+    }
+}
+
+/// What a consumer's state is, as far as an attacker could change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct State {
+    delivered: (u64, u64),
+    ack_floor: (u64, u64),
+    ack_pending: usize,
+    redelivered: usize,
+    waiting: usize,
+    pending: u64,
+}
+
+async fn states(js: &jetstream::Context) -> BTreeMap<String, State> {
+    let mut out = BTreeMap::new();
+    for (_, stream, name) in CONSUMERS {
+        let info = js
+            .get_stream(stream)
+            .await
+            .unwrap()
+            .consumer_info(name)
+            .await
+            .unwrap();
+        out.insert(
+            format!("{stream}/{name}"),
+            State {
+                delivered: (
+                    info.delivered.consumer_sequence,
+                    info.delivered.stream_sequence,
+                ),
+                ack_floor: (
+                    info.ack_floor.consumer_sequence,
+                    info.ack_floor.stream_sequence,
+                ),
+                ack_pending: info.num_ack_pending,
+                redelivered: info.num_redelivered,
+                waiting: info.num_waiting,
+                pending: info.num_pending,
+            },
+        );
+    }
+    out
+}
+
+async fn stream_tails(js: &jetstream::Context) -> BTreeMap<&'static str, u64> {
+    let mut out = BTreeMap::new();
+    for s in ALL_STREAMS {
+        let info = js
+            .get_stream(s)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        out.insert(s, info.state.last_sequence);
+    }
+    out
+}
+
+/// The owner takes `n` messages of its consumer without acking them; their reply subjects are
+/// the real ack subjects an attacker would most like to use.
+async fn take_unacked(w: &World, owner: &str, stream: &str, name: &str, n: usize) -> Vec<String> {
+    let js = w.js(owner).await;
+    let c: consumer::PullConsumer = js.get_consumer_from_stream(name, stream).await.unwrap();
+    let mut batch = c
+        .fetch()
+        .max_messages(n)
+        .expires(Duration::from_secs(3))
+        .messages()
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        replies.push(m.reply.as_ref().expect("an ack subject").to_string());
+    }
+    assert_eq!(replies.len(), n, "{owner} takes {n} messages of {name}");
+    replies
+}
+
+#[derive(Debug, Clone)]
+enum Probe {
+    Publish {
+        subject: String,
+        payload: String,
+        headers: Option<String>,
+    },
+    Subscribe {
+        subject: String,
+        queue: Option<String>,
+    },
+}
+
+fn publish(subject: impl Into<String>, payload: &str) -> Probe {
+    Probe::Publish {
+        subject: subject.into(),
+        payload: payload.into(),
+        headers: None,
+    }
+}
+
+fn subscribe(subject: impl Into<String>) -> Probe {
+    Probe::Subscribe {
+        subject: subject.into(),
+        queue: None,
+    }
+}
+
+/// Every ack payload the server knows (`+ACK` and empty, `-NAK` with and without delay, `+WPI`,
+/// `+TERM` with a reason, `+NXT` with a count and with a pull request).
+const ACK_KINDS: [&str; 9] = [
+    "+ACK",
+    "",
+    "-NAK",
+    "-NAK {\"delay\":1}",
+    "+WPI",
+    "+TERM",
+    "+TERM stolen",
+    "+NXT 3",
+    "+NXT {\"batch\":3,\"expires\":1000000000}",
+];
+
+/// Everything one might try against another identity's consumer `name` on `stream`, given
+/// `replies` (real ack subjects of its unacked messages) and the attacker's own consumers.
+fn against_consumer(
+    stream: &str,
+    name: &str,
+    replies: &[String],
+    mine: &[(&str, &str)],
+) -> Vec<Probe> {
+    let hash = auth::account_hash("$G");
+    let mut v = Vec::new();
+    let config = format!(
+        "{{\"stream_name\":\"{stream}\",\"config\":{{\"durable_name\":\"{name}\",\"ack_policy\":\"explicit\",\"deliver_policy\":\"all\"}},\"action\":\"update\"}}"
+    );
+    for verb in [
+        "CREATE",
+        "DURABLE.CREATE",
+        "DELETE",
+        "PAUSE",
+        "RESET",
+        "UNPIN",
+        "INFO",
+        "MSG.NEXT",
+        "LEADER.STEPDOWN",
+    ] {
+        v.push(publish(
+            format!("$JS.API.CONSUMER.{verb}.{stream}.{name}"),
+            &config,
+        ));
+    }
+    v.push(publish(
+        format!("$JS.API.CONSUMER.CREATE.{stream}.{name}.mes.>"),
+        &config,
+    ));
+    v.push(publish(
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        &config,
+    ));
+    v.push(publish(
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"),
+        "{\"batch\":3,\"expires\":1000000000}",
+    ));
+    let mut ack_subjects: Vec<String> = replies.to_vec();
+    ack_subjects.extend([
+        // v1, 9 tokens, as the server writes them.
+        format!("$JS.ACK.{stream}.{name}.1.1.1.0.0"),
+        // v2, 11 tokens as written, 12 with the random token of ADR-15, 13 as an extension.
+        format!("$JS.ACK._.{hash}.{stream}.{name}.1.1.1.0.0"),
+        format!("$JS.ACK._.{hash}.{stream}.{name}.1.1.1.0.0.r4nd0m"),
+        format!("$JS.ACK._.{hash}.{stream}.{name}.1.1.1.0.0.x.y"),
+        format!("$JS.ACK.dom.acc.{stream}.{name}.1.1.1.0.0"),
+        // Malformed: short, long, wildcards as literals.
+        format!("$JS.ACK.{stream}.{name}"),
+        format!("$JS.ACK.{stream}.{name}.1"),
+        format!("$JS.ACK.{stream}.{name}.1.1.1.0.0.0"),
+        format!("$JS.ACK.{stream}.{name}.*.*.*.*.*"),
+        format!("$JS.ACK.{stream}.{name}.>"),
+        format!("$JS.ACK.{stream}.*.1.1.1.0.0"),
+        format!("$JS.ACK.*.{name}.1.1.1.0.0"),
+        "$JS.ACK.>".into(),
+    ]);
+    for (my_stream, my_name) in mine {
+        // The victim in the v1 position, the attacker's own consumer where v2 names it: the
+        // subject that stole events when grants left those tokens free.
+        ack_subjects.push(format!(
+            "$JS.ACK.{stream}.{name}.{my_stream}.{my_name}.1.1.1"
+        ));
+        ack_subjects.push(format!(
+            "$JS.ACK.{stream}.{name}.{my_stream}.{my_name}.1.1.1.0.0"
+        ));
+        ack_subjects.push(format!(
+            "$JS.ACK.{my_stream}.{my_name}.{stream}.{name}.1.1.1.0.0"
+        ));
+    }
+    for s in &ack_subjects {
+        for kind in ACK_KINDS {
+            v.push(publish(s.clone(), kind));
+        }
+    }
+    // Flow control and heartbeat answers (push consumers), and forged dead-letter advisories.
+    for s in [
+        format!("$JS.FC.{stream}.{name}.1"),
+        format!("$JS.FC._.{hash}.{stream}.{name}.1"),
+    ] {
+        v.push(publish(s, ""));
+    }
+    let advisory = format!(
+        "{{\"type\":\"io.nats.jetstream.advisory.v1.max_deliver\",\"stream\":\"{stream}\",\"consumer\":\"{name}\",\"stream_seq\":1,\"deliveries\":2}}"
+    );
+    v.push(publish(
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{name}"),
+        &advisory,
+    ));
+    v.push(publish(
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{stream}.{name}"),
+        &advisory,
+    ));
+    // Watching its acks and pull requests go by.
+    v.push(subscribe(format!("$JS.ACK.{stream}.{name}.>")));
+    v.push(subscribe(format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
+    )));
+    v
+}
+
+/// Everything of the stream API, except the `allowed` verbs.
+fn against_stream(stream: &str, allowed: &[&str]) -> Vec<Probe> {
+    let mut v = Vec::new();
+    for (verb, payload) in [
+        ("INFO", "{}"),
+        ("MSG.GET", "{\"seq\":1}"),
+        ("MSG.DELETE", "{\"seq\":1}"),
+        ("PURGE", "{}"),
+        ("DELETE", ""),
+        ("UPDATE", "{\"name\":\"x\",\"subjects\":[\">\"]}"),
+        ("CREATE", "{\"name\":\"x\",\"subjects\":[\">\"]}"),
+        ("SNAPSHOT", "{\"deliver_subject\":\"x\"}"),
+        ("RESTORE", "{}"),
+        ("LEADER.STEPDOWN", ""),
+        ("PEER.REMOVE", "{\"peer\":\"x\"}"),
+    ] {
+        if !allowed.contains(&verb) {
+            v.push(publish(format!("$JS.API.STREAM.{verb}.{stream}"), payload));
+        }
+    }
+    v.push(publish(
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        "{\"seq\":1}",
+    ));
+    v.push(publish(
+        format!("$JS.API.DIRECT.GET.{stream}.mes.bsl.qa._._.document.statuschanged.v1.d0"),
+        "",
+    ));
+    v.push(publish(format!("$JS.API.CONSUMER.LIST.{stream}"), "{}"));
+    v.push(publish(format!("$JS.API.CONSUMER.NAMES.{stream}"), "{}"));
+    v
+}
+
+/// What nobody but the admin may touch: the account, the server, the system account, other
+/// identities' inboxes, every advisory.
+fn against_everything_else(me: &str) -> Vec<Probe> {
+    let mut v = vec![
+        publish("$JS.API.INFO", ""),
+        publish("$JS.API.STREAM.LIST", "{}"),
+        publish("$JS.API.STREAM.NAMES", "{}"),
+        publish("$JS.API.ACCOUNT.PURGE.$G", ""),
+        publish("$JS.API.SERVER.REMOVE", "{}"),
+        publish("$JS.API.META.LEADER.STEPDOWN", ""),
+        publish("$SYS.REQ.SERVER.PING", ""),
+        publish("$SYS.REQ.ACCOUNT.$G.CONNZ", "{}"),
+        publish("$KV.x.y", ""),
+        publish("_INBOX.x", ""),
+        subscribe(">"),
+        subscribe("*.>"),
+        subscribe("$JS.>"),
+        subscribe("$JS.API.>"),
+        subscribe("$JS.ACK.>"),
+        subscribe("$JS.FC.>"),
+        subscribe("$JS.EVENT.>"),
+        subscribe("$JS.EVENT.ADVISORY.>"),
+        subscribe("$SYS.>"),
+        subscribe("_INBOX.>"),
+        subscribe("_INBOX.*"),
+        subscribe("mes.>"),
+        Probe::Subscribe {
+            subject: "_INBOX.>".into(),
+            queue: Some("q".into()),
+        },
+    ];
+    for other in [auth::ADMIN, auth::RELAY]
+        .into_iter()
+        .chain(SYSTEMS)
+        .filter(|o| *o != me)
+    {
+        let inbox = auth::inbox_prefix(other);
+        v.push(publish(format!("{inbox}.x"), "{}"));
+        v.push(subscribe(format!("{inbox}.>")));
+        v.push(subscribe(format!("{inbox}.*")));
+        v.push(Probe::Subscribe {
+            subject: format!("{inbox}.>"),
+            queue: Some("q".into()),
+        });
+    }
+    v
+}
+
+/// Runs every probe as `me`; returns what was not refused.
+async fn attack(w: &World, me: &str, probes: &[Probe]) -> Vec<String> {
+    let mut raw = w.raw(me).await;
+    let inbox = auth::inbox_prefix(me);
+    let (_, a) = raw.subscribe(&format!("{inbox}.>"), None).await;
+    assert!(a.errors.is_empty(), "{me} may read its own inbox: {a:?}");
+    let reply = format!("{inbox}.loot");
+    let mut failures = Vec::new();
+    for p in probes {
+        match p {
+            Probe::Publish {
+                subject,
+                payload,
+                headers,
+            } => {
+                let a = raw
+                    .publish(
+                        subject,
+                        Some(&reply),
+                        headers.as_deref(),
+                        payload.as_bytes(),
+                    )
+                    .await;
+                if !a.publish_refused(subject) || !a.delivered.is_empty() {
+                    failures.push(format!(
+                        "{me}: publish {subject:?} {payload:?} was not refused: {a:?}"
+                    ));
+                }
+            }
+            Probe::Subscribe { subject, queue } => {
+                let (sid, a) = raw.subscribe(subject, queue.as_deref()).await;
+                if !a.subscribe_refused(subject) {
+                    failures.push(format!(
+                        "{me}: subscribe {subject:?} (queue {queue:?}) was not refused: {a:?}"
+                    ));
+                }
+                raw.unsubscribe(sid).await;
+            }
+        }
+    }
+    // Whatever slipped through would be answered by now; nothing may have come.
+    let late = raw.ping().await;
+    if !late.delivered.is_empty() {
+        failures.push(format!("{me}: late deliveries {:?}", late.delivered));
+    }
+    failures
+}
+
+#[tokio::test]
+async fn hostile_identities_are_refused_the_whole_jetstream_surface_and_victims_do_not_move() {
+    let w = World::new("").await;
+    w.publish_events(4).await;
+    let mut replies = BTreeMap::new();
+    for (owner, stream, name) in CONSUMERS {
+        replies.insert(name, take_unacked(&w, owner, stream, name, 2).await);
+    }
+    let admin = w.js(auth::ADMIN).await;
+    let before = states(&admin).await;
+    let tails = stream_tails(&admin).await;
+    for s in before.values() {
+        assert_eq!(s.ack_pending, 2, "{before:?}");
+    }
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for me in SYSTEMS {
+        let mine: Vec<(&str, &str)> = CONSUMERS
+            .iter()
+            .filter(|(o, _, _)| *o == me)
+            .map(|(_, s, n)| (*s, *n))
+            .collect();
+        let mut probes = Vec::new();
+        for (owner, stream, name) in CONSUMERS {
+            if owner != me {
+                probes.extend(against_consumer(stream, name, &replies[name], &mine));
+            }
+        }
+        for s in ALL_STREAMS {
+            probes.extend(against_stream(s, &[]));
+        }
+        probes.extend(against_everything_else(me));
+        // Publishing events is the relay's alone.
+        for subject in [
+            "mes.bsl.gran.line1._.processorder.statuschanged.v1.forged",
+            "mes.bsl.gran.line2.dryer1.processvariable.changed.v1.forged",
+        ] {
+            probes.push(publish(subject, "{}"));
+            probes.push(Probe::Publish {
+                subject: subject.into(),
+                payload: "{}".into(),
+                headers: Some("Nats-Msg-Id: /mes/test/bsl#forged\r\nce-type: x".into()),
+            });
+        }
+        tried += probes.len();
+        failures.extend(attack(&w, me, &probes).await);
+    }
+    // The relay: everything but publishing events and reading its own streams.
+    let mut probes = Vec::new();
+    for (_, stream, name) in CONSUMERS {
+        probes.extend(against_consumer(stream, name, &replies[name], &[]));
+    }
+    for s in ALL_STREAMS {
+        let allowed: &[&str] = if EVENT_STREAMS.contains(&s) {
+            &["INFO", "MSG.GET"]
+        } else {
+            &[]
+        };
+        probes.extend(against_stream(s, allowed));
+    }
+    probes.extend(against_everything_else(auth::RELAY));
+    tried += probes.len();
+    failures.extend(attack(&w, auth::RELAY, &probes).await);
+
+    assert!(
+        failures.is_empty(),
+        "{} of {tried} attempts were not refused:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        states(&admin).await,
+        before,
+        "a victim's consumer moved under attack"
+    );
+    assert_eq!(
+        stream_tails(&admin).await,
+        tails,
+        "an attacker wrote into a stream (events or forged dead letters)"
+    );
+
+    // The probes have teeth: the same theft subject, sent by an identity allowed to publish it
+    // (the admin), does hand quality's events to the sender on this server.
+    let mut raw = w.raw(auth::ADMIN).await;
+    raw.subscribe("_INBOX_admin.>", None).await;
+    let a = raw
+        .publish(
+            "$JS.ACK.MES_EVENTS.quality.MES_EVENTS.erp.1.1.1",
+            Some("_INBOX_admin.loot"),
+            None,
+            b"+NXT {\"batch\":1}",
+        )
+        .await;
+    assert!(a.errors.is_empty(), "{a:?}");
+    let mut got = a;
+    if got.delivered.is_empty() {
+        got = raw.wait_for_delivery(Duration::from_secs(5)).await;
+    }
+    assert!(
+        got.delivered
+            .iter()
+            .any(|d| d.subject.contains(".document.") && d.payload == b"{}"),
+        "the theft subject no longer reaches quality's consumer on this server, so the probes \
+         above prove less than they claim: {got:?}"
+    );
+}
+
+/// One system's whole job on its own consumer: info, pull, ack, in progress, nak (redelivered),
+/// terminate, and `+NXT` on its own ack subject. Returns the ack subjects it saw.
+async fn do_the_job(w: &World, owner: &str, stream: &str, name: &str) -> Vec<String> {
+    let js = w.js(owner).await;
+    let c: consumer::PullConsumer = js
+        .get_consumer_from_stream(name, stream)
+        .await
+        .expect("reads its own consumer's info");
+    let fetch = |n: usize| {
+        let c = c.clone();
+        async move {
+            let mut b = c
+                .fetch()
+                .max_messages(n)
+                .expires(Duration::from_secs(3))
+                .messages()
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            while let Some(m) = b.next().await {
+                out.push(m.unwrap());
+            }
+            out
+        }
+    };
+    let first = fetch(3).await;
+    assert_eq!(first.len(), 3, "{owner} pulls from {name}");
+    let subjects: Vec<String> = first
+        .iter()
+        .map(|m| m.reply.as_ref().unwrap().to_string())
+        .collect();
+    first[0].double_ack().await.expect("ack");
+    first[1]
+        .double_ack_with(AckKind::Progress)
+        .await
+        .expect("in progress");
+    first[1].double_ack().await.expect("ack after in progress");
+    first[2]
+        .double_ack_with(AckKind::Nak(None))
+        .await
+        .expect("nak");
+    // The nak'ed message comes again, then is terminated.
+    let again = fetch(1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].info().unwrap().delivered,
+        2,
+        "{owner}: redelivered"
+    );
+    again[0]
+        .double_ack_with(AckKind::Term)
+        .await
+        .expect("terminate");
+    // `+NXT` on its own ack subject: acks and asks for the next one in one go.
+    let next = fetch(1).await;
+    let mut raw = w.raw(owner).await;
+    let inbox = auth::inbox_prefix(owner);
+    raw.subscribe(&format!("{inbox}.>"), None).await;
+    let a = raw
+        .publish(
+            next[0].reply.as_ref().unwrap(),
+            Some(&format!("{inbox}.next")),
+            None,
+            b"+NXT {\"batch\":1}",
+        )
+        .await;
+    assert!(
+        a.errors.is_empty(),
+        "{owner}: +NXT on its own ack subject: {a:?}"
+    );
+    let mut got = a;
+    if got.delivered.is_empty() {
+        got = raw.wait_for_delivery(Duration::from_secs(5)).await;
+    }
+    assert_eq!(got.delivered.len(), 1, "{owner}: +NXT delivers: {got:?}");
+    let r = got.delivered[0].reply.clone().unwrap();
+    raw.publish(&r, None, None, b"+ACK").await;
+    eventually(Duration::from_secs(5), "every ack recorded", || {
+        let mut c = c.clone();
+        async move { c.info().await.unwrap().num_ack_pending == 0 }
+    })
+    .await;
+    subjects
+}
+
+#[tokio::test]
+async fn every_system_does_its_whole_job_with_v1_and_v2_ack_subjects_and_watches_live() {
+    for (flags, tokens) in [("", 9), ("feature_flags { js_ack_fc_v2: true }", 11)] {
+        let w = World::new(flags).await;
+        w.publish_events(6).await;
+        for (owner, stream, name) in CONSUMERS {
+            let subjects = do_the_job(&w, owner, stream, name).await;
+            for s in subjects {
+                assert_eq!(s.split('.').count(), tokens, "{s}");
+                if tokens == 11 {
+                    assert!(
+                        s.starts_with(&format!("$JS.ACK._.{}.", auth::account_hash("$G"))),
+                        "v2 ack subject names the account by the hash the grants pin: {s}"
+                    );
+                }
+            }
+        }
+        // Live: the dashboard watches its line as events are published.
+        let dash = w.client("scada-dashboard").await;
+        let mut live = dash.subscribe("mes.bsl.gran.line2.>").await.unwrap();
+        dash.flush().await.unwrap();
+        w.publish_events(1).await;
+        let m = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .expect("a live event within 5 s")
+            .unwrap();
+        assert!(m.subject.starts_with("mes.bsl.gran.line2."));
+        // The relay reads what it needs of its own streams.
+        let relay = w.js(auth::RELAY).await;
+        for s in EVENT_STREAMS {
+            let stream = relay.get_stream(s).await.expect("relay: stream info");
+            stream.get_raw_message(1).await.expect("relay: message get");
+        }
+    }
+}
+
+#[test]
+fn reserved_and_unsafe_names_and_live_patterns_outside_the_events_are_refused() {
+    for (file, body, expect, line) in [
+        (
+            "systems/admin.toml",
+            "[system]\nname = \"admin\"\n",
+            "reserved for mes-events' own admin identity",
+            2,
+        ),
+        (
+            "systems/relay.toml",
+            "[system]\nname = \"Relay\"\n",
+            "reserved for mes-events' own relay identity",
+            2,
+        ),
+        (
+            "systems/dots.toml",
+            "[system]\nname = \"erp.prod\"\n",
+            "\"erp.prod\" is not a safe name",
+            2,
+        ),
+        (
+            "systems/up.toml",
+            "[system]\nname = \"../erp\"\n",
+            "is not a safe name",
+            2,
+        ),
+        (
+            "systems/all.toml",
+            "[system]\nname = \"greedy\"\nlive = [\">\"]\n",
+            "would let this system subscribe outside the event subjects",
+            3,
+        ),
+        (
+            "systems/inbox.toml",
+            "[system]\nname = \"snoop\"\nlive = [\"_INBOX_erp.>\"]\n",
+            "would let this system subscribe outside the event subjects",
+            3,
+        ),
+        (
+            "systems/adv.toml",
+            "[system]\nname = \"adv\"\nlive = [\"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>\"]\n",
+            "would let this system subscribe outside the event subjects",
+            3,
+        ),
+    ] {
+        let d = decl_dir(&[("streams.toml", STREAMS), (file, body)]);
+        let out = tempfile::tempdir().unwrap();
+        let o = credentials(d.path(), out.path(), &[]);
+        let t = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{t}");
+        assert!(t.contains(expect), "{file}: {t}");
+        assert!(t.contains(&format!("{file}:{line}:")), "names file and line: {t}");
+        assert!(
+            !out.path().join("auth.conf").exists(),
+            "nothing written for {file}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn exposed_seeds_are_refused_and_one_identity_rotates_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = decl_dir(&[
+        ("streams.toml", STREAMS),
+        ("systems/erp.toml", ERP),
+        ("systems/quality.toml", QUALITY),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let creds = out.path().join("creds");
+    let o = credentials(d.path(), &creds, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&creds), 0o700, "the folder is private");
+    let seeds = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| std::fs::read_to_string(creds.join(format!("{n}.nk"))).unwrap())
+            .collect()
+    };
+    let all = ["admin", "relay", "erp", "quality"];
+    for n in all {
+        assert_eq!(mode(&creds.join(format!("{n}.nk"))), 0o600, "{n}.nk");
+    }
+    let before = seeds(&all);
+    let auth_before = std::fs::read_to_string(creds.join("auth.conf")).unwrap();
+
+    // A seed someone else could have read is not reused.
+    let erp = creds.join("erp.nk");
+    std::fs::set_permissions(&erp, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = credentials(d.path(), &creds, &[]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    for part in [
+        erp.display().to_string(),
+        "mode 0644".into(),
+        "--rotate erp".into(),
+        "chmod 600".into(),
+        "nothing was written".into(),
+    ] {
+        assert!(t.contains(&part), "missing {part:?} in: {t}");
+    }
+    assert!(!t.contains(before[2].trim()), "a seed was printed: {t}");
+    assert_eq!(seeds(&all), before);
+    assert_eq!(
+        std::fs::read_to_string(creds.join("auth.conf")).unwrap(),
+        auth_before
+    );
+
+    // Rotating it replaces that seed alone, privately, and says to reload the server.
+    let o = credentials(d.path(), &creds, &["--rotate", "erp"]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("ROTATED") && t.contains("reload nats-server"),
+        "{t}"
+    );
+    let after = seeds(&all);
+    assert_ne!(after[2], before[2], "erp's seed is new");
+    assert_eq!(
+        [&after[0], &after[1], &after[3]],
+        [&before[0], &before[1], &before[3]],
+        "the others are untouched"
+    );
+    assert_eq!(mode(&erp), 0o600);
+    let public = |seed: &str| nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key();
+    let auth_after = std::fs::read_to_string(creds.join("auth.conf")).unwrap();
+    assert!(auth_after.contains(&public(&after[2])));
+    assert!(!auth_after.contains(&public(&before[2])));
+    assert!(auth_after.contains(&public(&before[3])));
+    for s in &after {
+        assert!(!t.contains(s.trim()), "a seed was printed: {t}");
+    }
+
+    // An identity that does not exist is named, with the ones that do.
+    let o = credentials(d.path(), &creds, &["--rotate", "erpp"]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("admin, relay, erp, quality"), "{t}");
+}
