@@ -408,6 +408,12 @@ fn against_consumer(
         format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{stream}.{name}"),
         &advisory,
     ));
+    // Forged events on the subject only this consumer's filter takes (how `dead-letters resend`
+    // sends an event back to one consumer).
+    v.push(publish(
+        format!("mes-redeliver.{stream}.{name}.mes.bsl.qa._._.document.statuschanged.v1.forged"),
+        "{}",
+    ));
     // Watching its acks and pull requests go by.
     v.push(subscribe(format!("$JS.ACK.{stream}.{name}.>")));
     v.push(subscribe(format!(
