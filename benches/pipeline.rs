@@ -27,11 +27,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use chrono::Utc;
 use futures::StreamExt;
-use mes_events::catalog::Catalog;
 use mes_events::config::Config;
+use mes_events::demo::local_nats::LocalNats;
+use mes_events::event::catalog::Catalog;
+use mes_events::event::Row;
 use mes_events::event::{self, Profile};
-use mes_events::local_nats::LocalNats;
-use mes_events::outbox::{self, Row};
+use mes_events::store::write;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
@@ -100,8 +101,8 @@ async fn run(admin_url: &str, dbname: &str, nats: &LocalNats) -> Res<()> {
         pg.get_ports().first().copied().unwrap_or(5432),
         pg.get_user().unwrap_or("postgres")
     );
-    let mut session = mes_events::pg::connect(&db_url, "bench").await?;
-    mes_events::migrate::migrate(&mut session.client).await?;
+    let mut session = mes_events::store::session::connect(&db_url, "bench").await?;
+    mes_events::store::migrate::migrate(&mut session.client).await?;
     let db = &session.client;
 
     let mut cfg = Config::default();
@@ -297,7 +298,7 @@ async fn ceiling(js: &jetstream::Context, nats_pid: u32) -> Res<Run> {
         source: "/mes/ceiling/bsl".into(),
         site: "bsl".into(),
         subject_prefix: "mes".into(),
-        mode: mes_events::binding::Mode::Binary,
+        mode: mes_events::event::binding::Mode::Binary,
     };
     let mut stream = js.get_stream("MES_EVENTS").await?;
     let tail = stream.info().await?.state.last_sequence;
@@ -636,7 +637,7 @@ async fn latency(
             Res::Ok(())
         }
     });
-    let writer = mes_events::pg::connect(db_url, "bench writer").await?;
+    let writer = mes_events::store::session::connect(db_url, "bench writer").await?;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let payload = data("PO-1");
@@ -644,7 +645,7 @@ async fn latency(
         tick.tick().await;
         let key = format!("PO-{}", i % 1000);
         let body = payload.replace("PO-1\"", &format!("{key}\""));
-        let id = outbox::emit(&writer.client, ORDER, &key, &body, &Default::default()).await?;
+        let id = write::emit(&writer.client, ORDER, &key, &body, &Default::default()).await?;
         committed.lock().unwrap().insert(id, Instant::now());
     }
     tokio::time::timeout(Duration::from_secs(60), reader).await???;

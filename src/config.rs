@@ -75,7 +75,7 @@ pub struct EventsConfig {
     pub subject_prefix: String,
     /// CloudEvents mode on the wire: `binary` (attributes in `ce-*` headers, body = data) or
     /// `structured` (body = JSON event format, `Content-Type: application/cloudevents+json`).
-    pub mode: crate::binding::Mode,
+    pub mode: crate::event::binding::Mode,
 }
 
 /// What the relay does with a row that cannot become a valid event.
@@ -138,7 +138,7 @@ impl Default for Config {
                 installation: "mes".into(),
                 site: "site".into(),
                 subject_prefix: "mes".into(),
-                mode: crate::binding::Mode::Binary,
+                mode: crate::event::binding::Mode::Binary,
             },
             relay: RelayConfig {
                 streams: vec!["MES_EVENTS".into(), "MES_PV".into()],
@@ -305,6 +305,16 @@ impl Config {
     /// CloudEvents `source` of every event this installation emits.
     pub fn source(&self) -> String {
         format!("/mes/{}/{}", self.events.installation, self.events.site)
+    }
+
+    /// What building events needs to know of this installation.
+    pub fn profile(&self) -> crate::event::Profile {
+        crate::event::Profile {
+            source: self.source(),
+            site: self.events.site.clone(),
+            subject_prefix: self.events.subject_prefix.clone(),
+            mode: self.events.mode,
+        }
     }
 }
 

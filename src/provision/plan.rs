@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{consumer, stream};
 
 use super::decl::{Compression, ConsumerDecl, Deliver, Discard, Retention, Storage, StreamDecl};
+use crate::event::subject::REDELIVER_PREFIX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -325,20 +326,11 @@ pub fn stream_config(d: &StreamDecl, mut c: stream::Config) -> stream::Config {
     c
 }
 
-/// Subject prefix of dead letters sent back to one consumer:
-/// `mes-redeliver.<stream>.<consumer>.<original subject>`.
-pub const REDELIVER_PREFIX: &str = "mes-redeliver";
-
 /// A stream's subjects: the declared ones, plus the one dead letters are sent back on.
 pub fn stream_subjects(d: &StreamDecl) -> Vec<String> {
     let mut v: Vec<String> = d.subjects.iter().map(|s| s.get_ref().clone()).collect();
     v.push(format!("{REDELIVER_PREFIX}.{}.>", d.name.get_ref()));
     v
-}
-
-/// The subject a dead letter is sent back to its consumer on.
-pub fn redeliver_subject(stream: &str, consumer: &str, original: &str) -> String {
-    format!("{REDELIVER_PREFIX}.{stream}.{consumer}.{original}")
 }
 
 /// A consumer's filters: the declared ones, plus the subject its own dead letters come back on.
@@ -381,7 +373,9 @@ pub fn consumer_changes(name: &str, d: &ConsumerDecl, live: &consumer::Config) -
         true,
     );
     // A replay moves the start point on purpose: not drift.
-    let replayed = live.metadata.contains_key(crate::replay::REPLAYED_FROM);
+    let replayed = live
+        .metadata
+        .contains_key(crate::read::replay::REPLAYED_FROM);
     cmp(
         "deliver",
         d.deliver

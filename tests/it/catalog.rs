@@ -5,10 +5,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
-use mes_events::binding::{self, Mode, Rule};
-use mes_events::catalog::Catalog;
+use mes_events::event::binding::{self, Mode, Rule};
+use mes_events::event::catalog::Catalog;
+use mes_events::event::Row;
 use mes_events::event::{self, Profile};
-use mes_events::outbox::Row;
 use serde_json::Value;
 
 fn schemas_dir() -> PathBuf {

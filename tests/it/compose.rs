@@ -179,9 +179,9 @@ fn the_declarations_compose_provisions_are_valid() {
 
 #[test]
 fn every_nats_config_passes_nats_server_t_with_generated_credentials() {
-    let bin = mes_events::local_nats::find_binary()
+    let bin = mes_events::demo::local_nats::find_binary()
         .unwrap()
-        .unwrap_or_else(|| panic!("{}", mes_events::local_nats::INSTALL_HINT));
+        .unwrap_or_else(|| panic!("{}", mes_events::demo::local_nats::INSTALL_HINT));
     // Laid out as the containers see it: /etc/nats/{server.conf,cluster/*.conf,creds/auth.conf}.
     let etc = tempfile::tempdir().unwrap();
     let decl = mes_events::provision::load_dir(&root().join("nats")).unwrap();

@@ -206,7 +206,7 @@ backoff = ["1s", "1s"]
 
 async fn emit_one(db: &TestDb, key: &str) -> i64 {
     let c = db.client().await;
-    mes_events::outbox::emit(&c, ORDER_TYPE, key, &order_data(key), &Default::default())
+    mes_events::store::write::emit(&c, ORDER_TYPE, key, &order_data(key), &Default::default())
         .await
         .unwrap()
 }
@@ -267,14 +267,14 @@ async fn a_poison_event_becomes_a_dead_letter_others_flow_and_a_resend_is_handle
         Duration::from_secs(30),
         "the poison event in the dead letters",
         || async {
-            !mes_events::deadletter::list(&js, "MES_DEAD_LETTERS")
+            !mes_events::read::deadletter::list(&js, "MES_DEAD_LETTERS")
                 .await
                 .unwrap()
                 .is_empty()
         },
     )
     .await;
-    let dead = mes_events::deadletter::list(&js, "MES_DEAD_LETTERS")
+    let dead = mes_events::read::deadletter::list(&js, "MES_DEAD_LETTERS")
         .await
         .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
@@ -288,7 +288,7 @@ async fn a_poison_event_becomes_a_dead_letter_others_flow_and_a_resend_is_handle
 
     // Fixed, sent back: handled once, by this consumer only; the dead letter is gone.
     fixed.store(true, std::sync::atomic::Ordering::SeqCst);
-    let subject = mes_events::deadletter::resend(&js, "MES_DEAD_LETTERS", d.id)
+    let subject = mes_events::read::deadletter::resend(&js, "MES_DEAD_LETTERS", d.id)
         .await
         .unwrap();
     assert!(
@@ -301,13 +301,13 @@ async fn a_poison_event_becomes_a_dead_letter_others_flow_and_a_resend_is_handle
         || async { log.lock().unwrap().iter().any(|(_, s)| *s == poison_seq) },
     )
     .await;
-    assert!(mes_events::deadletter::list(&js, "MES_DEAD_LETTERS")
+    assert!(mes_events::read::deadletter::list(&js, "MES_DEAD_LETTERS")
         .await
         .unwrap()
         .is_empty());
     // A second resend of the same (now removed) dead letter is refused.
     assert!(
-        mes_events::deadletter::resend(&js, "MES_DEAD_LETTERS", d.id)
+        mes_events::read::deadletter::resend(&js, "MES_DEAD_LETTERS", d.id)
             .await
             .is_err()
     );
@@ -532,7 +532,7 @@ async fn a_slow_consumer_falls_behind_without_holding_back_a_fast_one_and_loses_
                 let c = db.client().await;
                 for k in 0..10 {
                     let key = format!("S{k}");
-                    mes_events::outbox::emit(
+                    mes_events::store::write::emit(
                         &c,
                         ORDER_TYPE,
                         &key,

@@ -7,8 +7,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use mes_events::binding::Mode;
-use mes_events::outbox::{self, EmitOptions};
+use mes_events::event::binding::Mode;
+use mes_events::store::write::EmitOptions;
+use mes_events::store::{operator, write};
 
 use crate::support::*;
 
@@ -36,7 +37,7 @@ async fn publish_all(env: &Env, mode: Mode) -> usize {
     let mut n = 0;
     for (ty, field, data) in crate::catalog::valid_examples() {
         let key = data[&field].as_str().unwrap().to_owned();
-        outbox::emit(&c, &ty, &key, &data.to_string(), &EmitOptions::default())
+        write::emit(&c, &ty, &key, &data.to_string(), &EmitOptions::default())
             .await
             .unwrap();
         n += 1;
@@ -46,13 +47,13 @@ async fn publish_all(env: &Env, mode: Mode) -> usize {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             ..Default::default()
         };
-        outbox::emit(&c, ORDER_TYPE, &key, &order_data(&key), &opts)
+        write::emit(&c, ORDER_TYPE, &key, &order_data(&key), &opts)
             .await
             .unwrap();
         n += 1;
     }
     eventually(Duration::from_secs(60), "all published", || async {
-        let counts = outbox::counts(&c).await.unwrap();
+        let counts = operator::counts(&c).await.unwrap();
         counts.pending == 0 && counts.rejected == 0
     })
     .await;
@@ -93,11 +94,11 @@ async fn official_python_and_javascript_sdks_read_every_published_event() {
     assert_eq!(published.len(), total);
     for p in &published {
         let token = p.subject.rsplit('.').next().unwrap();
-        match mes_events::subject::unescape(token) {
+        match mes_events::event::subject::unescape(token) {
             Some(k) => assert_eq!(k, p.key),
             None => assert_eq!(
                 token,
-                mes_events::subject::key_token(&p.key),
+                mes_events::event::subject::key_token(&p.key),
                 "hashed long key"
             ),
         }

@@ -9,6 +9,7 @@ mod consume;
 mod demo;
 mod examples;
 mod interop;
+mod layout;
 mod migrate;
 mod permissions;
 mod provision;

@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mes_events::outbox::{self, EmitOptions};
+use mes_events::store::write::EmitOptions;
+use mes_events::store::{operator, write};
 
 use crate::support::*;
 
 async fn emit(db: &TestDb, ty: &str, key: &str, data: &str) -> i64 {
     let c = db.client().await;
-    outbox::emit(&c, ty, key, data, &EmitOptions::default())
+    write::emit(&c, ty, key, data, &EmitOptions::default())
         .await
         .unwrap()
 }
@@ -85,7 +86,7 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
         Duration::from_secs(30),
         "five rejections recorded, other keys published",
         || async {
-            outbox::rejected(&db).await.unwrap().len() == 5 && published_ids(&js).await.len() == 4
+            operator::rejected(&db).await.unwrap().len() == 5 && published_ids(&js).await.len() == 4
         },
     )
     .await;
@@ -97,7 +98,7 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
         "only A's first event and B's events went out"
     );
 
-    let rejected: HashMap<i64, outbox::RejectedRow> = outbox::rejected(&db)
+    let rejected: HashMap<i64, operator::RejectedRow> = operator::rejected(&db)
         .await
         .unwrap()
         .into_iter()
@@ -133,11 +134,11 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
 
     // Retry with fixed data: A's held events follow, in order.
     let mut admin = env.db.client().await;
-    outbox::retry(&mut admin, a2, Some(&order_data("A")))
+    operator::retry(&mut admin, a2, Some(&order_data("A")))
         .await
         .unwrap();
     // Discard: C's later event goes out without it.
-    outbox::discard(
+    operator::discard(
         &mut admin,
         c1,
         "test@ci",
@@ -146,20 +147,20 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
     .await
     .unwrap();
     // Retry with smaller data.
-    outbox::retry(&mut admin, d1, Some(&order_data("D")))
+    operator::retry(&mut admin, d1, Some(&order_data("D")))
         .await
         .unwrap();
-    outbox::discard(&mut admin, e1, "test@ci", "no process-variable stream here")
+    operator::discard(&mut admin, e1, "test@ci", "no process-variable stream here")
         .await
         .unwrap();
-    outbox::discard(&mut admin, f1, "test@ci", "wrong key")
+    operator::discard(&mut admin, f1, "test@ci", "wrong key")
         .await
         .unwrap();
 
     eventually(
         Duration::from_secs(30),
         "held rows published after retry/discard",
-        || async { outbox::counts(&db).await.unwrap().pending == 0 },
+        || async { operator::counts(&db).await.unwrap().pending == 0 },
     )
     .await;
     relay.stop().await;
@@ -176,12 +177,12 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
     assert_eq!(discarded.get::<_, String>(0), "test@ci");
     // Retry and discard only apply to rejected rows.
     assert!(matches!(
-        outbox::retry(&mut admin, a1, None).await,
-        Err(outbox::ResolveError::NotRejected(_))
+        operator::retry(&mut admin, a1, None).await,
+        Err(operator::ResolveError::NotRejected(_))
     ));
     assert!(matches!(
-        outbox::discard(&mut admin, 999_999, "x", "y").await,
-        Err(outbox::ResolveError::NotFound(_))
+        operator::discard(&mut admin, 999_999, "x", "y").await,
+        Err(operator::ResolveError::NotFound(_))
     ));
 }
 
@@ -277,17 +278,17 @@ async fn a_message_over_the_streams_max_msg_size_is_rejected_not_retried_forever
         Duration::from_secs(30),
         "rejected, and the other key published",
         || async {
-            outbox::rejected(&db).await.unwrap().len() == 1 && published_ids(&js).await == [other]
+            operator::rejected(&db).await.unwrap().len() == 1 && published_ids(&js).await == [other]
         },
     )
     .await;
-    let r = &outbox::rejected(&db).await.unwrap()[0];
+    let r = &operator::rejected(&db).await.unwrap()[0];
     assert_eq!(
         (r.id, r.kind.as_str(), r.waiting),
         (too_big, "too_large", 1)
     );
     let mut admin = env.db.client().await;
-    outbox::retry(&mut admin, too_big, Some(&order_data("M")))
+    operator::retry(&mut admin, too_big, Some(&order_data("M")))
         .await
         .unwrap();
     eventually(
@@ -335,7 +336,8 @@ async fn a_rejection_holds_its_key_in_the_batch_already_read_ahead() {
         Duration::from_secs(30),
         "the bad row rejected, every other key published",
         || async {
-            outbox::rejected(&db).await.unwrap().len() == 1 && published_ids(&js).await.len() >= 81
+            operator::rejected(&db).await.unwrap().len() == 1
+                && published_ids(&js).await.len() >= 81
         },
     )
     .await;
@@ -348,7 +350,7 @@ async fn a_rejection_holds_its_key_in_the_batch_already_read_ahead() {
     assert_eq!(published.len(), 81);
 
     let mut admin = env.db.client().await;
-    outbox::retry(&mut admin, bad, Some(&order_data("A")))
+    operator::retry(&mut admin, bad, Some(&order_data("A")))
         .await
         .unwrap();
     eventually(

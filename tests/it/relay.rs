@@ -25,7 +25,7 @@ async fn concurrent_writers_with_rollbacks_exactly_once_in_commit_order() {
 async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
     let env = Env::new().await;
     let relay = env.spawn_relay().await;
-    let opts = mes_events::outbox::EmitOptions::default();
+    let opts = mes_events::store::write::EmitOptions::default();
     // Keep the pipeline busy with other keys, so the late rows commit while publishes are in
     // flight and the relay is reading above them.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -58,7 +58,7 @@ async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
     for k in 0..30 {
         let key = format!("late-{k}");
         let tx = late.transaction().await.unwrap();
-        let first = mes_events::outbox::emit(&tx, ORDER_TYPE, &key, &order_data(&key), &opts)
+        let first = mes_events::store::write::emit(&tx, ORDER_TYPE, &key, &order_data(&key), &opts)
             .await
             .unwrap();
         // Let ids above `first` be taken and published meanwhile; the first one stays open
@@ -67,9 +67,10 @@ async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
         tokio::time::sleep(Duration::from_millis(open)).await;
         tx.commit().await.unwrap();
         // The key's next event commits right after, with a higher id than the pipeline's cursor.
-        let second = mes_events::outbox::emit(&next, ORDER_TYPE, &key, &order_data(&key), &opts)
-            .await
-            .unwrap();
+        let second =
+            mes_events::store::write::emit(&next, ORDER_TYPE, &key, &order_data(&key), &opts)
+                .await
+                .unwrap();
         committed.extend([first, second]);
     }
     stop.cancel();
@@ -297,7 +298,7 @@ async fn relay_postgres_sessions_terminated_mid_run() {
 /// The lease holder is `host:pid`.
 async fn active_pid(db: &TestDb) -> Option<i32> {
     let c = db.client().await;
-    let (_, holder) = mes_events::outbox::lease(&c).await.unwrap();
+    let (_, holder) = mes_events::store::lease::lease(&c).await.unwrap();
     holder?.rsplit(':').next()?.parse().ok()
 }
 
@@ -379,7 +380,7 @@ async fn two_relays_publishing_at_once_are_fenced() {
         pending(&env.db).await == 0
     })
     .await;
-    let epoch = mes_events::outbox::lease(&env.db.client().await)
+    let epoch = mes_events::store::lease::lease(&env.db.client().await)
         .await
         .unwrap()
         .0;
@@ -414,7 +415,7 @@ async fn sigterm_records_the_acks_in_flight_and_exits_0() {
     // Every message in the stream is recorded in the outbox: nothing landed unmarked.
     let in_stream = read_all(&js).await.len() as i64;
     let c = env.db.client().await;
-    let counts = mes_events::outbox::counts(&c).await.unwrap();
+    let counts = mes_events::store::operator::counts(&c).await.unwrap();
     assert_eq!(
         counts.published, in_stream,
         "published rows == messages in the stream"
@@ -458,7 +459,7 @@ async fn a_notify_wakes_the_relay_long_before_the_fallback_poll() {
     let js = env.js().await;
     // Let the relay reach its idle wait first.
     eventually(Duration::from_secs(20), "relay active", || async {
-        mes_events::outbox::lease(&env.db.client().await)
+        mes_events::store::lease::lease(&env.db.client().await)
             .await
             .unwrap()
             .0
@@ -467,7 +468,7 @@ async fn a_notify_wakes_the_relay_long_before_the_fallback_poll() {
     .await;
     for i in 0..3 {
         let c = env.db.client().await;
-        mes_events::outbox::emit(&c, ORDER_TYPE, "K", &order_data("K"), &Default::default())
+        mes_events::store::write::emit(&c, ORDER_TYPE, "K", &order_data("K"), &Default::default())
             .await
             .unwrap();
         eventually(

@@ -23,10 +23,12 @@ impl TestDb {
     /// A new, empty, migrated database.
     pub async fn new() -> TestDb {
         let db = Self::empty().await;
-        let mut s = mes_events::pg::connect(&db.url, "test migrate")
+        let mut s = mes_events::store::session::connect(&db.url, "test migrate")
             .await
             .unwrap();
-        mes_events::migrate::migrate(&mut s.client).await.unwrap();
+        mes_events::store::migrate::migrate(&mut s.client)
+            .await
+            .unwrap();
         db
     }
 
@@ -42,7 +44,7 @@ impl TestDb {
             .unwrap();
         let mut cfg: tokio_postgres::Config = admin_url.parse().unwrap();
         cfg.dbname(&name);
-        let url = config_to_url(&cfg);
+        let url = mes_events::store::session::to_url(&cfg);
         TestDb {
             name,
             url,
@@ -114,23 +116,4 @@ async fn admin_url() -> String {
         "PostgreSQL is not reachable at {url}: start it (`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`), \
          or set TEST_DATABASE_URL, or run a Docker engine for testcontainers"
     );
-}
-
-fn config_to_url(cfg: &tokio_postgres::Config) -> String {
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "127.0.0.1".into(),
-    };
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let mut s = format!(
-        "host={host} port={port} dbname={} user={}",
-        cfg.get_dbname().unwrap_or("postgres"),
-        cfg.get_user().unwrap_or("postgres")
-    );
-    if let Some(pw) = cfg.get_password() {
-        s.push_str(&format!(" password={}", String::from_utf8_lossy(pw)));
-    }
-    s
 }

@@ -331,9 +331,12 @@ pub fn published(m: &jetstream::Message) -> Published {
     let headers = m.headers.as_ref().expect("headers");
     let msg_id = headers.get("Nats-Msg-Id").expect("Nats-Msg-Id").as_str();
     let (_, outbox_id) = event::parse_msg_id(msg_id).expect("a msg id this relay wrote");
-    let ce =
-        mes_events::binding::decode(Some(headers), &m.payload, mes_events::binding::Rule::Spec)
-            .expect("a valid CloudEvent");
+    let ce = mes_events::event::binding::decode(
+        Some(headers),
+        &m.payload,
+        mes_events::event::binding::Rule::Spec,
+    )
+    .expect("a valid CloudEvent");
     let key = ce.subject().expect("ce subject").to_owned();
     Published {
         seq: info.stream_sequence,
@@ -402,7 +405,7 @@ pub async fn assert_exactly_once_in_order(db: &TestDb, published: &[Published], 
         assert_eq!(&p.key, key);
         assert!(
             p.subject
-                .ends_with(&format!(".{}", mes_events::subject::key_token(key))),
+                .ends_with(&format!(".{}", mes_events::event::subject::key_token(key))),
             "{}",
             p.subject
         );
@@ -448,7 +451,7 @@ pub async fn write_events(
                 for _ in 0..n {
                     let key = format!("order-{}", rng.random_range(0..keys));
                     let data = order_data(&key);
-                    match mes_events::outbox::emit(
+                    match mes_events::store::write::emit(
                         &tx,
                         ORDER_TYPE,
                         &key,
@@ -524,5 +527,8 @@ pub async fn write_events_paced(
 /// Pending rows in the outbox.
 pub async fn pending(db: &TestDb) -> i64 {
     let c = db.client().await;
-    mes_events::outbox::counts(&c).await.unwrap().pending
+    mes_events::store::operator::counts(&c)
+        .await
+        .unwrap()
+        .pending
 }

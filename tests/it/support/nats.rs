@@ -1,11 +1,11 @@
-//! A real nats-server per test: a local process (`mes_events::local_nats`: `NATS_SERVER_BIN` or
+//! A real nats-server per test: a local process (`mes_events::demo::local_nats`: `NATS_SERVER_BIN` or
 //! PATH, 2.10 or newer, dynamic port, own store, killed and removed on drop). Where no such
 //! binary exists but a Docker engine does, the same server runs through testcontainers. Where
 //! neither exists the test fails with an install hint: never a silent skip.
 
 use std::process::{Command, Stdio};
 
-use mes_events::local_nats::{self, LocalNats};
+use mes_events::demo::local_nats::{self, LocalNats};
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};

@@ -13,7 +13,7 @@ use cloudevents::{AttributesReader, Event};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::binding::{self, Rule};
+use crate::event::binding::{self, Rule};
 
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -52,7 +52,7 @@ pub fn human(event: &Event) -> String {
         "{}  {short}  {}  {data}",
         event
             .time()
-            .map(|t| crate::event::rfc3339(*t))
+            .map(|t| crate::event::id::rfc3339(*t))
             .unwrap_or_default(),
         event.subject().unwrap_or("-")
     )

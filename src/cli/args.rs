@@ -1,4 +1,4 @@
-//! Command-line interface: the flags and subcommands of `mes-events` (parsing only).
+//! The flags and subcommands of `mes-events` (parsing only).
 
 use std::path::PathBuf;
 
@@ -191,7 +191,7 @@ pub struct ReplayArgs {
     pub stream: String,
     /// An RFC 3339 time (2026-11-23T08:00:00Z) or a stream sequence.
     #[arg(long)]
-    pub from: mes_events::replay::From,
+    pub from: mes_events::read::replay::From,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,

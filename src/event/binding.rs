@@ -174,7 +174,7 @@ struct NatsSerializer {
 impl NatsSerializer {
     fn put(mut self, name: &str, value: &MessageAttributeValue) -> Self {
         let text = match value {
-            MessageAttributeValue::DateTime(t) => crate::event::rfc3339(*t),
+            MessageAttributeValue::DateTime(t) => super::id::rfc3339(*t),
             v => v.to_string(),
         };
         self.headers.insert(

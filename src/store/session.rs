@@ -1,7 +1,8 @@
 //! PostgreSQL sessions: connecting, and driving a connection so its notifications are seen.
 //!
 //! The relay needs LISTEN, so its connection is driven by `poll_message` in a task this module
-//! owns (spawning the bare connection future would drop notifications). Owns no SQL.
+//! owns (spawning the bare connection future would drop notifications). Owns the session-level
+//! settings (LISTEN, commit without flush) and nothing of the `mes_events` schema.
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -22,6 +23,62 @@ pub struct Session {
     /// advisory locks and LISTEN is gone from then on.
     pub closed: CancellationToken,
     driver: JoinHandle<()>,
+}
+
+impl Session {
+    /// LISTENs on `channel`: every NOTIFY there wakes [`Session::wake`].
+    pub async fn listen(&self, channel: &str) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .batch_execute(&format!("listen {channel}"))
+            .await
+    }
+
+    /// Lets this session's commits return before their WAL is flushed: for statements whose
+    /// loss in a PostgreSQL crash is repaired anyway (the relay's marks, which reconciliation
+    /// makes again from the stream).
+    pub async fn commit_without_flush(&self) -> Result<(), tokio_postgres::Error> {
+        self.client
+            .batch_execute("set synchronous_commit = off")
+            .await
+    }
+}
+
+/// Polls a statement's future once, so that tokio-postgres sends it now (it sends on the first
+/// poll); the answer waits in the connection until the future is awaited. This is how one
+/// session has a statement in flight while the caller does other work.
+pub fn send_now<'a, T: Send + 'a>(
+    mut fut: futures::future::BoxFuture<'a, T>,
+) -> futures::future::BoxFuture<'a, T> {
+    use futures::FutureExt;
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    match fut.poll_unpin(&mut cx) {
+        std::task::Poll::Ready(done) => futures::future::ready(done).boxed(),
+        std::task::Poll::Pending => fut,
+    }
+}
+
+/// A key/value connection string for `cfg` (host, port, database, user, password), e.g. to hand
+/// a database that was just created to another component.
+pub fn to_url(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".into(),
+    };
+    let mut s = format!(
+        "host={host} port={} dbname={} user={}",
+        cfg.get_ports().first().copied().unwrap_or(5432),
+        cfg.get_dbname().unwrap_or("postgres"),
+        cfg.get_user().unwrap_or("postgres")
+    );
+    if let Some(pw) = cfg.get_password() {
+        s.push_str(&format!(
+            " password='{}'",
+            String::from_utf8_lossy(pw).replace('\'', "\\'")
+        ));
+    }
+    s
 }
 
 impl Drop for Session {

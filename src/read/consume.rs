@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::binding::{self, Rule};
+use crate::event::binding::{self, Rule};
 
 /// What became of one event in the handler.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,5 +1,5 @@
-//! Event: an outbox row turned into the CloudEvent and NATS message the relay publishes, or the
-//! reason it cannot be one.
+//! Outbound: an outbox row turned into the CloudEvent and NATS message the relay publishes, or
+//! the reason it cannot be one.
 //!
 //! Pure: the same row always gives the same message, byte for byte, so a re-send after a crash
 //! carries the same `id` and `Nats-Msg-Id`. Nothing here talks to PostgreSQL or NATS.
@@ -14,19 +14,15 @@
 
 use async_nats::header::{HeaderMap, HeaderName};
 use bytes::Bytes;
-use chrono::{DateTime, SecondsFormat, Utc};
 use cloudevents::event::Data;
 use cloudevents::{AttributesReader, Event, EventBuilder, EventBuilderV10};
 use serde_json::Value;
-use uuid::Uuid;
 
-use crate::binding::{self, BindingError, Mode};
-use crate::catalog::{Catalog, Entry, Violation};
-use crate::outbox::{Rejection, Row};
-use crate::subject::{self, EventType, Location, TypeError};
-
-/// Width of the zero-padded `sequence` extension: enough for any positive `bigint`.
-pub const SEQUENCE_WIDTH: usize = 20;
+use super::binding::{self, BindingError, Mode};
+use super::catalog::{Catalog, Entry, Violation};
+use super::id::{event_id, msg_id, rfc3339, sequence};
+use super::row::{Rejection, RejectionKind, Row};
+use super::subject::{self, EventType, Location, TypeError};
 
 /// What the relay needs to know about this installation to build events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +33,6 @@ pub struct Profile {
     pub site: String,
     pub subject_prefix: String,
     pub mode: Mode,
-}
-
-impl Profile {
-    pub fn from_config(c: &crate::config::Config) -> Profile {
-        Profile {
-            source: c.source(),
-            site: c.events.site.clone(),
-            subject_prefix: c.events.subject_prefix.clone(),
-            mode: c.events.mode,
-        }
-    }
 }
 
 /// A message ready for `send_publish`.
@@ -105,20 +90,21 @@ pub enum EventError {
 impl EventError {
     /// The stored form: kind, data path and rule where they apply, and the message.
     pub fn rejection(&self) -> Rejection {
+        use RejectionKind::*;
         let (kind, path, rule) = match self {
-            EventError::InvalidType { .. } => ("invalid_type", None, None),
-            EventError::UnknownType(_) => ("unknown_type", None, None),
-            EventError::Json(_) => ("schema", Some(String::new()), Some("type".to_owned())),
-            EventError::Schema(v) => ("schema", Some(v.path.clone()), Some(v.rule.clone())),
+            EventError::InvalidType { .. } => (InvalidType, None, None),
+            EventError::UnknownType(_) => (UnknownType, None, None),
+            EventError::Json(_) => (Schema, Some(String::new()), Some("type".to_owned())),
+            EventError::Schema(v) => (Schema, Some(v.path.clone()), Some(v.rule.clone())),
             EventError::KeyMismatch { field, .. } => (
-                "key_mismatch",
+                KeyMismatch,
                 Some(format!("/{field}")),
                 Some("key".to_owned()),
             ),
-            EventError::Encode(_) => ("encode", None, None),
+            EventError::Encode(_) => (Encode, None, None),
         };
         Rejection {
-            kind: kind.to_owned(),
+            kind,
             path,
             rule,
             reason: self.to_string(),
@@ -262,11 +248,6 @@ fn binary_headers(profile: &Profile, entry: &Entry, row: &Row, id: &str) -> Head
     h
 }
 
-/// The `sequence` extension: the outbox id, zero-padded so that string order is event order.
-fn sequence(id: i64) -> String {
-    format!("{id:0SEQUENCE_WIDTH$}")
-}
-
 /// The location of an event: its data's `hierarchyScope` (the schema has checked its shape).
 fn location(data: &Value) -> Location {
     let scope = data.get("hierarchyScope");
@@ -284,51 +265,10 @@ fn location(data: &Value) -> Location {
     }
 }
 
-/// `Nats-Msg-Id`: JetStream deduplicates on it alone, so it carries the source too.
-pub fn msg_id(source: &str, id: &str) -> String {
-    format!("{source}#{id}")
-}
-
-/// The outbox id and source carried by a `Nats-Msg-Id` this relay wrote.
-pub fn parse_msg_id(msg_id: &str) -> Option<(&str, i64)> {
-    let (source, id) = msg_id.rsplit_once('#')?;
-    Some((source, outbox_id_of(Uuid::parse_str(id).ok()?)?))
-}
-
-/// UUIDv7: 48-bit Unix milliseconds, 12 bits of sub-millisecond microseconds, 62 bits of outbox id.
-pub fn event_id(outbox_id: i64, recorded_at: DateTime<Utc>) -> Uuid {
-    let ms = recorded_at.timestamp_millis().max(0) as u64;
-    let sub_ms = (recorded_at.timestamp_subsec_micros() % 1000) as u16;
-    let id = outbox_id.max(0) as u64;
-    let mut b = [0u8; 16];
-    b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    b[6] = 0x70 | ((sub_ms >> 8) as u8 & 0x0f);
-    b[7] = sub_ms as u8;
-    b[8] = 0x80 | ((id >> 56) as u8 & 0x3f);
-    b[9..].copy_from_slice(&id.to_be_bytes()[1..]);
-    Uuid::from_bytes(b)
-}
-
-/// Inverse of [`event_id`] for the outbox id.
-pub fn outbox_id_of(id: Uuid) -> Option<i64> {
-    let b = id.as_bytes();
-    if b[6] >> 4 != 7 || b[8] >> 6 != 0b10 {
-        return None;
-    }
-    let mut v = [0u8; 8];
-    v[0] = b[8] & 0x3f;
-    v[1..].copy_from_slice(&b[9..]);
-    Some(u64::from_be_bytes(v) as i64)
-}
-
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
     use cloudevents::AttributesReader;
 
     fn row(id: i64, key: &str, data: &str) -> Row {
@@ -360,26 +300,6 @@ mod tests {
             "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2"}
         })
         .to_string()
-    }
-
-    #[test]
-    fn event_ids_are_time_ordered_and_reversible() {
-        let r = row(42, "4711", "{}");
-        let id = event_id(r.id, r.recorded_at);
-        assert_eq!(id.get_version_num(), 7);
-        assert_eq!(outbox_id_of(id), Some(42));
-        let later = event_id(41, r.recorded_at + chrono::Duration::microseconds(1));
-        assert!(
-            later > id,
-            "a later recorded time sorts later whatever the outbox id"
-        );
-        assert_eq!(
-            outbox_id_of(event_id(i64::MAX >> 1, r.recorded_at)),
-            Some(i64::MAX >> 1)
-        );
-        let m = msg_id("/mes/demo/bsl", &id.to_string());
-        assert_eq!(parse_msg_id(&m), Some(("/mes/demo/bsl", 42)));
-        assert_eq!(parse_msg_id("foreign-id"), None);
     }
 
     #[test]
@@ -458,12 +378,20 @@ mod tests {
         let mut r = row(10, "k", &order("k"));
         r.ty = "orderchanged".into();
         assert_eq!(
-            outbound(&p, &catalog, &r).unwrap_err().rejection().kind,
+            outbound(&p, &catalog, &r)
+                .unwrap_err()
+                .rejection()
+                .kind
+                .as_str(),
             "invalid_type"
         );
         r.ty = "io.mesevents.mes.processorder.exploded.v1".into();
         assert_eq!(
-            outbound(&p, &catalog, &r).unwrap_err().rejection().kind,
+            outbound(&p, &catalog, &r)
+                .unwrap_err()
+                .rejection()
+                .kind
+                .as_str(),
             "unknown_type"
         );
         let bad = row(11, "k", &order("k").replace("running", "runing"));

@@ -193,6 +193,15 @@ pub fn matches(filter: &str, subject: &str) -> bool {
     }
 }
 
+/// Subject prefix of dead letters sent back to one consumer:
+/// `mes-redeliver.<stream>.<consumer>.<original subject>`.
+pub const REDELIVER_PREFIX: &str = "mes-redeliver";
+
+/// The subject a dead letter is sent back to its consumer on.
+pub fn redeliver_subject(stream: &str, consumer: &str, original: &str) -> String {
+    format!("{REDELIVER_PREFIX}.{stream}.{consumer}.{original}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use cloudevents::AttributesReader;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::binding::{self, Rule};
-use crate::provision::plan::redeliver_subject;
+use crate::event::binding::{self, Rule};
+use crate::event::subject::redeliver_subject;
 
 /// The stream the shipped declaration keeps advisories in.
 pub const DEFAULT_STREAM: &str = "MES_DEAD_LETTERS";

@@ -1,0 +1,63 @@
+//! The `mes-events` command line, binary only: arguments ([`args`]), one file per group of
+//! commands, the tables they print ([`output`]), shutdown on signals ([`signal`]) and exit codes
+//! ([`exit`]). Commands call the library and say what happened; `anyhow` lives here only.
+
+mod args;
+mod exit;
+mod operate;
+mod output;
+mod provision;
+mod read;
+mod signal;
+mod write;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use mes_events::config::Config;
+
+use args::{Cli, Command};
+
+/// Parses arguments, sets up logging, loads configuration, runs the command, and turns what
+/// happened into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = Config::load(cli.config.as_deref())
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+                .map(|runtime| (cfg, runtime))
+        })
+        .and_then(|(cfg, runtime)| runtime.block_on(run(cli.command, cfg)));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::code_for(&e))
+        }
+    }
+}
+
+async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
+    match command {
+        Command::Migrate => write::migrate(&cfg).await,
+        Command::Emit(args) => write::emit(&cfg, args).await,
+        Command::Outbox(cmd) => write::outbox(&cfg, cmd).await,
+        Command::Provision(cmd) => provision::run(&cfg, cmd).await,
+        Command::DeadLetters(cmd) => read::dead_letters(&cfg, cmd).await,
+        Command::Replay(args) => read::replay(&cfg, args).await,
+        Command::Tail(args) => read::tail(&cfg, args).await,
+        Command::Relay => operate::relay(&cfg).await,
+        Command::Demo(args) => operate::demo(&cfg, args).await,
+    }
+}

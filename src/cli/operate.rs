@@ -1,0 +1,34 @@
+//! The long-running commands: `relay`, and `demo`.
+
+use mes_events::config::Config;
+use mes_events::{demo, nats, relay};
+
+use super::args::DemoArgs;
+use super::exit;
+use super::signal::Shutdown;
+
+pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
+    let shutdown = Shutdown::on_signal();
+    let client = nats::connect(&cfg.nats, "mes-events relay", true).await?;
+    let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
+    relay::run(cfg, js, shutdown.token.clone()).await?;
+    Ok(exit::OK)
+}
+
+pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<u8> {
+    let shutdown = Shutdown::on_signal();
+    let opts = demo::Options {
+        duration: args.duration,
+        rate: args.rate,
+        keep: args.keep,
+        nats_url: args.nats,
+        nats_dir: args.nats_dir,
+    };
+    let s = demo::run(cfg, &opts, shutdown.token.clone()).await?;
+    println!("{s}");
+    Ok(if s.complete() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
+}

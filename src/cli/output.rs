@@ -1,0 +1,90 @@
+//! The tables and JSON lines the commands print.
+
+use mes_events::provision::apply::ConsumerStatus;
+use mes_events::read::deadletter::DeadLetter;
+use mes_events::store::operator::RejectedRow;
+
+/// `outbox rejected`: a table, or one JSON object per line.
+pub fn rejected(rows: &[RejectedRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else if rows.is_empty() {
+        println!("no rejected rows");
+    } else {
+        println!(
+            "{:>10}  {:<24}  {:<12}  {:>7}  reason",
+            "id", "key", "kind", "waiting"
+        );
+        for r in rows {
+            println!(
+                "{:>10}  {:<24}  {:<12}  {:>7}  {}",
+                r.id, r.key, r.kind, r.waiting, r.reason
+            );
+            println!("{:>10}  type {}, recorded {}", "", r.ty, r.recorded_at);
+        }
+    }
+    Ok(())
+}
+
+/// `provision status`: a table, or pretty JSON.
+pub fn consumer_status(rows: &[ConsumerStatus], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<12} {:<22} {:>9} {:>8} {:>8} {:>6}  {:<25} stream first..last",
+        "system", "stream", "consumer", "pending", "ack-pend", "redeliv", "paused", "last active"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:<12} {:<22} {:>9} {:>8} {:>8} {:>6}  {:<25} {}..{}{}",
+            r.system,
+            r.stream,
+            r.consumer,
+            r.pending,
+            r.ack_pending,
+            r.redelivered,
+            if r.paused { "yes" } else { "no" },
+            r.last_active.as_deref().unwrap_or("-"),
+            r.stream_first_seq,
+            r.stream_last_seq,
+            if r.exists {
+                ""
+            } else {
+                "  (missing: run provision apply)"
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `dead-letters list`: a table, or one JSON object per line.
+pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
+    if json {
+        for d in list {
+            println!("{}", serde_json::to_string(d)?);
+        }
+    } else if list.is_empty() {
+        println!("no dead letters");
+    } else {
+        println!(
+            "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  event",
+            "id", "reason", "stream", "consumer", "stream-seq", "deliveries"
+        );
+        for d in list {
+            let event = match (&d.event_type, &d.event_subject, &d.problem) {
+                (Some(t), s, _) => format!("{t} {}", s.as_deref().unwrap_or("")),
+                (None, _, Some(p)) => format!("({p})"),
+                _ => String::new(),
+            };
+            println!(
+                "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  {event}",
+                d.id, d.reason, d.stream, d.consumer, d.stream_seq, d.deliveries
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! The PostgreSQL side's commands: `migrate`, `emit`, and `outbox` (rejected, retry, discard,
+//! status).
+
+use std::io::Read;
+
+use anyhow::Context as _;
+use mes_events::config::Config;
+use mes_events::store::migrate;
+use mes_events::store::operator;
+use mes_events::store::session::{self, Session};
+use mes_events::store::write;
+
+use super::args::{EmitArgs, OutboxCommand};
+use super::exit::{self, Usage};
+use super::output;
+
+pub async fn migrate(cfg: &Config) -> anyhow::Result<u8> {
+    let mut session = session::connect(&cfg.database.url, "mes-events migrate")
+        .await
+        .context("cannot connect to PostgreSQL (database.url)")?;
+    let report = migrate::migrate(&mut session.client).await?;
+    if report.applied.is_empty() {
+        println!(
+            "mes_events schema is up to date (version {})",
+            report.version
+        );
+    } else {
+        println!(
+            "applied migrations {:?}; mes_events schema is at version {}",
+            report.applied, report.version
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
+    let text = read_data(&args.data)?;
+    let session = connect(cfg, "mes-events emit").await?;
+    let opts = write::EmitOptions {
+        occurred_at: args.time,
+        traceparent: args.traceparent,
+        tracestate: None,
+    };
+    let id = write::emit(&session.client, &args.ty, &args.key, &text, &opts)
+        .await
+        .context("mes_events.emit failed")?;
+    println!("{id}");
+    Ok(exit::OK)
+}
+
+pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
+    let mut session = connect(cfg, "mes-events outbox").await?;
+    match cmd {
+        OutboxCommand::Rejected { json } => {
+            let rows = operator::rejected(&session.client).await?;
+            output::rejected(&rows, json)?;
+        }
+        OutboxCommand::Retry { id, data } => {
+            let data = data.as_deref().map(read_data).transpose()?;
+            operator::retry(&mut session.client, id, data.as_deref()).await?;
+            println!("outbox row {id} queued again; the relay picks it up now");
+        }
+        OutboxCommand::Discard { id, reason } => {
+            let by = format!(
+                "{}@{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                mes_events::host::name()
+            );
+            operator::discard(&mut session.client, id, &by, &reason).await?;
+            println!("outbox row {id} discarded by {by}; its key's later events go out now");
+        }
+        OutboxCommand::Status => {
+            let c = operator::counts(&session.client).await?;
+            println!(
+                "pending {}  published {}  rejected {}  discarded {}",
+                c.pending, c.published, c.rejected, c.discarded
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Reads `--data`: inline JSON, `@FILE`, or `@-` (standard input). Not JSON is a usage error
+/// naming where it came from.
+fn read_data(arg: &str) -> anyhow::Result<String> {
+    let (text, origin) = match arg.strip_prefix('@') {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading --data @- from standard input")?;
+            (s, "standard input".to_owned())
+        }
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("reading --data file {path}"))?,
+            path.to_owned(),
+        ),
+        None => (arg.to_owned(), "--data".to_owned()),
+    };
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(_) => Ok(text),
+        Err(e) => Err(Usage(format!("{origin} is not valid JSON: {e}")).into()),
+    }
+}
+
+/// A session on a database whose schema is current.
+async fn connect(cfg: &Config, what: &str) -> anyhow::Result<Session> {
+    let session = session::connect(&cfg.database.url, what)
+        .await
+        .context("cannot connect to PostgreSQL (database.url)")?;
+    migrate::check(&session.client).await?;
+    Ok(session)
+}

@@ -1,0 +1,320 @@
+//! The demo: the whole pipeline on one machine, with real components and nothing to set up.
+//!
+//! Creates a database of its own on the configured PostgreSQL, starts a nats-server from PATH on
+//! a free port (unless a NATS URL is given), provisions the shipped declaration (nats/), runs the
+//! relay, a plant simulator writing through `mes_events.emit` in real transactions, and three
+//! external systems with the consumer library: a slow ERP, a fast line dashboard, and a quality
+//! system that disconnects for a while and catches up. Shows it live; at the end checks that
+//! every consumer received everything published for it. Removes everything it created on exit
+//! unless asked to keep it.
+//!
+//! Owns orchestration and its clean-up only; the pipeline itself is the library's.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+pub mod local_nats;
+mod plant;
+mod systems;
+
+use crate::config::Config;
+use crate::provision::{DeclError, ProvisionError};
+use crate::relay;
+use crate::store::migrate;
+use crate::store::operator;
+use crate::store::session as pg;
+use local_nats::{LocalNats, LocalNatsError};
+use plant::simulate;
+use systems::{view, System};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub duration: Duration,
+    /// Business events per second written by the simulator (process variables come on top).
+    pub rate: u32,
+    /// Leave the database and the NATS server's data behind.
+    pub keep: bool,
+    /// Use this NATS server instead of starting one.
+    pub nats_url: Option<String>,
+    /// The declaration to provision (streams, consumers).
+    pub nats_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Nats(#[from] LocalNatsError),
+    #[error("PostgreSQL at {url} is not reachable: start it, or set DATABASE_URL")]
+    Postgres {
+        url: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("database error")]
+    Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error(transparent)]
+    Relay(#[from] relay::RelayError),
+    #[error("cannot connect to the demo's NATS server")]
+    Connect(#[from] crate::nats::ConnectError),
+    #[error("the declaration under {dir} is invalid: {}", .errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Declaration {
+        dir: std::path::PathBuf,
+        errors: Vec<DeclError>,
+    },
+    #[error("cannot provision the demo's NATS server")]
+    Provision(#[from] ProvisionError),
+    #[error("cannot count what consumer {consumer} should have received")]
+    Expected {
+        consumer: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("a demo task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What the run showed.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub emitted: u64,
+    pub published: u64,
+    pub rejected: u64,
+    pub consumers: Vec<ConsumerSummary>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSummary {
+    pub name: String,
+    /// Events its handler completed.
+    pub received: u64,
+    /// Events in its stream matching its filters.
+    pub expected: u64,
+}
+
+impl Summary {
+    /// Everything emitted was published, and every consumer received everything meant for it.
+    pub fn complete(&self) -> bool {
+        self.emitted == self.published
+            && self.rejected == 0
+            && self.consumers.iter().all(|c| c.received == c.expected)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "summary: emitted {}, published {}, rejected {}",
+            self.emitted, self.published, self.rejected
+        )?;
+        for c in &self.consumers {
+            let ok = if c.received == c.expected {
+                "all"
+            } else {
+                "MISSING"
+            };
+            writeln!(
+                f,
+                "  {:<27} received {:>6} of {:>6} published for it: {ok}",
+                c.name, c.received, c.expected
+            )?;
+        }
+        write!(
+            f,
+            "{}",
+            if self.complete() {
+                "every consumer received everything published for it"
+            } else {
+                "INCOMPLETE"
+            }
+        )
+    }
+}
+
+pub async fn run(
+    base: &Config,
+    opts: &Options,
+    shutdown: CancellationToken,
+) -> Result<Summary, DemoError> {
+    let (local, nats_url) = match &opts.nats_url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let s = LocalNats::start("")?;
+            let u = s.url();
+            (Some(s), u)
+        }
+    };
+    println!(
+        "NATS        {nats_url}{}",
+        if local.is_some() {
+            " (started for the demo)"
+        } else {
+            ""
+        }
+    );
+
+    let (admin, conn) = pg::parse(&base.database.url, "mes-events demo")
+        .map_err(|source| DemoError::Postgres {
+            url: base.database.url.clone(),
+            source,
+        })?
+        .connect(NoTls)
+        .await
+        .map_err(|source| DemoError::Postgres {
+            url: base.database.url.clone(),
+            source,
+        })?;
+    let admin_task = tokio::spawn(conn);
+    let dbname = format!("mes_events_demo_{}", std::process::id());
+    admin
+        .batch_execute(&format!("create database {dbname}"))
+        .await?;
+    let mut db_cfg = pg::parse(&base.database.url, "mes-events demo")?;
+    db_cfg.dbname(&dbname);
+    let db_url = pg::to_url(&db_cfg);
+    println!("PostgreSQL  database {dbname} (created for the demo)");
+
+    let result = run_in(base, opts, &db_url, &nats_url, shutdown).await;
+
+    if opts.keep {
+        println!("kept: database {dbname}; NATS data stays while the server runs");
+    } else {
+        admin
+            .batch_execute(&format!("drop database if exists {dbname} with (force)"))
+            .await?;
+    }
+    drop(admin);
+    let _ = admin_task.await;
+    drop(local);
+    result
+}
+
+async fn run_in(
+    base: &Config,
+    opts: &Options,
+    db_url: &str,
+    nats_url: &str,
+    shutdown: CancellationToken,
+) -> Result<Summary, DemoError> {
+    let mut cfg = base.clone();
+    cfg.database.url = db_url.to_owned();
+    cfg.nats.url = nats_url.to_owned();
+    cfg.events.site = "bsl".into();
+    cfg.relay.streams = vec!["MES_EVENTS".into(), "MES_PV".into()];
+
+    let mut s = pg::connect(db_url, "mes-events demo").await?;
+    migrate::migrate(&mut s.client).await?;
+
+    let client = crate::nats::connect(&cfg.nats, "mes-events demo", false).await?;
+    let js = crate::nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
+    // The shipped declaration: streams, and the ERP, line dashboard and quality consumers.
+    let decl =
+        crate::provision::load_dir(&opts.nats_dir).map_err(|errors| DemoError::Declaration {
+            dir: opts.nats_dir.clone(),
+            errors,
+        })?;
+    crate::provision::apply(&js, &decl, Default::default()).await?;
+    println!(
+        "NATS        provisioned {}: streams, and the consumers of the ERP, line dashboard and quality system",
+        opts.nats_dir.display()
+    );
+
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn({
+        let (cfg, js, stop) = (cfg.clone(), js.clone(), relay_stop.clone());
+        async move { relay::run(&cfg, js, stop).await }
+    });
+
+    let systems = [
+        System::new("ERP (slow)", "MES_EVENTS", "erp", Duration::from_millis(15)),
+        System::new(
+            "line dashboard",
+            "MES_EVENTS",
+            "scada-dashboard",
+            Duration::ZERO,
+        ),
+        System::new(
+            "line dashboard PV",
+            "MES_PV",
+            "scada-dashboard-pv",
+            Duration::ZERO,
+        ),
+        System::new(
+            "quality (offline a while)",
+            "MES_EVENTS",
+            "quality",
+            Duration::from_millis(2),
+        ),
+    ];
+    for sys in &systems {
+        sys.start(&js);
+    }
+    let sim_stop = shutdown.child_token();
+    let simulator = tokio::spawn(simulate(db_url.to_owned(), opts.rate, sim_stop.clone()));
+    let started = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let (off_at, back_at) = (opts.duration.mul_f64(0.3), opts.duration.mul_f64(0.6));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let t = started.elapsed();
+        // The quality system disconnects for a while, then catches up.
+        let quality = &systems[3];
+        if t >= off_at && t < back_at && quality.is_running() {
+            quality.stop().await;
+        } else if t >= back_at && !quality.is_running() {
+            quality.start(&js);
+        }
+        let c = operator::counts(&s.client).await?;
+        view(tty, t, &c, &systems, &js).await;
+        if t >= opts.duration {
+            break;
+        }
+    }
+    sim_stop.cancel();
+    let emitted = simulator.await??;
+    if !systems[3].is_running() {
+        systems[3].start(&js);
+    }
+    // Let the relay and every consumer catch up with the last events (bounded).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c = operator::counts(&s.client).await?;
+        let mut behind = 0;
+        for sys in &systems {
+            behind += sys.pending(&js).await;
+        }
+        if (c.pending == 0 && behind == 0) || Instant::now() > deadline || shutdown.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = operator::counts(&s.client).await?;
+    view(tty, started.elapsed(), &c, &systems, &js).await;
+    let mut consumers = Vec::new();
+    for sys in &systems {
+        sys.stop().await;
+        consumers.push(ConsumerSummary {
+            name: sys.label.to_owned(),
+            received: sys.received(),
+            expected: sys.expected(&js).await?,
+        });
+    }
+    relay_stop.cancel();
+    relay.await??;
+    let summary = Summary {
+        emitted,
+        published: c.published as u64,
+        rejected: c.rejected as u64,
+        consumers,
+    };
+    drop(s);
+    Ok(summary)
+}

@@ -1,0 +1,301 @@
+//! The active relay's loop: read a batch, publish it, harvest acks, record them, and after any
+//! failure drain, reconcile and go on. It drives the [`Reader`], the [`Publisher`] and the
+//! [`Recorder`] and decides when each acts; the guarantees live in those types and in
+//! [`reconcile`](super::reconcile).
+//!
+//! Owns the pacing (how much to read, when to record, when to idle and purge) and the handling
+//! of rows that cannot be published.
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::backoff::Backoff;
+use super::error::{chain, Interrupt, RelayError};
+use super::leader::Leadership;
+use super::publisher::{Publish, Publisher, Route};
+use super::reader::Reader;
+use super::reconcile::reconcile;
+use super::recorder::Recorder;
+use crate::config::{Config, OnInvalid};
+use crate::event::catalog::Catalog;
+use crate::event::{Rejection, Row};
+use crate::store::outbox;
+
+/// What became of one row.
+enum Sent {
+    /// Published, awaiting its PubAck.
+    Queued,
+    /// Kept as rejected; its key's later rows wait.
+    Rejected,
+    /// Could not be queued (the client refused it); the pipeline is now suspect.
+    NotQueued,
+}
+
+pub(crate) struct Active<'a> {
+    cfg: &'a Config,
+    js: &'a Context,
+    lead: &'a Leadership,
+    shutdown: &'a CancellationToken,
+    reader: Reader<'a>,
+    publisher: Publisher<'a>,
+    recorder: Recorder<'a>,
+    last_purge: Option<tokio::time::Instant>,
+    /// Paces retries after a failed pipeline (a full stream with `discard: new`, a stream that
+    /// refuses messages): reset by the next publish that lands.
+    retry: Backoff,
+}
+
+impl<'a> Active<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        js: &'a Context,
+        catalog: &'a Catalog,
+        routes: &'a [Route],
+        lead: &'a Leadership,
+        shutdown: &'a CancellationToken,
+    ) -> Active<'a> {
+        Active {
+            cfg,
+            js,
+            lead,
+            shutdown,
+            reader: Reader::new(&lead.session.client, &lead.prepared),
+            publisher: Publisher::new(js, catalog, cfg.profile(), routes),
+            recorder: Recorder::new(&lead.marker, &lead.marker_prepared, lead.epoch),
+            last_purge: None,
+            retry: Backoff::new(cfg.relay.max_backoff),
+        }
+    }
+
+    pub async fn run(&mut self, backoff: &mut Backoff) -> Result<(), Interrupt> {
+        self.reconcile_retrying().await?;
+        backoff.reset();
+        let lead = self.lead;
+        let session = &lead.session;
+        loop {
+            while let Some(acked) = self.publisher.ready() {
+                self.harvest(acked);
+            }
+            self.record_when_due().await?;
+            if self.publisher.suspect {
+                self.recover().await?;
+                continue;
+            }
+            if self.shutdown.is_cancelled() {
+                let n = self.publisher.in_flight();
+                self.drain().await?;
+                info!(in_flight = n, "stopped; acks in flight recorded");
+                return Ok(());
+            }
+            if session.closed.is_cancelled() || self.recorder.closed() {
+                return Err(Interrupt::SessionClosed);
+            }
+
+            let batch = self.cfg.relay.batch_size;
+            let room = self
+                .cfg
+                .relay
+                .max_in_flight
+                .saturating_sub(self.publisher.in_flight());
+            let mut sent = 0;
+            let mut read = 0;
+            // Read only when a whole batch fits (or nothing is in flight): reading into the room
+            // a few acks freed would cost a PostgreSQL round trip per few events.
+            let limit = room.min(batch);
+            if limit > 0 && (room >= batch || self.publisher.in_flight() == 0) {
+                let mut b = self.reader.read(limit, room).await?;
+                if b.fetched.epoch != self.lead.epoch {
+                    self.drain().await.ok();
+                    return Err(Interrupt::LeaseLost(b.fetched.epoch));
+                }
+                if b.fetched.late {
+                    debug!(
+                        cursor = self.reader.cursor,
+                        "a row became publishable behind the read position; reading again from the oldest pending row"
+                    );
+                    self.drain().await?;
+                    continue;
+                }
+                // Keys whose row was just rejected: their later rows wait behind it.
+                let mut held = self.reader.accept(&mut b);
+                let mut complete = true;
+                for row in &b.fetched.rows {
+                    read += 1;
+                    if held.contains(row.key.as_str()) {
+                        continue;
+                    }
+                    match self.send(row).await? {
+                        Sent::Queued => sent += 1,
+                        Sent::Rejected => {
+                            held.insert(row.key.clone());
+                            self.reader.hold(&row.key);
+                        }
+                        Sent::NotQueued => {
+                            complete = false;
+                            break;
+                        }
+                    }
+                }
+                let last = b.fetched.rows.last().filter(|_| complete).map(|r| r.id);
+                self.reader.done(last);
+                if read == b.limit && room - sent >= batch {
+                    continue; // a full batch was there and another fits: read again now
+                }
+            }
+            if self.publisher.in_flight() == 0 {
+                if read == 0 {
+                    self.idle().await?;
+                }
+                continue;
+            }
+            // Wait for acks; then take every ack that is ready.
+            // A NOTIFY only matters when a whole batch fits.
+            let can_read = room - sent >= batch;
+            tokio::select! {
+                acked = self.publisher.next() => {
+                    if let Some(acked) = acked {
+                        self.harvest(acked);
+                    }
+                    while let Some(acked) = self.publisher.ready() {
+                        self.harvest(acked);
+                    }
+                    self.record_when_due().await?;
+                }
+                marked = self.recorder.answer() => self.recorder.answered(marked)?,
+                _ = session.wake.notified(), if can_read => {}
+                _ = self.shutdown.cancelled() => {}
+                _ = session.closed.cancelled() => {}
+            }
+        }
+    }
+
+    /// Nothing pending, nothing in flight: purge old rows now and then, then wait for a NOTIFY,
+    /// the fallback poll, shutdown, or the session's end.
+    async fn idle(&mut self) -> Result<(), Interrupt> {
+        let lead = self.lead;
+        let session = &lead.session;
+        let due = self
+            .last_purge
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            self.last_purge = Some(tokio::time::Instant::now());
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(self.cfg.relay.retain_published)
+                    .unwrap_or(chrono::Duration::MAX);
+            let n = outbox::purge_published(&session.client, before, 10_000).await?;
+            if n > 0 {
+                debug!(rows = n, "purged published outbox rows");
+            }
+        }
+        tokio::select! {
+            _ = session.wake.notified() => {}
+            _ = tokio::time::sleep(self.cfg.relay.poll_interval) => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = session.closed.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    /// Publishes one row, or rejects it when it cannot become a valid event.
+    async fn send(&mut self, row: &Row) -> Result<Sent, Interrupt> {
+        match self.publisher.publish(row).await {
+            Publish::Queued => {
+                self.reader.cursor = row.id;
+                Ok(Sent::Queued)
+            }
+            Publish::Refused(r) => self.reject(row, r).await,
+            Publish::NotQueued => Ok(Sent::NotQueued),
+        }
+    }
+
+    /// Keeps a row that cannot be published as rejected, with its reason. Its key's later rows
+    /// wait behind it. Under `on_invalid = "stop"` the relay then stops.
+    async fn reject(&mut self, row: &Row, r: Rejection) -> Result<Sent, Interrupt> {
+        error!(id = row.id, key = %row.key, kind = %r.kind, reason = %r.reason, "outbox row rejected; its key waits");
+        let epoch = self.lead.epoch;
+        if !outbox::reject(&self.lead.session.client, epoch, row.id, &r).await? {
+            return Err(Interrupt::LeaseLost(epoch));
+        }
+        if self.cfg.relay.on_invalid == OnInvalid::Stop {
+            self.drain().await?;
+            return Err(RelayError::Rejected {
+                id: row.id,
+                reason: r.reason,
+            }
+            .into());
+        }
+        Ok(Sent::Rejected)
+    }
+
+    fn harvest(&mut self, acked: super::publisher::Acked) {
+        if let Some(landed) = self.publisher.check(acked) {
+            self.recorder.add(landed);
+        }
+    }
+
+    /// Records the harvest once it fills a batch, or when nothing else is coming to join it
+    /// (nothing in flight, or the pipeline must be recovered). Each mark statement costs
+    /// PostgreSQL a fixed part besides its rows, and nothing waits for marks: events are in the
+    /// stream already, and a crash before the mark is what reconciliation repairs.
+    async fn record_when_due(&mut self) -> Result<(), Interrupt> {
+        if self.recorder.unrecorded() >= self.cfg.relay.batch_size
+            || self.publisher.in_flight() == 0
+            || self.publisher.suspect
+            || self.shutdown.is_cancelled()
+        {
+            self.record().await?;
+        }
+        Ok(())
+    }
+
+    async fn record(&mut self) -> Result<(), Interrupt> {
+        if self.recorder.record(self.publisher.routes).await? {
+            self.retry.reset();
+        }
+        Ok(())
+    }
+
+    /// Awaits every publish in flight and records those that landed (a failure among them
+    /// leaves the pipeline suspect, for the main loop to reconcile).
+    async fn drain(&mut self) -> Result<(), Interrupt> {
+        while let Some(acked) = self.publisher.next().await {
+            self.harvest(acked);
+        }
+        self.reader.read_from_start();
+        self.record().await?;
+        self.recorder.finish().await
+    }
+
+    /// After a failure: drain, reconcile every stream (retrying while NATS is away), then pause
+    /// before publishing again, longer each time nothing lands in between.
+    async fn recover(&mut self) -> Result<(), Interrupt> {
+        self.drain().await?;
+        self.reconcile_retrying().await?;
+        tokio::select! {
+            _ = self.retry.wait(self.shutdown) => {}
+            _ = self.lead.session.closed.cancelled() => {}
+        }
+        Ok(())
+    }
+
+    async fn reconcile_retrying(&mut self) -> Result<(), Interrupt> {
+        let mut backoff = Backoff::new(self.cfg.relay.max_backoff);
+        loop {
+            self.reader.read_from_start();
+            match reconcile(self.js, self.lead, &mut self.publisher).await {
+                Ok(()) => return Ok(()),
+                Err(Interrupt::Nats(e)) => {
+                    warn!(error = %chain(&e), "cannot reconcile with JetStream yet; retrying");
+                    tokio::select! {
+                        more = backoff.wait(self.shutdown) => if !more { return Ok(()) },
+                        _ = self.lead.session.closed.cancelled() => return Err(Interrupt::SessionClosed),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

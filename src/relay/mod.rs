@@ -1,0 +1,107 @@
+//! Relay: moves committed outbox rows into JetStream, each once, in order per key.
+//!
+//! How it holds, whatever crashes:
+//! - **Leadership**: one relay is active, holding an advisory lock on its PostgreSQL session;
+//!   others stand by and retry. Becoming active bumps the lease epoch; every statement that marks
+//!   rows is fenced by that epoch, so a relay that lost its session (and its lock) without
+//!   noticing cannot mark anything once a successor has started.
+//! - **Stream fence**: every publish carries `Nats-Expected-Last-Sequence`. The relay predicts
+//!   each stream's tail, so the expectations of a pipeline are consecutive: if message k fails,
+//!   every later one fails too and nothing lands out of order; a second relay publishing at the
+//!   same time cannot land anything without having seen everything before it.
+//! - **Marking**: a row is marked with its stream sequence only from a PubAck or from the stream
+//!   itself; never before.
+//! - **Reconciliation** (on activation and after any failure): read each stream from the
+//!   recorded watermark to its tail, map every message back to its outbox row through
+//!   `Nats-Msg-Id`, and mark those rows. No duplicate, whatever the outage length or the
+//!   duplicate window.
+//! - **No cursor skips**: rows are read by a pending marker, not an id cursor alone. The relay
+//!   reads above the highest id it sent, and checks in the same snapshot whether a pending row at
+//!   or below it became visible since its previous read (a row that committed late, or one a
+//!   retry or discard released): then it finishes what is in flight and reads again from the
+//!   start. (Same-key writers queue on the key's lock, so a later row of a late row's key cannot
+//!   have been read before.)
+//!
+//! How it stays fast: while one batch is published, the next is already being read (sent ahead
+//! on the main session, from the current batch's last row and snapshot), and acks are recorded
+//! a batch at a time on a second session, without waiting for the answer. A batch read ahead
+//! cannot see rejections recorded while the batch before it was published, so it holds their
+//! keys itself.
+//!
+//! One type per guarantee, driven by the loop in [`active`]:
+//! - [`leader`]: leadership (lock, epoch, standby) and the two sessions of an active relay;
+//! - [`reader`]: the cursor, the late-row check's snapshot, the read ahead, the carried keys;
+//! - [`publisher`]: routes, predicted tails, publishes in flight, the suspect pipeline;
+//! - [`recorder`]: acks recorded a batch at a time on the second session;
+//! - [`reconcile`]: the streams read back to the outbox;
+//! - [`backoff`], [`error`].
+//!
+//! Never writes SQL itself (the store does) and never builds messages itself (the event layer
+//! does). Nothing below the relay imports it.
+
+use async_nats::jetstream::context::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+mod active;
+mod backoff;
+mod error;
+mod leader;
+mod publisher;
+mod reader;
+mod reconcile;
+mod recorder;
+
+pub use error::{NatsError, RelayError};
+
+use crate::config::Config;
+use crate::event::catalog::Catalog;
+use active::Active;
+use backoff::Backoff;
+use error::{chain, Interrupt};
+use leader::Leader;
+
+/// Runs until `shutdown` is cancelled (then returns `Ok` after recording what is in flight) or a
+/// setup error makes going on pointless.
+pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let catalog = Catalog::embedded()?;
+    let mut backoff = Backoff::new(cfg.relay.max_backoff);
+    // Refuse to start without the streams; afterwards a vanished stream is an outage like others.
+    let routes = loop {
+        match publisher::routes(&js, &cfg.relay.streams).await {
+            Ok(r) => break r,
+            Err(Interrupt::Fatal(e)) => return Err(e),
+            Err(e) => {
+                warn!(error = %chain(&e), "cannot read stream configuration yet; retrying");
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let mut leader = Leader::new();
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let outcome = match leader.activate(cfg, &shutdown).await {
+            Ok(None) => return Ok(()),
+            Ok(Some(lead)) => {
+                Active::new(cfg, &js, &catalog, &routes, &lead, &shutdown)
+                    .run(&mut backoff)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(Interrupt::Fatal(e)) => return Err(e),
+            Err(e) => {
+                warn!(error = %chain(&e), "relay interrupted; retrying");
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

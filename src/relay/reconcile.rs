@@ -1,0 +1,151 @@
+//! Reconciliation, on activation and after any failure: read each stream from the recorded
+//! watermark to its tail, map every message back to its outbox row through `Nats-Msg-Id`, and
+//! mark those rows; then set the predicted tails to the streams' real ones. No duplicate, whatever
+//! the outage length or the duplicate window.
+//!
+//! Owns reading the streams back; the marks and watermarks are the store's statements.
+
+use async_nats::jetstream::context::Context;
+use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
+use async_nats::jetstream::ErrorCode;
+use futures::stream::StreamExt;
+use tracing::{debug, info, warn};
+
+use super::error::{Interrupt, NatsError};
+use super::leader::Leadership;
+use super::publisher::Publisher;
+use super::recorder::lease_held;
+use crate::event;
+use crate::store::lease;
+use crate::store::outbox::{self, Mark};
+
+/// Marks every row whose message is in a stream beyond the recorded watermark, and sets the
+/// publisher's predicted tails (and the server's `max_payload`) to the real ones. Nothing may be
+/// in flight.
+pub(crate) async fn reconcile(
+    js: &Context,
+    lead: &Leadership,
+    publisher: &mut Publisher<'_>,
+) -> Result<(), Interrupt> {
+    debug_assert_eq!(publisher.in_flight(), 0);
+    let client = &lead.session.client;
+    publisher.max_payload = js.client().server_info().max_payload;
+    let routes = publisher.routes;
+    for (i, route) in routes.iter().enumerate() {
+        let mut stream =
+            js.get_stream(&route.stream)
+                .await
+                .map_err(|source| NatsError::GetStream {
+                    stream: route.stream.clone(),
+                    source,
+                })?;
+        let info = stream.info().await.map_err(|source| NatsError::Info {
+            stream: route.stream.clone(),
+            source,
+        })?;
+        let (created, first, last) = (
+            info.created,
+            info.state.first_sequence.max(1),
+            info.state.last_sequence,
+        );
+        let from = match lease::watermark(client, &route.stream).await? {
+            Some((c, seen)) if c.timestamp_micros() == created.timestamp_micros() => {
+                (seen + 1).max(first)
+            }
+            Some(_) => {
+                warn!(stream = %route.stream, "stream was created again since last seen; reading it from its start");
+                first
+            }
+            None => first,
+        };
+        if from <= last {
+            let n = read_back(
+                lead,
+                publisher.source(),
+                &stream,
+                &route.stream,
+                (from, last),
+            )
+            .await?;
+            info!(stream = %route.stream, from, to = last, recorded = n, "reconciled with the stream");
+        }
+        if !lease::set_watermark(client, lead.epoch, &route.stream, created, last).await? {
+            return Err(Interrupt::LeaseLost(lead.epoch));
+        }
+        publisher.tails[i] = last;
+    }
+    publisher.suspect = false;
+    Ok(())
+}
+
+/// Reads sequences `from..=to` of a stream and marks the rows this outbox (`source`) sent there.
+async fn read_back(
+    lead: &Leadership,
+    source: &str,
+    stream: &Stream,
+    name: &str,
+    (from, to): (u64, u64),
+) -> Result<u64, Interrupt> {
+    let mut reads = futures::stream::iter(from..=to)
+        .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
+        .buffered(64);
+    let mut marks = Vec::new();
+    let mut recorded = 0;
+    while let Some((seq, got)) = reads.next().await {
+        match got {
+            Ok(msg) => {
+                let ours = msg
+                    .headers
+                    .get(async_nats::header::NATS_MESSAGE_ID)
+                    .and_then(|v| event::parse_msg_id(v.as_str()))
+                    .filter(|(s, _)| *s == source);
+                match ours {
+                    Some((_, id)) => marks.push(Mark {
+                        id,
+                        stream: name.to_owned(),
+                        seq,
+                    }),
+                    None => debug!(seq, "message not from this outbox; skipped"),
+                }
+            }
+            Err(e) if is_no_message(e.kind()) => {}
+            Err(source) => {
+                return Err(NatsError::Read {
+                    stream: name.to_owned(),
+                    seq,
+                    source,
+                }
+                .into())
+            }
+        }
+        if marks.len() >= 1000 {
+            recorded += mark_all(lead, std::mem::take(&mut marks)).await?;
+        }
+    }
+    recorded += mark_all(lead, marks).await?;
+    Ok(recorded)
+}
+
+/// A sequence that was deleted (limits, purge): nothing to reconcile there.
+fn is_no_message(kind: RawMessageErrorKind) -> bool {
+    match kind {
+        RawMessageErrorKind::NoMessageFound => true,
+        RawMessageErrorKind::JetStream(e) => e.error_code() == ErrorCode::NO_MESSAGE_FOUND,
+        _ => false,
+    }
+}
+
+async fn mark_all(lead: &Leadership, marks: Vec<Mark>) -> Result<u64, Interrupt> {
+    if marks.is_empty() {
+        return Ok(0);
+    }
+    let marked = outbox::mark(
+        &lead.session.client,
+        &lead.prepared,
+        lead.epoch,
+        &marks,
+        &[],
+    )
+    .await;
+    Ok(lease_held(marked, lead.epoch)?.rows)
+}
