@@ -16,6 +16,9 @@
 //!
 //! The sdk's own `nats` feature is structured-only and pins another async-nats; it is not used.
 //! Pure functions; no I/O.
+//!
+//! It stays one file of about 520 lines: the serializer and deserializer of one binding, and the
+//! tests (a third of it) that hold the two to each other and to the specification.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;

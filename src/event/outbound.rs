@@ -375,25 +375,12 @@ mod tests {
     fn each_reason_is_a_typed_rejection_naming_path_and_rule() {
         let catalog = Catalog::embedded().unwrap();
         let p = profile(Mode::Binary);
+        let kind = |r: &Row| outbound(&p, &catalog, r).unwrap_err().rejection().kind;
         let mut r = row(10, "k", &order("k"));
         r.ty = "orderchanged".into();
-        assert_eq!(
-            outbound(&p, &catalog, &r)
-                .unwrap_err()
-                .rejection()
-                .kind
-                .as_str(),
-            "invalid_type"
-        );
+        assert_eq!(kind(&r).as_str(), "invalid_type");
         r.ty = "io.mesevents.mes.processorder.exploded.v1".into();
-        assert_eq!(
-            outbound(&p, &catalog, &r)
-                .unwrap_err()
-                .rejection()
-                .kind
-                .as_str(),
-            "unknown_type"
-        );
+        assert_eq!(kind(&r).as_str(), "unknown_type");
         let bad = row(11, "k", &order("k").replace("running", "runing"));
         let rej = outbound(&p, &catalog, &bad).unwrap_err().rejection();
         assert_eq!(

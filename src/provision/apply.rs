@@ -5,7 +5,7 @@
 use async_nats::jetstream::{self, consumer, stream, Context, ErrorCode};
 use futures::TryStreamExt;
 
-use super::decl::Declaration;
+use super::load::Declaration;
 use super::plan::{self, Action, Item, Kind, Plan};
 
 #[derive(Debug, Clone, Copy, Default)]

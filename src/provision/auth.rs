@@ -17,12 +17,16 @@
 //! Seeds are generated once and kept in the output folder (never in git); running again keeps
 //! them and only rewrites the permissions, `--rotate NAME` replaces one identity's seed.
 //! A kept seed that group or others can read is refused: it may have leaked.
+//!
+//! It stays one file of about 550 lines: each grant, the argument for it beside it, and the unit
+//! test that holds every grant against the server's subscription grammar must be read and
+//! changed together; a third of the file is that test.
 
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
 
-use super::decl::Declaration;
+use super::load::Declaration;
 
 pub use super::decl::{ADMIN, RELAY, RESERVED};
 
@@ -366,7 +370,8 @@ fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provision::decl::{overlap, parse, validate};
+    use crate::provision::decl::parse;
+    use crate::provision::load::{overlap, validate};
 
     fn declaration() -> Declaration {
         let files = [

@@ -1,7 +1,8 @@
 //! Provisioning: streams, one durable pull consumer per external system, and who may read what,
 //! declared in files under nats/ and made true on a server with plan / apply / status.
 //!
-//! - [`decl`]: the file format and its validation (before any server call).
+//! - [`decl`]: the file format, one file parsed (before any server call).
+//! - [`load`]: the folder loaded and validated as a whole (before any server call).
 //! - [`plan`]: declared vs live, field by field (pure).
 //! - [`apply`]: reading live state, applying a plan, consumer status.
 //! - [`auth`]: NATS server authorization generated from the same declaration.
@@ -12,7 +13,9 @@
 pub mod apply;
 pub mod auth;
 pub mod decl;
+pub mod load;
 pub mod plan;
 
 pub use apply::{apply, plan, status, Options, ProvisionError};
-pub use decl::{load_dir, DeclError, Declaration};
+pub use decl::DeclError;
+pub use load::{load_dir, Declaration};

@@ -77,6 +77,26 @@ fn collecting(
     }
 }
 
+/// Runs the consumer library on the durable `name` of MES_EVENTS until its handler has logged
+/// `n` events (within `limit`), and returns the log.
+async fn consume_n(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    n: usize,
+    limit: Duration,
+) -> Vec<(String, String)> {
+    let log: Log = Arc::default();
+    let stop = CancellationToken::new();
+    let handler = collecting(&log, &stop, n, Duration::ZERO);
+    let run = consume::run(js, "MES_EVENTS", name, Options::default(), handler, stop);
+    tokio::time::timeout(limit, run)
+        .await
+        .unwrap_or_else(|_| panic!("{name}: {n} events within {limit:?}"))
+        .unwrap();
+    let v = log.lock().unwrap().clone();
+    v
+}
+
 pub fn assert_each_key_in_order_once(log: &[(String, String)], keys: usize, per_key: usize) {
     let mut by_key: HashMap<&str, Vec<&str>> = HashMap::new();
     for (k, s) in log {
@@ -154,29 +174,12 @@ async fn a_consumer_offline_while_5000_events_are_published_gets_them_all_in_ord
     durable(&env, "offline", -1).await;
     let relay = env.spawn_relay().await;
     emit_many(&env.db, 50, 100).await;
-    eventually(Duration::from_secs(60), "5,000 published", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(60), "5,000 published")
+        .await;
     relay.stop().await;
 
-    let log: Log = Arc::default();
-    let stop = CancellationToken::new();
-    let handler = collecting(&log, &stop, 5_000, Duration::ZERO);
-    let js = env.js().await;
-    let run = consume::run(
-        &js,
-        "MES_EVENTS",
-        "offline",
-        Options::default(),
-        handler,
-        stop,
-    );
-    tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("caught up")
-        .unwrap();
-    assert_each_key_in_order_once(&log.lock().unwrap(), 50, 100);
+    let log = consume_n(&env.js().await, "offline", 5_000, Duration::from_secs(120)).await;
+    assert_each_key_in_order_once(&log, 50, 100);
 }
 
 /// Servers up, the shipped streams (with MES_DEAD_LETTERS) and one system provisioned.
@@ -206,9 +209,7 @@ backoff = ["1s", "1s"]
 
 async fn emit_one(db: &TestDb, key: &str) -> i64 {
     let c = db.client().await;
-    mes_events::store::write::emit(&c, ORDER_TYPE, key, &order_data(key), &Default::default())
-        .await
-        .unwrap()
+    emit_order(&c, key).await
 }
 
 #[tokio::test]
@@ -328,28 +329,7 @@ async fn replay_from_a_timestamp_redelivers_exactly_the_events_from_then_on() {
     let env = provisioned(ORDERS).await;
     let relay = env.spawn_relay().await;
     let js = env.js().await;
-    let consume_all = |n: usize| {
-        let js = js.clone();
-        async move {
-            let log: Log = Arc::default();
-            let stop = CancellationToken::new();
-            let handler = collecting(&log, &stop, n, Duration::ZERO);
-            let run = consume::run(
-                &js,
-                "MES_EVENTS",
-                "orders",
-                Options::default(),
-                handler,
-                stop,
-            );
-            tokio::time::timeout(Duration::from_secs(60), run)
-                .await
-                .expect("consumed")
-                .unwrap();
-            let v = log.lock().unwrap().clone();
-            v
-        }
-    };
+    let consume_all = |n: usize| consume_n(&js, "orders", n, Duration::from_secs(60));
     let mut before = Vec::new();
     for i in 0..50 {
         before.push(emit_one(&env.db, &format!("A{}", i % 5)).await);
@@ -423,10 +403,7 @@ async fn tail_shows_live_events_and_a_consumers_next_events_without_touching_it(
     for i in 0..5 {
         emit_one(&env.db, &format!("T{i}")).await;
     }
-    eventually(Duration::from_secs(30), "published", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(30), "published").await;
     let tail = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
             .arg("tail")
@@ -532,15 +509,7 @@ async fn a_slow_consumer_falls_behind_without_holding_back_a_fast_one_and_loses_
                 let c = db.client().await;
                 for k in 0..10 {
                     let key = format!("S{k}");
-                    mes_events::store::write::emit(
-                        &c,
-                        ORDER_TYPE,
-                        &key,
-                        &order_data(&key),
-                        &Default::default(),
-                    )
-                    .await
-                    .unwrap();
+                    emit_order(&c, &key).await;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await; // the publish rate itself
             }
@@ -639,10 +608,7 @@ async fn the_consumer_library_survives_a_server_restart() {
     durable(&env, "survivor", -1).await;
     let relay = env.spawn_relay().await;
     emit_many(&env.db, 10, 100).await;
-    eventually(Duration::from_secs(60), "published", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(60), "published").await;
     relay.stop().await;
 
     let log: Log = Arc::default();

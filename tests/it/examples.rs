@@ -109,15 +109,7 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
     let mut published = BTreeSet::new();
     for i in 0..20 {
         let key = format!("PO-{}", i % 4);
-        let id = mes_events::store::write::emit(
-            &c,
-            ORDER_TYPE,
-            &key,
-            &order_data(&key),
-            &Default::default(),
-        )
-        .await
-        .unwrap();
+        let id = emit_order(&c, &key).await;
         published.insert(format!("{id:020}"));
     }
     eventually(Duration::from_secs(30), "published", || async {

@@ -107,9 +107,9 @@ async fn official_python_and_javascript_sdks_read_every_published_event() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let interop = root.join("tests/interop");
     let url = env.nats.url();
-    run_reader(
-        Command::new("python3")
-            .arg(interop.join("read_events.py"))
+    let reader = |program: &str, script: &str| {
+        let mut c = Command::new(program);
+        c.arg(interop.join(script))
             .args([
                 "--url",
                 &url,
@@ -119,24 +119,18 @@ async fn official_python_and_javascript_sdks_read_every_published_event() {
                 "MES_PV",
             ])
             .args(["--expect", &total.to_string()])
-            .arg("--schemas")
-            .arg(root.join("schemas")),
+            .current_dir(&interop);
+        c
+    };
+    let mut python = reader("python3", "read_events.py");
+    python.arg("--schemas").arg(root.join("schemas"));
+    run_reader(
+        &mut python,
         "Python (cloudevents + nats-py + jsonschema)",
         total,
     );
     run_reader(
-        Command::new("node")
-            .arg(interop.join("read_events.mjs"))
-            .args([
-                "--url",
-                &url,
-                "--stream",
-                "MES_EVENTS",
-                "--stream",
-                "MES_PV",
-            ])
-            .args(["--expect", &total.to_string()])
-            .current_dir(&interop),
+        &mut reader("node", "read_events.mjs"),
         "JavaScript (cloudevents + @nats-io/jetstream)",
         total,
     );

@@ -233,10 +233,8 @@ async fn stop_mode_stops_at_the_first_bad_row_and_will_not_restart_until_resolve
     );
 
     let mut relay = RelayProcess::spawn(&env.cfg, &stop_mode);
-    eventually(Duration::from_secs(30), "the rest published", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(30), "the rest published")
+        .await;
     assert!(relay.terminate().await.success());
 }
 
@@ -353,10 +351,9 @@ async fn a_rejection_holds_its_key_in_the_batch_already_read_ahead() {
     operator::retry(&mut admin, bad, Some(&order_data("A")))
         .await
         .unwrap();
-    eventually(
+    env.drained(
         Duration::from_secs(30),
         "A's rows published after the retry",
-        || async { pending(&env.db).await == 0 },
     )
     .await;
     relay.stop().await;

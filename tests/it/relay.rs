@@ -12,13 +12,10 @@ async fn concurrent_writers_with_rollbacks_exactly_once_in_commit_order() {
     let env = Env::new().await;
     let relay = env.spawn_relay().await;
     let committed = write_events(&env.db, 8, 10_000, 500, 0.2).await;
-    eventually(Duration::from_secs(120), "outbox drained", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(120), "outbox drained")
+        .await;
     relay.stop().await;
-    let published = read_all(&env.js().await).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]
@@ -75,13 +72,9 @@ async fn a_row_that_commits_late_is_published_before_its_keys_later_rows() {
     }
     stop.cancel();
     committed.extend(background.await.unwrap());
-    eventually(Duration::from_secs(60), "outbox drained", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(60), "outbox drained").await;
     relay.stop().await;
-    let published = read_all(&env.js().await).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]
@@ -110,15 +103,13 @@ async fn relay_killed_with_sigkill_at_random_moments() {
     let (committed, kills) = tokio::join!(writer, killer);
     assert!(kills >= 20);
     let mut relay = env.relay_process();
-    eventually(
+    env.drained(
         Duration::from_secs(180),
         "outbox drained after the last restart",
-        || async { pending(&env.db).await == 0 },
     )
     .await;
     assert!(relay.terminate().await.success());
-    let published = read_all(&env.js().await).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]
@@ -166,15 +157,10 @@ async fn nats_killed_mid_publish_and_down_longer_than_the_duplicate_window() {
         }
     };
     let (committed, ()) = tokio::join!(writer, outages);
-    eventually(
-        Duration::from_secs(120),
-        "outbox drained after the outages",
-        || async { pending(&env.db).await == 0 },
-    )
-    .await;
+    env.drained(Duration::from_secs(120), "outbox drained after the outages")
+        .await;
     relay.stop().await;
-    let published = read_all(&env.js().await).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]
@@ -185,20 +171,9 @@ async fn a_full_stream_refusing_messages_never_reorders_a_key() {
     use async_nats::jetstream::{consumer, stream};
     let env = Env::without_streams().await;
     let js = env.js().await;
-    let events = [
-        "processorder",
-        "batch",
-        "material",
-        "stock",
-        "inventory",
-        "document",
-    ];
     js.create_stream(stream::Config {
         name: "MES_EVENTS".into(),
-        subjects: events
-            .iter()
-            .map(|c| format!("mes.*.*.*.*.{c}.>"))
-            .collect(),
+        subjects: catalog_subjects("MES_EVENTS"),
         retention: stream::RetentionPolicy::WorkQueue,
         max_messages: 20,
         discard: stream::DiscardPolicy::New,
@@ -284,15 +259,13 @@ async fn relay_postgres_sessions_terminated_mid_run() {
         terminated >= 3,
         "the relay's sessions were terminated {terminated} times"
     );
-    eventually(
+    env.drained(
         Duration::from_secs(120),
         "outbox drained after reconnecting",
-        || async { pending(&env.db).await == 0 },
     )
     .await;
     relay.stop().await;
-    let published = read_all(&env.js().await).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 /// The lease holder is `host:pid`.
@@ -357,12 +330,9 @@ async fn two_relays_one_active_one_standby_taking_over_within_5s() {
     };
     let (committed, took) = tokio::join!(writer, failover);
     println!("standby publishing {took:?} after the active relay was killed");
-    eventually(Duration::from_secs(120), "outbox drained", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
-    let published = read_all(&js).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.drained(Duration::from_secs(120), "outbox drained")
+        .await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]
@@ -376,10 +346,8 @@ async fn two_relays_publishing_at_once_are_fenced() {
     let a = spawn_relay(cfg.clone(), &env.nats.url()).await;
     let b = spawn_relay(cfg.clone(), &env.nats.url()).await;
     let committed = write_events(&env.db, 4, 6_000, 300, 0.1).await;
-    eventually(Duration::from_secs(120), "outbox drained", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(120), "outbox drained")
+        .await;
     let epoch = mes_events::store::lease::lease(&env.db.client().await)
         .await
         .unwrap()
@@ -387,8 +355,7 @@ async fn two_relays_publishing_at_once_are_fenced() {
     assert!(epoch >= 2, "both relays became active (epoch {epoch})");
     a.stop().await;
     b.stop().await;
-    let published = read_all(&env.js().await).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]
@@ -426,13 +393,10 @@ async fn sigterm_records_the_acks_in_flight_and_exits_0() {
     );
     // And a restarted relay finishes the job without duplicates.
     let mut relay = env.relay_process();
-    eventually(Duration::from_secs(120), "outbox drained", || async {
-        pending(&env.db).await == 0
-    })
-    .await;
+    env.drained(Duration::from_secs(120), "outbox drained")
+        .await;
     assert!(relay.terminate().await.success());
-    let published = read_all(&js).await;
-    assert_exactly_once_in_order(&env.db, &published, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
 }
 
 #[tokio::test]

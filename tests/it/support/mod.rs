@@ -34,6 +34,20 @@ pub fn order_data(key: &str) -> String {
     .to_string()
 }
 
+/// Emits one valid order status change for `key` (in the caller's transaction, if `client` is
+/// one) and returns its outbox id.
+pub async fn emit_order(client: &impl tokio_postgres::GenericClient, key: &str) -> i64 {
+    mes_events::store::write::emit(
+        client,
+        ORDER_TYPE,
+        key,
+        &order_data(key),
+        &Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
 /// A test's world: its own NATS server, its own database, and a config pointing at both.
 pub struct Env {
     pub nats: NatsServer,
@@ -75,6 +89,18 @@ impl Env {
     pub fn relay_process(&self) -> RelayProcess {
         RelayProcess::spawn(&self.cfg, &[])
     }
+
+    /// Waits (at most `limit`) until nothing is pending in the outbox; `what` names the moment.
+    pub async fn drained(&self, limit: Duration, what: &str) {
+        eventually(limit, what, || async { pending(&self.db).await == 0 }).await;
+    }
+
+    /// Both streams hold exactly the `committed` rows, once each, each key's in commit order,
+    /// and the outbox agrees.
+    pub async fn assert_published_exactly_once(&self, committed: &[i64]) {
+        let published = read_all(&self.js().await).await;
+        assert_exactly_once_in_order(&self.db, &published, committed).await;
+    }
 }
 
 /// Relay logs in test output when RUST_LOG is set (e.g. RUST_LOG=mes_events=debug).
@@ -103,34 +129,27 @@ pub fn config(db: &TestDb, nats: &NatsServer) -> Config {
     cfg
 }
 
+/// The subjects the catalog routes to `stream`: `mes.*.*.*.*.<category>.>` per category.
+pub fn catalog_subjects(stream: &str) -> Vec<String> {
+    let catalog = mes_events::event::catalog::Catalog::embedded().unwrap();
+    catalog.file.streams[stream]
+        .categories
+        .iter()
+        .map(|c| format!("mes.*.*.*.*.{c}.>"))
+        .collect()
+}
+
 pub async fn create_streams(js: &jetstream::Context, duplicate_window: Duration) {
-    let events = [
-        "processorder",
-        "batch",
-        "material",
-        "stock",
-        "inventory",
-        "document",
-    ];
-    js.create_stream(stream::Config {
-        name: "MES_EVENTS".into(),
-        subjects: events
-            .iter()
-            .map(|c| format!("mes.*.*.*.*.{c}.>"))
-            .collect(),
-        duplicate_window,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.create_stream(stream::Config {
-        name: "MES_PV".into(),
-        subjects: vec!["mes.*.*.*.*.processvariable.>".into()],
-        duplicate_window,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    for name in ["MES_EVENTS", "MES_PV"] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: catalog_subjects(name),
+            duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
 }
 
 pub struct RelayTask {
