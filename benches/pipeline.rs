@@ -19,6 +19,9 @@
 //! stops after one round (ceiling, relay, ceiling), `BENCH_ONLY=latency` measures latency only,
 //! and `BENCH_ONLY=memory` the relay process draining `BENCH_BACKLOG` events (200,000) only.
 //! `RUST_LOG` shows the relay's logs.
+//!
+//! It stays one file of about 800 lines: `cargo bench` runs one target, and every measurement shares
+//! the servers, the fill and the CPU accounting it sets up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

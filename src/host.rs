@@ -1,5 +1,7 @@
 //! This machine's name, as the lease records the active relay (`host:pid`) and a discard records
 //! who gave up on a row (`user@host`).
+//!
+//! Never fails: a name that cannot be read is `unknown`.
 
 /// The host name: the kernel's, else `$HOSTNAME`, else `unknown`.
 pub fn name() -> String {

@@ -1,5 +1,7 @@
 //! The `mes-events` binary. Everything it does is in `cli` (arguments, commands, output, exit
 //! codes), over the `mes_events` library.
+//!
+//! Nothing else lives here.
 
 mod cli;
 

@@ -1,4 +1,7 @@
 //! The long-running commands: `relay`, and `demo`.
+//!
+//! Never holds state of its own: the relay and the demo own their loops; this wires the
+//! signals and prints the outcome.
 
 use mes_events::config::Config;
 use mes_events::{demo, nats, relay};

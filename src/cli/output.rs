@@ -1,4 +1,6 @@
 //! The tables and JSON lines the commands print.
+//!
+//! Prints only: never decides an exit code and never calls a server.
 
 use mes_events::provision::apply::ConsumerStatus;
 use mes_events::read::deadletter::DeadLetter;

@@ -1,4 +1,6 @@
 //! `provision plan | apply | status | credentials`.
+//!
+//! Never calls a server before the whole declaration is valid, and never prints a seed.
 
 use mes_events::config::Config;
 use mes_events::nats;

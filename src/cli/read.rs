@@ -1,4 +1,6 @@
 //! The read side's commands: `tail`, `dead-letters list | resend`, `replay`.
+//!
+//! Never changes a consumer without first saying what it will do (replay asks, or takes `--yes`).
 
 use mes_events::config::Config;
 use mes_events::nats;

@@ -1,4 +1,6 @@
 //! Shutdown on the first SIGTERM or Ctrl-C, for the commands that run until stopped.
+//!
+//! Never stops anything itself: it only cancels the token the commands watch.
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -1,5 +1,7 @@
 //! The PostgreSQL side's commands: `migrate`, `emit`, and `outbox` (rejected, retry, discard,
 //! status).
+//!
+//! Never writes the outbox but through `mes_events.emit` and the store's operator statements.
 
 use std::io::Read;
 

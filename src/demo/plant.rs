@@ -1,4 +1,6 @@
 //! The demo's plant: a simulator writing real MES activity through `mes_events.emit`.
+//!
+//! Writes only through `mes_events.emit`, as an MES would; never touches the outbox table.
 
 use std::time::Duration;
 

@@ -1,5 +1,7 @@
 //! The demo's external systems (consumer-library runs that can be stopped and restarted) and
 //! its live view.
+//!
+//! Uses only the public consumer library, as an integrator's program would.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

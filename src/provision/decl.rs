@@ -1,6 +1,8 @@
 //! The declaration's file format under nats/: streams, and per external system a durable pull
 //! consumer and what it may watch live; parsing one file, with every error located (file, line,
 //! key path) and saying what to do. What no single file can check is [`super::load`]'s.
+//!
+//! Never calls a server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

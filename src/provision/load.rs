@@ -1,6 +1,8 @@
 //! Loading a declaration: every `*.toml` file of the folder (and of `systems/`) parsed, then
 //! validated as a whole before any call to a server: streams known, filters captured, subjects
 //! not overlapping, names unique, safe and not reserved, live patterns inside the events.
+//!
+//! Never calls a server: a declaration with any problem is refused whole.
 
 use std::path::{Path, PathBuf};
 

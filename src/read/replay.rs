@@ -4,6 +4,8 @@
 //! A consumer's start point cannot change in place on any server version, so the consumer is
 //! recreated with the same configuration and a new deliver policy, and marked with
 //! `mes-events.replayed-from` so `provision plan` does not report its deliver policy as drift.
+//!
+//! Never moves a consumer without the caller having seen the plan first.
 
 use async_nats::jetstream::{consumer, Context};
 use chrono::{DateTime, Utc};

@@ -5,6 +5,8 @@
 //!
 //! Owns the pacing (how much to read, when to record, when to idle and purge) and the handling
 //! of rows that cannot be published.
+//!
+//! Never writes SQL or builds messages itself.
 
 use std::time::Duration;
 

@@ -1,4 +1,6 @@
 //! Exponential back-off between retries, cut short by shutdown.
+//!
+//! Never sleeps past shutdown.
 
 use std::time::Duration;
 

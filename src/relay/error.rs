@@ -1,5 +1,7 @@
 //! Why the relay stops ([`RelayError`]), and what interrupts one active or standby session
 //! ([`Interrupt`]): everything but a [`RelayError`] is retried with back-off.
+//!
+//! Never flattens a cause into a string: each keeps its `#[source]`.
 
 use async_nats::jetstream::context::GetStreamError;
 use async_nats::jetstream::stream::{InfoError, RawMessageError};

@@ -4,6 +4,8 @@
 //! bumps the lease epoch, which fences every write it makes from then on. Others stand by and
 //! retry. Owns the checks made before taking the lead (schema, unresolved rejections in stop
 //! mode) and the two sessions an active relay works on; the SQL is the store's.
+//!
+//! Never lets a relay read or publish before its epoch is bumped.
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;

@@ -4,6 +4,8 @@
 //! the outage length or the duplicate window.
 //!
 //! Owns reading the streams back; the marks and watermarks are the store's statements.
+//!
+//! Never moves a watermark past a message it has not recorded.
 
 use async_nats::jetstream::context::Context;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};

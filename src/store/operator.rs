@@ -1,5 +1,7 @@
 //! Operators' statements: outbox counts, rejected rows, and resolving one (retry or discard),
 //! which releases its key and wakes the relay.
+//!
+//! Never touches a row that is not rejected: retry and discard say why instead.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient};

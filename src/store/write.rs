@@ -1,5 +1,7 @@
 //! The write side: `mes_events.emit`, called in the MES's own transaction, and the NOTIFY
 //! channel it wakes the relay on.
+//!
+//! Never decides anything itself: emit's checks are in its SQL.
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;

@@ -4,6 +4,9 @@
 //! server, and the victims' consumers must not have moved. Then the positive side: each system
 //! can do its whole job (pull, ack, nak, in progress, terminate, next, info, live), with v1 and
 //! v2 ack subjects; the reserved names and exposed seeds are refused; one seed rotates alone.
+//!
+//! It stays one file of about 900 lines: the probes, the world they run in and the positive side
+//! are one argument, read together; most of it is the list of what a hostile client tries.
 
 use std::collections::BTreeMap;
 use std::path::Path;
