@@ -115,6 +115,14 @@ pub struct RelayConfig {
     /// How often a standby relay tries to become active.
     #[serde(with = "humantime_serde")]
     pub standby_retry: Duration,
+    /// How long the active relay may go silent before PostgreSQL ends its session and so
+    /// releases the lead (`idle_session_timeout` and TCP timeouts on that session): a frozen or
+    /// partitioned relay is replaced by a standby within about this plus `standby_retry`. The
+    /// active relay confirms its lease every fifth of it, and publishes only while its last
+    /// confirmation is younger than half of it. PostgreSQL 14 or newer (older servers release
+    /// the lead only when the session dies).
+    #[serde(with = "humantime_serde")]
+    pub lease_timeout: Duration,
     /// Longest pause between retries while PostgreSQL or NATS is unreachable.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
@@ -152,6 +160,7 @@ impl Default for Config {
                 notify: true,
                 exclusive: true,
                 standby_retry: Duration::from_millis(500),
+                lease_timeout: Duration::from_secs(5),
                 max_backoff: Duration::from_secs(10),
                 retain_published: Duration::from_secs(7 * 24 * 3600),
                 on_invalid: OnInvalid::Reject,
@@ -290,6 +299,13 @@ impl Config {
             "relay.streams",
             format!("{:?}", self.relay.streams),
             "at least one stream name",
+        )?;
+        check(
+            self.relay.lease_timeout >= Duration::from_secs(1)
+                && self.relay.standby_retry < self.relay.lease_timeout,
+            "relay.lease_timeout",
+            humantime::format_duration(self.relay.lease_timeout).to_string(),
+            "at least 1s, and longer than relay.standby_retry",
         )?;
         check(
             self.relay.batch_size > 0,

@@ -15,6 +15,12 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error("nats.url: {url:?} is not a NATS server URL (nats://host:port, several separated by commas)")]
+    Url {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot connect to NATS at {url}")]
     Connect {
         url: String,
@@ -54,7 +60,8 @@ pub async fn connect(
     if wait_for_server {
         opts = opts.retry_on_initial_connect();
     }
-    opts.connect(cfg.url.as_str())
+    let servers = servers(&cfg.url)?;
+    opts.connect(servers)
         .await
         .map_err(|source| ConnectError::Connect {
             url: cfg.url.clone(),
@@ -70,4 +77,29 @@ pub fn jetstream(client: async_nats::Client, cfg: &NatsConfig, max_in_flight: us
         .max_ack_inflight(max_in_flight)
         .backpressure_on_inflight(true)
         .build(client)
+}
+
+/// The servers of a URL list, `nats://a:4222,nats://b:4222` as the official clients take it.
+/// The client also learns the cluster's other nodes from the one it reaches.
+pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse().map_err(|source| ConnectError::Url {
+                url: u.to_owned(),
+                source,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_comma_separated_list_is_several_servers() {
+        let s = super::servers("nats://n1:4222, nats://n2:4222,nats://n3:4222").unwrap();
+        assert_eq!(s.len(), 3);
+        assert!(super::servers("nats://n1:notaport").is_err());
+    }
 }

@@ -34,6 +34,8 @@ enum Sent {
     Rejected,
     /// Could not be queued (the client refused it); the pipeline is now suspect.
     NotQueued,
+    /// Not sent: the lease is not confirmed recently enough to publish.
+    Paused,
 }
 
 pub(crate) struct Active<'a> {
@@ -72,7 +74,17 @@ impl<'a> Active<'a> {
         }
     }
 
+    /// Works as the active relay until shutdown (`Ok`) or an interruption, keeping the lease
+    /// confirmed meanwhile.
     pub async fn run(&mut self, backoff: &mut Backoff) -> Result<(), Interrupt> {
+        let lead = self.lead;
+        tokio::select! {
+            done = self.work(backoff) => done,
+            failed = lead.heartbeat() => Err(failed),
+        }
+    }
+
+    async fn work(&mut self, backoff: &mut Backoff) -> Result<(), Interrupt> {
         self.reconcile_retrying().await?;
         backoff.reset();
         let lead = self.lead;
@@ -94,6 +106,10 @@ impl<'a> Active<'a> {
             }
             if session.closed.is_cancelled() || self.recorder.closed() {
                 return Err(Interrupt::SessionClosed);
+            }
+            if !lead.lease.fresh() {
+                self.await_lease().await?;
+                continue;
             }
 
             let batch = self.cfg.relay.batch_size;
@@ -135,7 +151,7 @@ impl<'a> Active<'a> {
                             held.insert(row.key.clone());
                             self.reader.hold(&row.key);
                         }
-                        Sent::NotQueued => {
+                        Sent::NotQueued | Sent::Paused => {
                             complete = false;
                             break;
                         }
@@ -201,8 +217,30 @@ impl<'a> Active<'a> {
         Ok(())
     }
 
+    /// Waits, publishing nothing, until the heartbeat confirms the lease again (PostgreSQL slow
+    /// to answer, or this process was frozen: then the heartbeat finds the session gone).
+    async fn await_lease(&mut self) -> Result<(), Interrupt> {
+        let lead = self.lead;
+        // A read sent ahead holds back every later answer on the session until it is taken,
+        // the heartbeat's included: drop it (reading starts over from the oldest pending row).
+        self.reader.read_from_start();
+        warn!(
+            unconfirmed_for = ?lead.lease.age(),
+            "lease not confirmed recently: publishing nothing until PostgreSQL confirms it"
+        );
+        tokio::select! {
+            _ = lead.lease.renewed() => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = lead.session.closed.cancelled() => return Err(Interrupt::SessionClosed),
+        }
+        Ok(())
+    }
+
     /// Publishes one row, or rejects it when it cannot become a valid event.
     async fn send(&mut self, row: &Row) -> Result<Sent, Interrupt> {
+        if !self.lead.lease.fresh() {
+            return Ok(Sent::Paused);
+        }
         match self.publisher.publish(row).await {
             Publish::Queued => {
                 self.reader.cursor = row.id;
@@ -217,8 +255,11 @@ impl<'a> Active<'a> {
     /// wait behind it. Under `on_invalid = "stop"` the relay then stops.
     async fn reject(&mut self, row: &Row, r: Rejection) -> Result<Sent, Interrupt> {
         error!(id = row.id, key = %row.key, kind = %r.kind, reason = %r.reason, "outbox row rejected; its key waits");
+        // On the session that records acks: the main one may have a read sent ahead, whose
+        // answer (a whole batch) would hold this one back until the loop takes it. The write is
+        // fenced by the epoch, so either session may carry it.
         let epoch = self.lead.epoch;
-        if !outbox::reject(&self.lead.session.client, epoch, row.id, &r).await? {
+        if !outbox::reject(&self.lead.marker.client, epoch, row.id, &r).await? {
             return Err(Interrupt::LeaseLost(epoch));
         }
         if self.cfg.relay.on_invalid == OnInvalid::Stop {
@@ -263,6 +304,9 @@ impl<'a> Active<'a> {
     /// Awaits every publish in flight and records those that landed (a failure among them
     /// leaves the pipeline suspect, for the main loop to reconcile).
     async fn drain(&mut self) -> Result<(), Interrupt> {
+        // Drop a read sent ahead now, not after the acks: until it is taken it holds back every
+        // later answer on the session, the heartbeat's included.
+        self.reader.read_from_start();
         while let Some(acked) = self.publisher.next().await {
             self.harvest(acked);
         }

@@ -1,14 +1,35 @@
-//! Leadership: becoming the active relay, or standing by until it can.
+//! Leadership: becoming the active relay, keeping the lead, or standing by until it can.
 //!
 //! One relay is active: it holds an advisory lock on its PostgreSQL session, and becoming active
 //! bumps the lease epoch, which fences every write it makes from then on. Others stand by and
 //! retry. Owns the checks made before taking the lead (schema, unresolved rejections in stop
-//! mode) and the two sessions an active relay works on; the SQL is the store's.
+//! mode), the two sessions an active relay works on, and the lease's timing; the SQL is the
+//! store's.
+//!
+//! **Bounded takeover.** A session that merely stays open would keep the lock forever: a
+//! frozen process (SIGSTOP, a paused VM) still has its kernel answer TCP keepalives, and a
+//! half-open network path leaves the server's backend waiting. So the lock-holding session asks
+//! the server to end it after `relay.lease_timeout` of silence (`idle_session_timeout`, and
+//! `tcp_user_timeout` and keepalives for the network), and the active relay keeps it talking: a
+//! heartbeat confirms the epoch every fifth of the timeout. The server then frees the lock at
+//! most `lease_timeout` after the relay last spoke, and a standby (retrying every
+//! `standby_retry`) takes over. The relay itself publishes only while its last confirmation was
+//! sent less than half the timeout ago: once the server could have ended its session it has
+//! stopped publishing (a relay that wakes from a freeze finds its confirmation stale and waits;
+//! the heartbeat then finds the session gone). What was in flight at the freeze is still held
+//! by the fences: an old publish lands only at the sequence it expected, and an old mark is
+//! refused by the new epoch. `idle_session_timeout` is set on the lock-holding session only:
+//! the session that records acks may be quiet for long.
 //!
 //! Never lets a relay read or publish before its epoch is bumped.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::error::{Interrupt, RelayError};
 use crate::config::{Config, OnInvalid};
@@ -23,6 +44,8 @@ pub(crate) struct Leader {
     holder: String,
     /// The schema was found current once: later failures of the check are outages, not setup.
     schema_checked: bool,
+    /// The server was found without `idle_session_timeout` (and the operator told so).
+    warned_no_timeout: bool,
 }
 
 /// What an active relay works with, for as long as its lead lasts.
@@ -36,6 +59,69 @@ pub(crate) struct Leadership {
     pub marker: Session,
     pub marker_prepared: Prepared,
     pub epoch: i64,
+    pub lease: Lease,
+}
+
+/// When the lease was last confirmed, and so how long the relay may still publish.
+pub(crate) struct Lease {
+    timeout: Duration,
+    start: Instant,
+    /// Milliseconds after `start` at which the last confirming statement was sent.
+    confirmed: AtomicU64,
+    /// Woken on every confirmation.
+    renewed: Notify,
+}
+
+impl Lease {
+    fn new(timeout: Duration, confirmed_at: Instant) -> Lease {
+        Lease {
+            timeout,
+            start: confirmed_at,
+            confirmed: AtomicU64::new(0),
+            renewed: Notify::new(),
+        }
+    }
+
+    fn confirm(&self, sent_at: Instant) {
+        let ms = sent_at.saturating_duration_since(self.start).as_millis() as u64;
+        self.confirmed.fetch_max(ms, Ordering::Relaxed);
+        self.renewed.notify_one();
+    }
+
+    /// How long ago the last confirmation was sent.
+    pub fn age(&self) -> Duration {
+        let at = self.start + Duration::from_millis(self.confirmed.load(Ordering::Relaxed));
+        Instant::now().saturating_duration_since(at)
+    }
+
+    /// Whether the relay may publish: its last confirmation was sent less than half the
+    /// timeout ago, so the server cannot have ended its session since.
+    pub fn fresh(&self) -> bool {
+        self.age() < self.timeout / 2
+    }
+
+    /// Resolves at the next confirmation.
+    pub async fn renewed(&self) {
+        self.renewed.notified().await
+    }
+}
+
+impl Leadership {
+    /// Confirms the epoch on the lock-holding session every fifth of the lease timeout, so that
+    /// it is never silent long enough for the server to end it. Returns only when that fails:
+    /// the session is gone, or another relay has the lead.
+    pub async fn heartbeat(&self) -> Interrupt {
+        let period = self.lease.timeout / 5;
+        loop {
+            tokio::time::sleep(period).await;
+            let sent = Instant::now();
+            match lease::lease(&self.session.client).await {
+                Ok((epoch, _)) if epoch == self.epoch => self.lease.confirm(sent),
+                Ok((epoch, _)) => return Interrupt::LeaseLost(epoch),
+                Err(e) => return Interrupt::Db(e),
+            }
+        }
+    }
 }
 
 impl Leader {
@@ -43,6 +129,7 @@ impl Leader {
         Leader {
             holder: format!("{}:{}", crate::host::name(), std::process::id()),
             schema_checked: false,
+            warned_no_timeout: false,
         }
     }
 
@@ -54,6 +141,10 @@ impl Leader {
         shutdown: &CancellationToken,
     ) -> Result<Option<Leadership>, Interrupt> {
         let session = session::connect(&cfg.database.url, "mes-events relay").await?;
+        if !session.expire_when_silent(cfg.relay.lease_timeout).await? && !self.warned_no_timeout {
+            self.warned_no_timeout = true;
+            warn!("PostgreSQL has no idle_session_timeout (before 14): a frozen or partitioned active relay keeps the lead until its session dies");
+        }
         if let Err(e) = migrate::check(&session.client).await {
             return Err(match e {
                 MigrateError::Db(e) => Interrupt::Db(e),
@@ -95,6 +186,7 @@ impl Leader {
         if cfg.relay.notify {
             session.listen(write::CHANNEL).await?;
         }
+        let bumped_at = Instant::now();
         let epoch = lease::bump_epoch(&session.client, &self.holder).await?;
         // From here on the session only records progress. A mark lost in a PostgreSQL crash is
         // harmless (reconciliation finds the message in the stream and marks its row again), so
@@ -111,6 +203,7 @@ impl Leader {
             marker,
             marker_prepared,
             epoch,
+            lease: Lease::new(cfg.relay.lease_timeout, bumped_at),
         }))
     }
 }

@@ -4,7 +4,10 @@
 //! - **Leadership**: one relay is active, holding an advisory lock on its PostgreSQL session;
 //!   others stand by and retry. Becoming active bumps the lease epoch; every statement that marks
 //!   rows is fenced by that epoch, so a relay that lost its session (and its lock) without
-//!   noticing cannot mark anything once a successor has started.
+//!   noticing cannot mark anything once a successor has started. The server ends the active
+//!   relay's session after `relay.lease_timeout` of silence, so a frozen or cut-off relay
+//!   hands the lead on within that; it publishes only while its lease was confirmed within
+//!   half of it (see [`leader`]).
 //! - **Stream fence**: every publish carries `Nats-Expected-Last-Sequence`. The relay predicts
 //!   each stream's tail, so the expectations of a pipeline are consecutive: if message k fails,
 //!   every later one fails too and nothing lands out of order; a second relay publishing at the
@@ -29,7 +32,9 @@
 //! keys itself.
 //!
 //! One type per guarantee, driven by the loop in [`active`]:
-//! - [`leader`]: leadership (lock, epoch, standby) and the two sessions of an active relay;
+//! - [`leader`] for leadership (lock, epoch, standby, and a takeover bounded by
+//!   `relay.lease_timeout` even when the active relay freezes or is cut off from PostgreSQL)
+//!   and the two sessions of an active relay;
 //! - [`reader`]: the cursor, the late-row check's snapshot, the read ahead, the carried keys;
 //! - [`publisher`]: routes, predicted tails, publishes in flight, the suspect pipeline;
 //! - [`recorder`]: acks recorded a batch at a time on the second session;
@@ -41,7 +46,7 @@
 
 use async_nats::jetstream::context::Context;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 mod active;
 mod backoff;
@@ -80,6 +85,10 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         }
     };
     let mut leader = Leader::new();
+    // PostgreSQL away (down, restarting, a session ended): reconnecting costs little, and a
+    // long back-off would keep the relay idle well after the server is back.
+    let mut reconnect = Backoff::new(cfg.relay.max_backoff.min(POSTGRES_RETRY));
+    let mut postgres_away: Option<std::time::Instant> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(());
@@ -87,21 +96,38 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         let outcome = match leader.activate(cfg, &shutdown).await {
             Ok(None) => return Ok(()),
             Ok(Some(lead)) => {
+                if let Some(since) = postgres_away.take() {
+                    info!(after = ?since.elapsed(), "PostgreSQL reachable again");
+                }
+                reconnect.reset();
                 Active::new(cfg, &js, &catalog, &routes, &lead, &shutdown)
                     .run(&mut backoff)
                     .await
             }
             Err(e) => Err(e),
         };
-        match outcome {
+        let pause = match outcome {
             Ok(()) => return Ok(()),
             Err(Interrupt::Fatal(e)) => return Err(e),
+            Err(e @ (Interrupt::Db(_) | Interrupt::SessionClosed | Interrupt::LeaseLost(_))) => {
+                if postgres_away.is_none() {
+                    warn!(error = %chain(&e), "relay interrupted; reconnecting to PostgreSQL");
+                    postgres_away = Some(std::time::Instant::now());
+                } else {
+                    debug!(error = %chain(&e), "PostgreSQL still away; reconnecting");
+                }
+                &mut reconnect
+            }
             Err(e) => {
                 warn!(error = %chain(&e), "relay interrupted; retrying");
-                if !backoff.wait(&shutdown).await {
-                    return Ok(());
-                }
+                &mut backoff
             }
+        };
+        if !pause.wait(&shutdown).await {
+            return Ok(());
         }
     }
 }
+
+/// The longest pause between attempts to reach PostgreSQL again.
+const POSTGRES_RETRY: std::time::Duration = std::time::Duration::from_millis(250);

@@ -33,6 +33,41 @@ impl Session {
             .await
     }
 
+    /// Has the server end this session after `timeout` of silence from its client, whatever
+    /// the client's host does: idle (`idle_session_timeout`, PostgreSQL 14+) or idle in a
+    /// transaction, unacknowledged data (`tcp_user_timeout`), or a peer gone (server-side TCP
+    /// keepalives). A frozen process, whose kernel still answers keepalives, and a half-open
+    /// network path both end within `timeout`, and with them what the session holds (advisory
+    /// locks). False when the server has no `idle_session_timeout` (then only a dead peer ends
+    /// the session).
+    pub async fn expire_when_silent(
+        &self,
+        timeout: Duration,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let ms = timeout.as_millis().max(1);
+        let secs = timeout.as_secs().div_ceil(2).max(1);
+        self.client
+            .batch_execute(&format!(
+                "set idle_in_transaction_session_timeout = {ms};
+                 set tcp_user_timeout = {ms};
+                 set tcp_keepalives_idle = {secs};
+                 set tcp_keepalives_interval = 1;
+                 set tcp_keepalives_count = 3"
+            ))
+            .await?;
+        match self
+            .client
+            .batch_execute(&format!("set idle_session_timeout = {ms}"))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Lets this session's commits return before their WAL is flushed: for statements whose
     /// loss in a PostgreSQL crash is repaired anyway (the relay's marks, which reconciliation
     /// makes again from the stream).

@@ -115,8 +115,11 @@ fn every_service_refers_to_things_that_exist() {
                     figment = figment.merge((key, v));
                 }
             }
-            mes_events::config::Config::from_figment(&figment)
+            let cfg = mes_events::config::Config::from_figment(&figment)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
+            // The URL (or list) as the client will take it: every server of the cluster.
+            mes_events::nats::servers(&cfg.nats.url)
+                .unwrap_or_else(|e| panic!("{name}: NATS_URL {}: {e}", cfg.nats.url));
         }
     }
     for cluster in [

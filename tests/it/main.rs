@@ -4,10 +4,12 @@
 mod support;
 
 mod catalog;
+mod cluster;
 mod compose;
 mod consume;
 mod demo;
 mod examples;
+mod failover;
 mod interop;
 mod layout;
 mod migrate;

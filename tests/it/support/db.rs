@@ -22,7 +22,12 @@ static CONTAINER: OnceLock<(String, ContainerAsync<GenericImage>)> = OnceLock::n
 impl TestDb {
     /// A new, empty, migrated database.
     pub async fn new() -> TestDb {
-        let db = Self::empty().await;
+        Self::new_on(&admin_url().await).await
+    }
+
+    /// A new migrated database on the server at `admin_url` (e.g. a test's private server).
+    pub async fn new_on(admin_url: &str) -> TestDb {
+        let db = Self::empty_on(admin_url).await;
         let mut s = mes_events::store::session::connect(&db.url, "test migrate")
             .await
             .unwrap();
@@ -34,7 +39,11 @@ impl TestDb {
 
     /// A new database without the mes_events schema.
     pub async fn empty() -> TestDb {
-        let admin_url = admin_url().await;
+        Self::empty_on(&admin_url().await).await
+    }
+
+    async fn empty_on(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_owned();
         let name = format!("mes_test_{:016x}", rand::random::<u64>());
         let (client, conn) = tokio_postgres::connect(&admin_url, NoTls).await.unwrap();
         tokio::spawn(conn);

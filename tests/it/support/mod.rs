@@ -3,6 +3,8 @@
 
 pub mod db;
 pub mod nats;
+pub mod pg;
+pub mod proxy;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use db::TestDb;
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 
 pub const ORDER_TYPE: &str = "io.mesevents.mes.processorder.statuschanged.v1";
 
@@ -117,9 +119,14 @@ pub fn init_tracing() {
 }
 
 pub fn config(db: &TestDb, nats: &NatsServer) -> Config {
+    config_for(db, &nats.url())
+}
+
+/// The tests' configuration for `db` and the NATS server (or comma-separated servers) `nats`.
+pub fn config_for(db: &TestDb, nats: &str) -> Config {
     let mut cfg = Config::default();
     cfg.database.url = db.url.clone();
-    cfg.nats.url = nats.url();
+    cfg.nats.url = nats.to_owned();
     cfg.events.installation = "test".into();
     cfg.events.site = "bsl".into();
     cfg.relay.poll_interval = Duration::from_millis(200);
@@ -314,32 +321,38 @@ pub struct Published {
 
 /// Every message of a stream, in stream order, read with an ordered consumer.
 pub async fn read_stream(js: &jetstream::Context, name: &str) -> Vec<Published> {
-    let mut stream = js.get_stream(name).await.unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
+    try_read_stream(js, name)
+        .await
+        .unwrap_or_else(|e| panic!("reading {name} back: {e}"))
+}
+
+/// [`read_stream`], with JetStream's errors returned (a cluster electing a leader may refuse).
+pub async fn try_read_stream(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Vec<Published>, async_nats::Error> {
+    let mut stream = js.get_stream(name).await?;
+    let last = stream.info().await?.state.last_sequence;
     let mut out = Vec::new();
     if last == 0 {
-        return out;
+        return Ok(out);
     }
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         })
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next())
-        .await
-        .expect("reading the stream back")
-    {
-        let p = published(&m.unwrap());
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(m) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await? {
+        let p = published(&m?);
         let seq = p.seq;
         out.push(p);
         if seq >= last {
             break;
         }
     }
-    out
+    Ok(out)
 }
 
 /// What a consumer sees of one message (decoded with the CloudEvents binding, so every message
@@ -363,6 +376,16 @@ pub fn published(m: &jetstream::Message) -> Published {
         outbox_id,
         key,
     }
+}
+
+/// Messages in both streams, or `None` while JetStream cannot say (a cluster electing a leader).
+pub async fn messages_in_streams(js: &jetstream::Context) -> Option<u64> {
+    let mut n = 0;
+    for s in ["MES_EVENTS", "MES_PV"] {
+        let mut stream = js.get_stream(s).await.ok()?;
+        n += stream.info().await.ok()?.state.messages;
+    }
+    Some(n)
 }
 
 /// Every message of both streams.
@@ -511,20 +534,48 @@ pub async fn write_events(
     all
 }
 
-/// Commits `total` single-event transactions from one writer over `keys` keys, one every
-/// `pause`, so that writing spans a while (outages and kills then hit a live stream).
+/// Commits `total` events from one writer over `keys` keys, ten every `pause`, so that writing
+/// spans a while (outages and kills then hit a live stream).
 pub async fn write_events_paced(
     db: &TestDb,
     total: usize,
     keys: usize,
     pause: Duration,
 ) -> Vec<i64> {
+    write_paced(db, keys, pause, |written| (total - written).min(10)).await
+}
+
+/// Like [`write_events_paced`], until `stop` is cancelled.
+pub async fn write_events_until(
+    db: &TestDb,
+    keys: usize,
+    pause: Duration,
+    stop: &CancellationToken,
+) -> Vec<i64> {
+    write_paced(
+        db,
+        keys,
+        pause,
+        |_| if stop.is_cancelled() { 0 } else { 10 },
+    )
+    .await
+}
+
+async fn write_paced(
+    db: &TestDb,
+    keys: usize,
+    pause: Duration,
+    next: impl Fn(usize) -> usize,
+) -> Vec<i64> {
     let client = db.client().await;
-    let mut committed = Vec::with_capacity(total);
+    let mut committed = Vec::new();
     let mut i = 0;
-    while committed.len() < total {
+    loop {
+        let n = next(committed.len()) as i32;
+        if n == 0 {
+            break;
+        }
         // Ten at a time, in one statement, keeps the pace without a round trip per event.
-        let n = (total - committed.len()).min(10) as i32;
         let rows = client
             .query(
                 "select mes_events.emit($1, k, jsonb_build_object(

@@ -94,3 +94,78 @@ fn docker_available() -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// Three nats-servers on loopback, routed into one JetStream cluster (`mes`), each with its own
+/// store and a monitoring port; nodes can be killed and restarted on the same ports and stores.
+pub struct NatsCluster {
+    pub nodes: Vec<LocalNats>,
+    monitoring: Vec<u16>,
+}
+
+impl NatsCluster {
+    pub async fn start() -> NatsCluster {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let routes: Vec<u16> = (0..3).map(|_| free()).collect();
+        let monitoring: Vec<u16> = (0..3).map(|_| free()).collect();
+        let list = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = (0..3)
+            .map(|i| {
+                LocalNats::start(&format!(
+                    "server_name: n{i}\nhttp: \"127.0.0.1:{}\"\ncluster {{ name: mes, listen: \"127.0.0.1:{}\", routes: [{list}] }}\n",
+                    monitoring[i], routes[i]
+                ))
+                .expect("starting a cluster node")
+            })
+            .collect();
+        NatsCluster { nodes, monitoring }
+    }
+
+    /// Every node's URL, comma-separated, as a client's server list.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node a server name (`n0`…) belongs to.
+    pub fn index_of(&self, server_name: &str) -> usize {
+        server_name
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("not a node of this cluster: {server_name}"))
+    }
+
+    /// The node a client named `name` is connected to, from the nodes' monitoring (`/connz`).
+    pub fn node_of_client(&self, name: &str) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| {
+            http_get(self.monitoring[i], "/connz?limit=1024")
+                .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+                .and_then(|v| v["connections"].as_array().cloned())
+                .is_some_and(|cs| cs.iter().any(|c| c["name"].as_str() == Some(name)))
+        })
+    }
+}
+
+/// The body of an HTTP GET on a loopback port, or `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
