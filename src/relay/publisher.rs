@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use super::error::{Interrupt, NatsError, RelayError};
 use crate::event::catalog::Catalog;
@@ -109,6 +109,49 @@ pub(crate) struct Publisher<'a> {
     /// Something did not land where predicted since the last reconciliation: the pipeline must be
     /// drained and reconciled, and until then no watermark moves.
     pub suspect: bool,
+    /// Per route, why its stream refuses messages, as last told to the operator (told again
+    /// only when it changes, and when the stream takes messages again).
+    refusing: HashMap<usize, Refusal>,
+}
+
+/// Why a stream does not take messages, as far as the relay can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The server answered with a limit: what it said, and what to change.
+    Limit { said: String, fix: &'static str },
+    /// No answer in time: NATS unreachable, a leader being elected, or a server that cannot
+    /// write (a full disk shows only as this; its log says so).
+    NoAnswer,
+}
+
+impl Refusal {
+    /// The refusal a failed publish shows, if it is one.
+    pub fn of(e: &jetstream::context::PublishError) -> Option<Refusal> {
+        if e.kind() == PublishErrorKind::TimedOut {
+            return Some(Refusal::NoAnswer);
+        }
+        let je = std::error::Error::source(e)?.downcast_ref::<jetstream::Error>()?;
+        let said = je.to_string();
+        let fix = match je.error_code() {
+            ErrorCode::INSUFFICIENT_RESOURCES
+            | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            | ErrorCode::MEMORY_RESOURCES_EXCEEDED => {
+                "the server's JetStream storage is full: free space where it stores, or raise its max_file_store / max_memory_store, or lower the stream's max_age / max_bytes"
+            }
+            ErrorCode::STREAM_STORE_FAILED if said.contains("maximum messages per subject") => {
+                "the stream is at max_msgs_per_subject with discard = \"new\": raise it, or use discard = \"old\" (declared under nats/, then `mes-events provision apply`)"
+            }
+            ErrorCode::STREAM_STORE_FAILED if said.contains("maximum messages") => {
+                "the stream is at max_msgs with discard = \"new\": raise max_msgs, let consumers free it (work queue), or use discard = \"old\" (declared under nats/, then `mes-events provision apply`)"
+            }
+            ErrorCode::STREAM_STORE_FAILED if said.contains("maximum bytes") => {
+                "the stream is at max_bytes with discard = \"new\": raise max_bytes, or use discard = \"old\" (declared under nats/, then `mes-events provision apply`)"
+            }
+            ErrorCode::STREAM_STORE_FAILED => "the server could not store the message: see its log",
+            _ => return None,
+        };
+        Some(Refusal::Limit { said, fix })
+    }
 }
 
 impl<'a> Publisher<'a> {
@@ -128,6 +171,7 @@ impl<'a> Publisher<'a> {
             max_payload: usize::MAX,
             in_flight: FuturesOrdered::new(),
             suspect: false,
+            refusing: HashMap::new(),
         }
     }
 
@@ -231,6 +275,9 @@ impl<'a> Publisher<'a> {
                     );
                     self.suspect = true;
                 }
+                if self.refusing.remove(&sent.route).is_some() {
+                    info!(stream = %self.routes[sent.route].stream, "stream takes messages again");
+                }
                 let watermark = (!self.suspect).then_some((sent.route, ack.sequence));
                 Some(Landed {
                     mark: Mark {
@@ -242,8 +289,26 @@ impl<'a> Publisher<'a> {
                 })
             }
             Err(e) => {
-                if !self.suspect {
-                    warn!(id = sent.id, error = %e, "publish failed; reconciling");
+                let stream = &self.routes[sent.route].stream;
+                match Refusal::of(&e) {
+                    Some(r) if self.refusing.get(&sent.route) != Some(&r) => {
+                        match &r {
+                            Refusal::Limit { said, fix } => error!(
+                                %stream, server = %said,
+                                "stream refuses messages; publishing waits until it takes them again: {fix}"
+                            ),
+                            Refusal::NoAnswer => error!(
+                                %stream, id = sent.id,
+                                "no PubAck in time; publishing waits: NATS unreachable, a stream leader being elected, or a server that cannot write (disk full: see the server's log)"
+                            ),
+                        }
+                        self.refusing.insert(sent.route, r);
+                    }
+                    Some(_) => {}
+                    None if !self.suspect => {
+                        warn!(id = sent.id, %stream, error = %e, "publish failed; reconciling")
+                    }
+                    None => {}
                 }
                 self.suspect = true;
                 None

@@ -474,3 +474,65 @@ async fn emit_command_reads_data_from_a_file_and_rejects_bad_json() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
     assert_eq!(pending(&env.db).await, 1);
 }
+
+#[tokio::test]
+async fn a_stream_at_its_limit_is_named_once_with_the_limit_and_the_relay_resumes_when_raised() {
+    use async_nats::jetstream::stream;
+    let env = Env::without_streams().await;
+    let js = env.js().await;
+    let limited = stream::Config {
+        name: "MES_EVENTS".into(),
+        subjects: catalog_subjects("MES_EVENTS"),
+        max_messages: 20,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    js.create_stream(limited.clone()).await.unwrap();
+    js.create_stream(stream::Config {
+        name: "MES_PV".into(),
+        subjects: catalog_subjects("MES_PV"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut relay = RelayProcess::spawn(&env.cfg, &[("RUST_LOG", "info")]);
+    let client = env.db.client().await;
+    let mut committed = Vec::new();
+    for i in 0..50 {
+        committed.push(emit_order(&client, &format!("order-{}", i % 5)).await);
+    }
+    eventually(Duration::from_secs(30), "the limit reported", || async {
+        relay.stderr().contains("stream refuses messages")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the relay's retries themselves
+    let said = relay.stderr();
+    let told = said
+        .lines()
+        .filter(|l| l.contains("stream refuses messages"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        told.len(),
+        1,
+        "told once per state change, not per retry:\n{said}"
+    );
+    assert!(
+        told[0].contains("MES_EVENTS") && told[0].contains("max_msgs"),
+        "names the stream and the limit: {}",
+        told[0]
+    );
+    js.update_stream(stream::Config {
+        max_messages: 1_000,
+        ..limited
+    })
+    .await
+    .unwrap();
+    env.drained(
+        Duration::from_secs(30),
+        "outbox drained once the limit is raised",
+    )
+    .await;
+    assert!(relay.stderr().contains("stream takes messages again"));
+    assert!(relay.terminate().await.success());
+    env.assert_published_exactly_once(&committed).await;
+}
