@@ -476,7 +476,7 @@ async fn emit_command_reads_data_from_a_file_and_rejects_bad_json() {
 }
 
 #[tokio::test]
-async fn a_stream_at_its_limit_is_named_once_with_the_limit_and_the_relay_resumes_when_raised() {
+async fn a_stream_at_its_limit_is_named_once_other_streams_flow_and_it_resumes_when_raised() {
     use async_nats::jetstream::stream;
     let env = Env::without_streams().await;
     let js = env.js().await;
@@ -521,6 +521,50 @@ async fn a_stream_at_its_limit_is_named_once_with_the_limit_and_the_relay_resume
         "names the stream and the limit: {}",
         told[0]
     );
+    // The other stream's events still go out while this one refuses.
+    let mut pv = Vec::new();
+    for i in 0..20 {
+        pv.push(
+            mes_events::store::write::emit(
+                &client,
+                "io.mesevents.mes.processvariable.changed.v1",
+                "dryer1.temperature",
+                &format!(
+                    r#"{{"variableId":"dryer1.temperature","value":{i},"uom":"CEL","quality":"good","hierarchyScope":{{"site":"bsl"}}}}"#
+                ),
+                &Default::default(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    eventually(
+        Duration::from_secs(30),
+        "MES_PV published meanwhile",
+        || async {
+            let n: i64 = client
+                .query_one(
+                    "select count(*) from mes_events.published where id = any($1)",
+                    &[&pv],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n == 20
+        },
+    )
+    .await;
+    let full = js
+        .get_stream("MES_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(full, 20, "MES_EVENTS still at its limit meanwhile");
+    committed.extend(pv);
     js.update_stream(stream::Config {
         max_messages: 1_000,
         ..limited
