@@ -187,10 +187,14 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
                 "{name:?} is reserved for mes-events' own {r} identity (its seed would be handed out as this system's): name the system after what it is, e.g. \"{name}-system\""
             )));
         }
-        if systems
-            .iter()
-            .any(|s: &System| s.decl.name.get_ref() == sys.name.get_ref())
-        {
+        // Names that differ only in case are one identity: one seed file on a case-insensitive
+        // filesystem, one inbox prefix for a human reader.
+        if systems.iter().any(|s: &System| {
+            s.decl
+                .name
+                .get_ref()
+                .eq_ignore_ascii_case(sys.name.get_ref())
+        }) {
             errors.push(err(
                 src,
                 sys.name.span(),

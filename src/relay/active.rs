@@ -94,15 +94,17 @@ impl<'a> Active<'a> {
                 self.harvest(acked);
             }
             self.record_when_due().await?;
-            if self.publisher.suspect {
-                self.recover().await?;
-                continue;
-            }
+            // Before recovering: a stop needs no reconciliation (the next start makes one), and
+            // recovering while NATS is away would retry until it is back.
             if self.shutdown.is_cancelled() {
                 let n = self.publisher.in_flight();
                 self.drain().await?;
                 info!(in_flight = n, "stopped; acks in flight recorded");
                 return Ok(());
+            }
+            if self.publisher.suspect {
+                self.recover().await?;
+                continue;
             }
             if session.closed.is_cancelled() || self.recorder.closed() {
                 return Err(Interrupt::SessionClosed);
@@ -183,6 +185,9 @@ impl<'a> Active<'a> {
                     self.record_when_due().await?;
                 }
                 marked = self.recorder.answer() => self.recorder.answered(marked)?,
+                // Acks slow to come: the loop top waits for the lease, dropping a read sent
+                // ahead, whose unread answer would otherwise hold the heartbeat's back.
+                _ = tokio::time::sleep_until(lead.lease.stale_at()) => {}
                 _ = session.wake.notified(), if can_read => {}
                 _ = self.shutdown.cancelled() => {}
                 _ = session.closed.cancelled() => {}
@@ -222,8 +227,8 @@ impl<'a> Active<'a> {
     async fn await_lease(&mut self) -> Result<(), Interrupt> {
         let lead = self.lead;
         // A read sent ahead holds back every later answer on the session until it is taken,
-        // the heartbeat's included: drop it (reading starts over from the oldest pending row).
-        self.reader.read_from_start();
+        // the heartbeat's included: drop it (the cursor stays: publishes may be in flight).
+        self.reader.drop_ahead();
         warn!(
             unconfirmed_for = ?lead.lease.age(),
             "lease not confirmed recently: publishing nothing until PostgreSQL confirms it"

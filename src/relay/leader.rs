@@ -100,6 +100,13 @@ impl Lease {
         self.age() < self.timeout / 2
     }
 
+    /// When the lease stops being fresh, unless confirmed again before.
+    pub fn stale_at(&self) -> Instant {
+        self.start
+            + Duration::from_millis(self.confirmed.load(Ordering::Relaxed))
+            + self.timeout / 2
+    }
+
     /// Resolves at the next confirmation.
     pub async fn renewed(&self) {
         self.renewed.notified().await

@@ -109,7 +109,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         let pause = match outcome {
             Ok(()) => return Ok(()),
             Err(Interrupt::Fatal(e)) => return Err(e),
-            Err(e @ (Interrupt::Db(_) | Interrupt::SessionClosed | Interrupt::LeaseLost(_))) => {
+            Err(e) if is_postgres_away(&e) => {
                 if postgres_away.is_none() {
                     warn!(error = %chain(&e), "relay interrupted; reconnecting to PostgreSQL");
                     postgres_away = Some(std::time::Instant::now());
@@ -126,6 +126,20 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         if !pause.wait(&shutdown).await {
             return Ok(());
         }
+    }
+}
+
+/// Whether `e` means PostgreSQL is (briefly) out of reach: the session or the connection is
+/// gone, or the server is starting or shutting down (SQLSTATE classes 08 and 57P). A refused
+/// password or a missing privilege is not: retrying fast would only hide it.
+fn is_postgres_away(e: &Interrupt) -> bool {
+    match e {
+        Interrupt::SessionClosed | Interrupt::LeaseLost(_) => true,
+        Interrupt::Db(e) => e.code().is_none_or(|c| {
+            let c = c.code();
+            c.starts_with("08") || c.starts_with("57P")
+        }),
+        _ => false,
     }
 }
 

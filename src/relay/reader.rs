@@ -68,25 +68,37 @@ impl<'a> Reader<'a> {
         limit: usize,
         room: usize,
     ) -> Result<Batch, tokio_postgres::Error> {
-        Ok(match self.read_ahead.take() {
+        let ahead = self.read_ahead.take();
+        Ok(match ahead {
             Some(next) if next.cursor == self.cursor && next.limit <= room => Batch {
                 fetched: next.fetched.await?,
                 limit: next.limit,
                 read_ahead: true,
             },
-            _ => Batch {
-                fetched: outbox::fetch(
-                    self.client,
-                    self.prepared,
-                    self.cursor,
-                    limit as i64,
-                    self.after.as_deref(),
-                )
-                .await?,
-                limit,
-                read_ahead: false,
-            },
+            other => {
+                // A read ahead that does not fit must go before the new read is awaited: its
+                // unread answer would hold the new one back.
+                drop(other);
+                Batch {
+                    fetched: outbox::fetch(
+                        self.client,
+                        self.prepared,
+                        self.cursor,
+                        limit as i64,
+                        self.after.as_deref(),
+                    )
+                    .await?,
+                    limit,
+                    read_ahead: false,
+                }
+            }
         })
+    }
+
+    /// Drops the read sent ahead, keeping the cursor: its unread answer would hold back every
+    /// later answer on the session (the lease heartbeat's included).
+    pub fn drop_ahead(&mut self) {
+        self.read_ahead = None;
     }
 
     /// Takes a batch in (its lease and late checks passed): a full one has the next read sent

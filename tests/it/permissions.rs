@@ -843,6 +843,23 @@ fn reserved_and_unsafe_names_and_live_patterns_outside_the_events_are_refused() 
     }
 }
 
+#[test]
+fn system_names_differing_only_in_case_are_one_identity_and_refused() {
+    let d = decl_dir(&[
+        ("streams.toml", STREAMS),
+        ("systems/erp.toml", ERP),
+        (
+            "systems/erp-upper.toml",
+            &ERP.replace("name = \"erp\"", "name = \"ERP\""),
+        ),
+    ]);
+    let out = tempfile::tempdir().unwrap();
+    let o = credentials(d.path(), out.path(), &[]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{t}");
+    assert!(t.contains("is declared in two files"), "{t}");
+}
+
 #[cfg(unix)]
 #[test]
 fn exposed_seeds_are_refused_and_one_identity_rotates_alone() {
