@@ -1,7 +1,9 @@
 // An external system reading its mes-events consumer, in C# (.NET NATS client).
 //
 // Connects as the system (its NKey seed from `mes-events provision credentials`, and its own
-// inbox prefix, which its permissions require), pulls from its durable consumer, reads each
+// inbox prefix, which its permissions require), binds to its durable consumer by name (the
+// system's account holds only that consumer's pulls and acks, not the JetStream API, so the
+// consumer is not looked up), pulls from it, reads each
 // CloudEvent (binary mode: percent-encoded ce-* headers, body = JSON data), handles it and acks
 // it. The consumer is durable: stop the service at any point and it resumes after the last ack.
 //
@@ -12,6 +14,7 @@
 using System.Text.Json;
 using NATS.Client.Core;
 using NATS.Client.JetStream;
+using NATS.Client.JetStream.Models;
 using NATS.Net;
 
 var url = args.ElementAtOrDefault(0) ?? "nats://127.0.0.1:4222";
@@ -25,7 +28,12 @@ await using var nats = new NatsClient(new NatsOpts
     InboxPrefix = $"_INBOX_{system}",
 });
 var js = nats.CreateJetStreamContext();
-var consumer = await js.GetConsumerAsync("MES_EVENTS", system);
+var consumer = new NatsJSConsumer((NatsJSContext)js, new ConsumerInfo
+{
+    StreamName = "MES_EVENTS",
+    Name = system,
+    Config = new ConsumerConfig(system),
+});
 
 using var stop = new CancellationTokenSource();
 Console.CancelKeyPress += (_, e) => { e.Cancel = true; stop.Cancel(); };

@@ -1,7 +1,9 @@
 // An external system reading its mes-events consumer, in JavaScript (Node.js).
 //
 // Connects as the system (its NKey seed from `mes-events provision credentials`, and its own
-// inbox prefix, which its permissions require), pulls from its durable consumer, builds each
+// inbox prefix, which its permissions require), binds to its durable consumer by name (the
+// system's account holds only that consumer's pulls and acks, not the JetStream API, so the
+// consumer is not looked up), pulls from it, builds each
 // CloudEvent with the `cloudevents` package (strict: it enforces the spec's attribute rules),
 // handles it and acks it. The consumer is durable: stop this program at any point and start it
 // again, and it resumes after the last acked event.
@@ -54,7 +56,12 @@ const nc = await connect({
   authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
   inboxPrefix: `_INBOX_${a.system}`,
 });
-const consumer = await jetstream(nc).consumers.get(a.stream, a.consumer ?? a.system);
+const name = a.consumer ?? a.system;
+const consumer = jetstream(nc).consumers.getConsumerFromInfo({
+  stream_name: a.stream,
+  name,
+  config: { durable_name: name },
+});
 let handled = 0;
 while (!max || handled < max) {
   // Ask only for what will be handled: an event fetched but not acked waits ack_wait.

@@ -2,7 +2,9 @@
 """An external system reading its mes-events consumer, in Python.
 
 Connects as the system (its NKey seed from `mes-events provision credentials`, and its own
-inbox prefix, which its permissions require), pulls from its durable consumer, decodes each
+inbox prefix, which its permissions require), binds to its durable consumer by name (the
+system's account holds only that consumer's pulls and acks, not the JetStream API, and
+`pull_subscribe_bind` does not look the consumer up), pulls from it, decodes each
 CloudEvent with the official SDK, handles it, and acks it. The consumer is durable: stop this
 program at any point and start it again, and it resumes after the last acked event.
 

@@ -110,7 +110,7 @@ fn credentials(
             w.path.display()
         );
     }
-    println!("include auth.conf in the nats-server configuration; give each system its .nk seed and tell it its inbox prefix");
+    println!("include auth.conf in the nats-server configuration; give each system its .nk seed, tell it its inbox prefix and to bind to its consumer by name (it may not look it up)");
     if written.iter().any(|w| w.fate == SeedFate::Rotated) {
         println!("reload nats-server now (nats-server --signal reload, or SIGHUP): until then the old seed is still accepted and the new one is not");
     }

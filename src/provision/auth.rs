@@ -1,27 +1,47 @@
 //! NATS server authorization generated from the declaration: who may do what on the bus.
 //!
-//! Three kinds of identity, each an NKey user with its own inbox prefix (`_INBOX_<name>`):
-//! - **admin**: operators and provisioning; everything.
-//! - **relay**: publishes events on the event streams' subjects and reads those streams (info
-//!   and single messages, for its start-up check and reconciliation); nothing else.
-//! - **one per external system**: pulls, acks and reads the info of its own durable consumer(s),
-//!   and subscribes live to the patterns its declaration lists; nothing else.
+//! **Accounts first, permissions second.** JetStream lives in one account,
+//! [`JETSTREAM_ACCOUNT`], with the admin and the relay. Every external system has an account of
+//! its own, without JetStream, into which the JetStream account exports exactly the subjects of
+//! its consumers as services (and its `live` patterns as streams). Inside its account each
+//! identity is also an NKey user with publish and subscribe permissions on those same subjects
+//! and its own inbox prefix (`_INBOX_<name>`).
 //!
-//! Every grant is derived from the subjects the server itself listens on (nats-server 2.10 to
+//! Why accounts: NATS checks the *subject* of a publish against permissions, never its *reply*
+//! subject, and JetStream answers to the reply subject from inside its own account. In a single
+//! account, a system allowed to pull from its own consumer could name `$JS.API.STREAM.PURGE.X`,
+//! an event subject or another consumer's ack subject as the reply, and the server itself would
+//! then purge the stream, store a forged event or ack a victim's message (verified on 2.15.1).
+//! Across an account boundary the server rewrites the reply of an imported service request to a
+//! private `_R_.…` subject of the exporting account and sends the answer back into the
+//! importer's account, where there is no JetStream and nobody else: whatever the reply subject
+//! names, the answer lands in the attacker's own account.
+//!
+//! Why the relay stays in the JetStream account: it needs `STREAM.INFO` (a stream's
+//! configuration, creation time and tail) and `STREAM.MSG.GET`, and the JetStream API serves a
+//! request that crossed an account boundary in the *requester's* account (`getRequestInfo` in
+//! `server/jetstream_api.go`), where there are no streams. Only pulls, acks and publishes work
+//! across accounts. The same is why a system cannot read its consumer's info: clients bind to
+//! the consumer by name without looking it up (see the README). The relay's seed is therefore
+//! as sensitive as the admin's: through reply subjects of its own requests it could have
+//! JetStream act on its account (see "What each identity can do" in the README).
+//!
+//! Every subject is derived from the subjects the server itself listens on (nats-server 2.10 to
 //! 2.15, `server/consumer.go` and `server/jetstream_api.go`), never from the shape a client
 //! library happens to use, and every token that names a stream or a consumer is pinned to a
-//! literal with the exact token count of the server's subscription, so that no subject a grant
-//! allows can reach another consumer's subscription. `grants_reach_nothing_of_others` below
-//! checks that against the server's grammar; `tests/it/permissions.rs` against a real server.
+//! literal with the exact token count of the server's subscription, so that no subject granted
+//! can reach another consumer's subscription. `grants_reach_nothing_of_others` below checks that
+//! against the server's grammar; `tests/it/permissions.rs` against a real server.
 //!
 //! Seeds are generated once and kept in the output folder (never in git); running again keeps
-//! them and only rewrites the permissions, `--rotate NAME` replaces one identity's seed.
+//! them and only rewrites the configuration, `--rotate NAME` replaces one identity's seed.
 //! A kept seed that group or others can read is refused: it may have leaked.
 //!
-//! It stays one file of about 550 lines: each grant, the argument for it beside it, and the unit
-//! test that holds every grant against the server's subscription grammar must be read and
-//! changed together; a third of the file is that test.
+//! It stays one file of about 700 lines: each grant, the argument for it beside it, the rendering
+//! and the unit test that holds every grant against the server's subscription grammar must be
+//! read and changed together; a third of the file is that test.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use sha2::Digest as _;
@@ -30,10 +50,48 @@ use super::load::Declaration;
 
 pub use super::decl::{ADMIN, RELAY, RESERVED};
 
-/// One user's permissions.
+/// The account that has JetStream: the streams, their consumers and the admin.
+pub const JETSTREAM_ACCOUNT: &str = "MES";
+
+/// How long the server keeps routing a streamed answer (a pull request's messages) back to the
+/// importing account: a pull request must expire within it. Every official client's default
+/// pull expiry (30 s or less) does.
+pub const RESPONSE_THRESHOLD: &str = "2m";
+
+/// The account an identity connects to: the admin and the relay to the JetStream account, each
+/// system to one of its own. (System names are safe subject tokens, unique ignoring case, and
+/// never `admin` or `relay`, so these names never collide.)
+pub fn account(identity: &str) -> String {
+    match identity {
+        ADMIN | RELAY => JETSTREAM_ACCOUNT.into(),
+        system => format!("{JETSTREAM_ACCOUNT}_SYSTEM_{system}"),
+    }
+}
+
+/// How the server answers on an imported service: once (an API reply, a PubAck) or several
+/// times (the messages of a pull request, `+NXT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Answers {
+    Once,
+    Streamed,
+}
+
+/// One subject the JetStream account shares with an identity's account.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Import {
+    /// The identity publishes here (requests, acks, events); the answer comes back to it.
+    Service { subject: String, answers: Answers },
+    /// The identity subscribes here (live events).
+    Stream { subject: String },
+}
+
+/// One identity: its account, what the JetStream account shares with it, and its permissions
+/// inside its own account (the same subjects: a second wall).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct User {
     pub name: String,
+    pub account: String,
+    pub imports: Vec<Import>,
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
 }
@@ -46,8 +104,7 @@ pub fn inbox_prefix(identity: &str) -> String {
 }
 
 /// Where the server's consumers live, as the v2 ack subjects name it: the JetStream domain
-/// (`_` for none) and the account. Users of an `authorization { users = [...] }` block are in
-/// the global account `$G`, as in every configuration this project ships.
+/// (`_` for none) and the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     pub domain: String,
@@ -58,7 +115,7 @@ impl Default for Scope {
     fn default() -> Scope {
         Scope {
             domain: "_".into(),
-            account: "$G".into(),
+            account: JETSTREAM_ACCOUNT.into(),
         }
     }
 }
@@ -77,34 +134,44 @@ pub fn account_hash(account: &str) -> String {
 /// What a client needs to publish to use one durable pull consumer `consumer` of `stream`.
 ///
 /// - `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`: pull requests (`fetch`, `consume`,
-///   `messages`), the consumer's `nextMsgSubj`. The reply subject carries the messages.
-/// - `$JS.API.CONSUMER.INFO.<stream>.<consumer>`: the bind check every client library makes, and
-///   the consumer's own lag (`num_pending`). Read-only.
+///   `messages`), the consumer's `nextMsgSubj`. The messages are the (streamed) answer. The
+///   consumer subscribes to it itself, so it works across accounts.
 /// - `$JS.ACK.<stream>.<consumer>.*.*.*.*.*`: the v1 ack subject, exactly the 9 tokens of the
 ///   server's `ackSubjOld` subscription (delivered count, stream and consumer sequence,
 ///   timestamp, pending). Every ack kind is a payload on it: `+ACK` (or empty), `-NAK`, `+WPI`,
-///   `+TERM`, `+NXT`. Nine tokens with stream and consumer pinned cannot match any other
-///   consumer's subscriptions: v1 ones differ in tokens 3–4, v2 ones need 11 tokens or more.
-///   (A `>` tail, or wildcards in tokens 3–4, is what let one system pull another's events
-///   with `+NXT`: `$JS.ACK.*.*.S.erp.>` allowed `$JS.ACK.S.quality.S.erp.1.1.1`, which is
-///   quality's v1 subscription.)
+///   `+TERM`, `+NXT` (whose next messages are a streamed answer). Nine tokens with stream and
+///   consumer pinned cannot match any other consumer's subscriptions: v1 ones differ in tokens
+///   3–4, v2 ones need 11 tokens or more. (A `>` tail, or wildcards in tokens 3–4, is what let
+///   one system pull another's events with `+NXT`: `$JS.ACK.*.*.S.erp.>` allowed
+///   `$JS.ACK.S.quality.S.erp.1.1.1`, which is quality's v1 subscription.)
 /// - `$JS.ACK.<domain>.<account hash>.<stream>.<consumer>.*.*.*.*.*`: the v2 ack subject the
 ///   server writes from 2.14 on when `js_ack_fc_v2` is enabled: exactly the 11 tokens of its
 ///   reply template, every naming token pinned. (The server also accepts longer v2 subjects,
 ///   which its replies never are, so they are not granted.)
 ///
-/// Not granted: `$JS.FC.…` (flow control replies, push consumers only), `$JS.API.INFO` and
-/// everything else of the API: creating, updating, pausing, resetting or deleting consumers is
-/// `provision`'s job, replays the operators'.
-pub fn consumer_grants(scope: &Scope, stream: &str, consumer: &str) -> Vec<String> {
+/// Not granted: `$JS.API.CONSUMER.INFO.…` (the API would answer it in the system's own account,
+/// "JetStream not enabled for account"; the lag is in every message's ack subject), `$JS.FC.…`
+/// (flow control replies, push consumers only), and everything else of the API: creating,
+/// updating, pausing, resetting or deleting consumers is `provision`'s job, replays the
+/// operators'.
+pub fn consumer_grants(scope: &Scope, stream: &str, consumer: &str) -> Vec<Import> {
+    let service = |subject: String, answers| Import::Service { subject, answers };
     vec![
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"),
-        format!("$JS.ACK.{stream}.{consumer}.*.*.*.*.*"),
-        format!(
-            "$JS.ACK.{}.{}.{stream}.{consumer}.*.*.*.*.*",
-            scope.domain,
-            account_hash(&scope.account)
+        service(
+            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
+            Answers::Streamed,
+        ),
+        service(
+            format!("$JS.ACK.{stream}.{consumer}.*.*.*.*.*"),
+            Answers::Streamed,
+        ),
+        service(
+            format!(
+                "$JS.ACK.{}.{}.{stream}.{consumer}.*.*.*.*.*",
+                scope.domain,
+                account_hash(&scope.account)
+            ),
+            Answers::Streamed,
         ),
     ]
 }
@@ -117,53 +184,75 @@ pub fn event_streams(d: &Declaration) -> impl Iterator<Item = &super::decl::Stre
         .filter(|s| s.subjects.iter().all(|x| !x.get_ref().starts_with('$')))
 }
 
-/// Every user and its permissions (pure).
+fn service_subjects(imports: &[Import]) -> Vec<String> {
+    imports
+        .iter()
+        .filter_map(|i| match i {
+            Import::Service { subject, .. } => Some(subject.clone()),
+            Import::Stream { .. } => None,
+        })
+        .collect()
+}
+
+/// Every identity, its account, imports and permissions (pure).
 pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
-    // The relay: publish on the event streams' subjects (the PubAck comes to its inbox);
+    // The relay: publish on the event streams' subjects (the PubAck is the answer);
     // `STREAM.INFO` for the start-up check and the tail a reconciliation reads up to;
     // `STREAM.MSG.GET` for reading back what landed. Only its own streams: nothing of the dead
     // letters, no consumer, no `DIRECT.GET` (it does not use it), no purge, update or delete.
-    let mut relay_publish = Vec::new();
+    let mut relay = Vec::new();
     for s in event_streams(d) {
-        relay_publish.extend(s.subjects.iter().map(|x| x.get_ref().clone()));
+        relay.extend(s.subjects.iter().map(|x| x.get_ref().clone()));
     }
     for s in event_streams(d) {
         let name = s.name.get_ref();
-        relay_publish.push(format!("$JS.API.STREAM.INFO.{name}"));
-        relay_publish.push(format!("$JS.API.STREAM.MSG.GET.{name}"));
+        relay.push(format!("$JS.API.STREAM.INFO.{name}"));
+        relay.push(format!("$JS.API.STREAM.MSG.GET.{name}"));
     }
     let mut out = vec![
         User {
             name: ADMIN.into(),
+            account: account(ADMIN),
+            imports: Vec::new(),
             publish: vec![">".into()],
             subscribe: vec![">".into()],
         },
         User {
             name: RELAY.into(),
-            publish: relay_publish,
+            account: account(RELAY),
+            imports: Vec::new(),
+            publish: relay,
             subscribe: vec![format!("{}.>", inbox_prefix(RELAY))],
         },
     ];
     for sys in &d.systems {
         let name = sys.decl.name.get_ref();
-        let mut publish = Vec::new();
+        let mut imports = Vec::new();
         for (consumer, c) in &sys.consumers {
-            publish.extend(consumer_grants(scope, c.stream.get_ref(), consumer));
+            imports.extend(consumer_grants(scope, c.stream.get_ref(), consumer));
         }
         // Its inbox (pull responses, heartbeats, API answers), then what it may watch live:
         // validation keeps those patterns inside the event streams' subjects.
         let mut subscribe = vec![format!("{}.>", inbox_prefix(name))];
-        subscribe.extend(sys.decl.live.iter().map(|p| p.get_ref().clone()));
+        for p in &sys.decl.live {
+            subscribe.push(p.get_ref().clone());
+            imports.push(Import::Stream {
+                subject: p.get_ref().clone(),
+            });
+        }
         out.push(User {
             name: name.clone(),
-            publish,
+            account: account(name),
+            publish: service_subjects(&imports),
             subscribe,
+            imports,
         });
     }
     out
 }
 
-/// The `authorization { … }` block for nats-server, users identified by NKey public keys.
+/// The `accounts { … }` block for nats-server, users identified by NKey public keys: the
+/// JetStream account exporting to each identity's account exactly what that one imports.
 pub fn render(users: &[(User, String)]) -> String {
     let q = |v: &[String]| {
         v.iter()
@@ -171,21 +260,77 @@ pub fn render(users: &[(User, String)]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut out = String::from(
-        "# Generated by `mes-events provision credentials` from the declaration under nats/.\n\
-         # Do not edit: change the declaration and generate again. Seeds (*.nk) stay beside it.\n\
-         # Each identity must use its own inbox prefix, _INBOX_<name>.\n\
-         authorization {\n  users = [\n",
-    );
-    for (u, public) in users {
-        out.push_str(&format!(
-            "    # {}\n    {{ nkey: \"{public}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n",
+    let user = |u: &User, public: &str| {
+        format!(
+            "      # {}\n      {{ nkey: \"{public}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n",
             u.name,
             q(&u.publish),
             q(&u.subscribe)
-        ));
+        )
+    };
+    // One export per subject, naming every account that imports it.
+    let mut exports: BTreeMap<&Import, Vec<String>> = BTreeMap::new();
+    for (u, _) in users {
+        for i in &u.imports {
+            exports
+                .entry(i)
+                .or_default()
+                .push(format!("\"{}\"", u.account));
+        }
     }
-    out.push_str("  ]\n}\n");
+    let mut out = String::from(
+        "# Generated by `mes-events provision credentials` from the declaration under nats/.\n\
+         # Do not edit: change the declaration and generate again. Seeds (*.nk) stay beside it.\n\
+         # JetStream, the admin and the relay live in account MES; each system has an account of\n\
+         # its own, into which MES exports exactly the subjects of its consumers. Each identity\n\
+         # must use its own inbox prefix, _INBOX_<name>.\n\
+         accounts {\n",
+    );
+    out.push_str(&format!(
+        "  {JETSTREAM_ACCOUNT}: {{\n    jetstream: enabled\n    users: [\n"
+    ));
+    for (u, public) in users.iter().filter(|(u, _)| u.account == JETSTREAM_ACCOUNT) {
+        out.push_str(&user(u, public));
+    }
+    out.push_str("    ]\n    exports: [\n");
+    for (i, to) in &exports {
+        let to = to.join(", ");
+        match i {
+            Import::Service { subject, answers } => {
+                let answers = match answers {
+                    Answers::Once => "singleton".to_string(),
+                    Answers::Streamed => {
+                        format!("stream, response_threshold: \"{RESPONSE_THRESHOLD}\"")
+                    }
+                };
+                out.push_str(&format!(
+                    "      {{ service: \"{subject}\", accounts: [{to}], response_type: {answers} }}\n"
+                ));
+            }
+            Import::Stream { subject } => {
+                out.push_str(&format!(
+                    "      {{ stream: \"{subject}\", accounts: [{to}] }}\n"
+                ));
+            }
+        }
+    }
+    out.push_str("    ]\n  }\n");
+    for (u, public) in users.iter().filter(|(u, _)| u.account != JETSTREAM_ACCOUNT) {
+        out.push_str(&format!("  \"{}\": {{\n    users: [\n", u.account));
+        out.push_str(&user(u, public));
+        out.push_str("    ]\n    imports: [\n");
+        for i in &u.imports {
+            let (kind, subject) = match i {
+                Import::Service { subject, .. } => ("service", subject),
+                Import::Stream { subject } => ("stream", subject),
+            };
+            out.push_str(&format!(
+                "      {{ {kind}: {{ account: {JETSTREAM_ACCOUNT}, subject: \"{subject}\" }} }}\n"
+            ));
+        }
+        out.push_str("    ]\n  }\n");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -279,7 +424,7 @@ pub fn write(d: &Declaration, out: &Path, rotate: Option<&str>) -> Result<Vec<Wr
                 } else {
                     SeedFate::Created
                 };
-                write_secret(&path, &seed).map_err(io(&path))?;
+                write_atomically(&path, &seed, 0o600).map_err(io(&path))?;
                 (pair, fate)
             }
         };
@@ -291,8 +436,10 @@ pub fn write(d: &Declaration, out: &Path, rotate: Option<&str>) -> Result<Vec<Wr
         });
         rendered.push((u, pair.public_key()));
     }
+    // Public keys and permissions only, no secret: readable by the server's user (0644), and
+    // replaced in one rename so that a server reloading meanwhile never reads half of it.
     let conf = out.join("auth.conf");
-    std::fs::write(&conf, render(&rendered)).map_err(io(&conf))?;
+    write_atomically(&conf, &render(&rendered), 0o644).map_err(io(&conf))?;
     Ok(written)
 }
 
@@ -349,17 +496,19 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes a seed readable by its owner only, replacing any file at `path` in one rename, so a
-/// reader never sees half a seed.
-fn write_secret(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` with permissions `mode` (a seed: 0600, readable by its owner only), replacing
+/// any file at `path` in one rename, so a reader never sees half of it.
+fn write_atomically(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".seed-");
+    builder.prefix(".mes-events-");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o600));
+        builder.permissions(std::fs::Permissions::from_mode(mode));
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut tmp = builder.tempfile_in(dir)?;
     std::io::Write::write_all(&mut tmp, text.as_bytes())?;
     tmp.as_file().sync_all()?;
@@ -526,16 +675,14 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
         assert!(!relay.publish.iter().any(|g| g.contains("MES_DEAD_LETTERS")));
         let scada = &users[4];
         assert_eq!(scada.subscribe, ["_INBOX_scada.>"]);
-        let hash = account_hash("$G");
+        let hash = account_hash(JETSTREAM_ACCOUNT);
         assert_eq!(
             scada.publish,
             [
                 "$JS.API.CONSUMER.MSG.NEXT.MES_EVENTS.scada".to_string(),
-                "$JS.API.CONSUMER.INFO.MES_EVENTS.scada".into(),
                 "$JS.ACK.MES_EVENTS.scada.*.*.*.*.*".into(),
                 format!("$JS.ACK._.{hash}.MES_EVENTS.scada.*.*.*.*.*"),
                 "$JS.API.CONSUMER.MSG.NEXT.MES_PV.scada-pv".into(),
-                "$JS.API.CONSUMER.INFO.MES_PV.scada-pv".into(),
                 "$JS.ACK.MES_PV.scada-pv.*.*.*.*.*".into(),
                 format!("$JS.ACK._.{hash}.MES_PV.scada-pv.*.*.*.*.*"),
             ]
@@ -543,6 +690,59 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
         assert_eq!(
             users[3].subscribe,
             ["_INBOX_quality.>", "mes.*.*.*.*.document.>"]
+        );
+        // The admin and the relay in the JetStream account, each system in an account of its own.
+        let accounts: std::collections::BTreeSet<&str> =
+            users.iter().map(|u| u.account.as_str()).collect();
+        assert_eq!(accounts.len(), users.len() - 1);
+        assert_eq!(users[0].account, JETSTREAM_ACCOUNT);
+        assert_eq!(users[1].account, JETSTREAM_ACCOUNT);
+        assert_eq!(scada.account, "MES_SYSTEM_scada");
+        // What a system may publish is exactly what it imports, and what it watches live is
+        // imported as a stream.
+        for u in &users[2..] {
+            assert_eq!(u.publish, service_subjects(&u.imports), "{}", u.name);
+        }
+        assert!(users[3].imports.contains(&Import::Stream {
+            subject: "mes.*.*.*.*.document.>".into()
+        }));
+    }
+
+    #[test]
+    fn the_rendered_configuration_exports_each_subject_to_its_importers_only() {
+        let d = declaration();
+        let users: Vec<(User, String)> = users(&d, &Scope::default())
+            .into_iter()
+            .map(|u| {
+                let k = u.name.to_uppercase();
+                (u, k)
+            })
+            .collect();
+        let conf = render(&users);
+        assert!(
+            conf.contains("  MES: {\n    jetstream: enabled\n"),
+            "{conf}"
+        );
+        assert_eq!(conf.matches("jetstream").count(), 1, "{conf}");
+        assert!(conf.contains(
+            "{ service: \"$JS.API.CONSUMER.MSG.NEXT.MES_EVENTS.erp\", accounts: [\"MES_SYSTEM_erp\"], response_type: stream, response_threshold: \"2m\" }"
+        ), "{conf}");
+        assert!(
+            conf.contains("      # relay\n      { nkey: \"RELAY\""),
+            "{conf}"
+        );
+        assert!(!conf.contains("CONSUMER.INFO"), "{conf}");
+        assert!(
+            conf.contains(
+                "{ stream: \"mes.*.*.*.*.document.>\", accounts: [\"MES_SYSTEM_quality\"] }"
+            ),
+            "{conf}"
+        );
+        assert!(
+            conf.contains(
+                "{ service: { account: MES, subject: \"$JS.ACK.MES_PV.scada-pv.*.*.*.*.*\" } }"
+            ),
+            "{conf}"
         );
     }
 

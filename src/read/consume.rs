@@ -53,6 +53,19 @@ pub struct Options {
     pub concurrency: usize,
     /// Idle heartbeat of pull requests: a dead connection is noticed within twice this.
     pub heartbeat: Duration,
+    /// The consumer's `max_deliver` and `ack_wait` as declared, for an identity that may not read
+    /// the consumer's info (a system in its own account, as `provision credentials` sets them
+    /// up): then the consumer is bound by name without a lookup. `None`: read them from the
+    /// server.
+    pub declared: Option<Declared>,
+}
+
+/// What a consumer's declaration says about redelivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Declared {
+    /// Deliveries before the server gives up on an event (-1: never).
+    pub max_deliver: i64,
+    pub ack_wait: Duration,
 }
 
 impl Default for Options {
@@ -61,6 +74,7 @@ impl Default for Options {
             batch: 200,
             concurrency: 16,
             heartbeat: Duration::from_secs(5),
+            declared: None,
         }
     }
 }
@@ -101,6 +115,32 @@ struct Held {
     delivery: Delivery,
 }
 
+/// The durable pull consumer `consumer` of `stream`, bound by name without asking the server for
+/// its info: what a system does from its own account, where the JetStream API is not available
+/// (only pulls and acks cross the account boundary). A consumer that does not exist shows as
+/// pull requests that never deliver. (nats.go `nats.Bind`, nats-py `pull_subscribe_bind`,
+/// nats.js `consumers.getConsumerFromInfo`, NATS.Net `new NatsJSConsumer(js, info)`.)
+pub fn bind_by_name(js: &Context, stream: &str, consumer: &str) -> PullConsumer {
+    let config = jetstream::consumer::pull::Config {
+        durable_name: Some(consumer.to_owned()),
+        ..Default::default()
+    };
+    let info: jetstream::consumer::Info = serde_json::from_value(serde_json::json!({
+        "stream_name": stream,
+        "name": consumer,
+        "created": "1970-01-01T00:00:00Z",
+        "config": jetstream::consumer::IntoConsumerConfig::into_consumer_config(config.clone()),
+        "delivered": { "consumer_seq": 0, "stream_seq": 0 },
+        "ack_floor": { "consumer_seq": 0, "stream_seq": 0 },
+        "num_ack_pending": 0,
+        "num_redelivered": 0,
+        "num_waiting": 0,
+        "num_pending": 0
+    }))
+    .expect("a consumer info with only the names is valid");
+    PullConsumer::new(config, info, js.clone())
+}
+
 /// Runs `handler` over the consumer until `shutdown`; in-flight handlers finish and are acked.
 pub async fn run<H, F>(
     js: &Context,
@@ -119,13 +159,23 @@ where
         consumer: consumer.to_owned(),
         message,
     };
-    let mut c: PullConsumer = js
-        .get_consumer_from_stream(consumer, stream)
-        .await
-        .map_err(|e| bind(e.to_string()))?;
-    let info = c.info().await.map_err(|e| bind(e.to_string()))?;
-    let max_deliver = info.config.max_deliver;
-    let ack_wait = info.config.ack_wait.max(Duration::from_secs(1));
+    let (c, max_deliver, ack_wait) = match opts.declared {
+        Some(d) => (
+            bind_by_name(js, stream, consumer),
+            d.max_deliver,
+            d.ack_wait,
+        ),
+        None => {
+            let mut c: PullConsumer = js
+                .get_consumer_from_stream(consumer, stream)
+                .await
+                .map_err(|e| bind(e.to_string()))?;
+            let info = c.info().await.map_err(|e| bind(e.to_string()))?;
+            let (max_deliver, ack_wait) = (info.config.max_deliver, info.config.ack_wait);
+            (c, max_deliver, ack_wait)
+        }
+    };
+    let ack_wait = ack_wait.max(Duration::from_secs(1));
     let mut messages = c
         .stream()
         .max_messages_per_batch(opts.batch)

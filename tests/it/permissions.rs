@@ -1,11 +1,15 @@
-//! The generated permissions, loaded into a real nats-server and tried as a hostile integrator
-//! would: every identity speaks the wire protocol itself and tries the whole JetStream surface
-//! against every other system's consumer and every stream. Each attempt must be refused by the
-//! server, and the victims' consumers must not have moved. Then the positive side: each system
-//! can do its whole job (pull, ack, nak, in progress, terminate, next, info, live), with v1 and
-//! v2 ack subjects; the reserved names and exposed seeds are refused; one seed rotates alone.
+//! The generated accounts and permissions, loaded into a real nats-server and tried as a hostile
+//! integrator would: every identity speaks the wire protocol itself and tries the whole
+//! JetStream surface against every other system's consumer and every stream. Each attempt must
+//! be refused by the server, and the victims' consumers must not have moved. Then what
+//! permissions cannot refuse: requests a system *may* make (pull, ack, `+NXT` on its own
+//! consumer) whose reply subject names a stream's purge or delete, another consumer, an event
+//! subject, a dead-letter advisory or someone else's inbox; the answers must stay in the
+//! attacker's own account. Then the positive side: each system can do its whole job (pull, ack,
+//! nak, in progress, terminate, next, live), with v1 and v2 ack subjects; the reserved names and
+//! exposed seeds are refused; one seed rotates alone.
 //!
-//! It stays one file of about 900 lines: the probes, the world they run in and the positive side
+//! It stays one file of about 1,100 lines: the probes, the world they run in and the positive side
 //! are one argument, read together; most of it is the list of what a hostile client tries.
 
 use std::collections::BTreeMap;
@@ -176,6 +180,12 @@ impl World {
 
     /// Events for every consumer, published by the relay's identity.
     async fn publish_events(&self, n: usize) {
+        self.publish_events_with(n, "{}").await
+    }
+
+    /// The same with another body: an empty one is also a valid `+ACK` should it ever be
+    /// delivered to an ack subject, and an empty purge or delete request.
+    async fn publish_events_with(&self, n: usize, body: &'static str) {
         let js = self.js(auth::RELAY).await;
         for i in 0..n {
             for subject in [
@@ -184,7 +194,10 @@ impl World {
                 format!("mes.bsl.gran.line2._.stock.moved.v1.l{i}"),
                 format!("mes.bsl.gran.line2.dryer1.processvariable.changed.v1.pv{i}"),
             ] {
-                js.publish(subject, "{}".into())
+                // A header, so that an empty body is still a message to every client.
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("ce-specversion", "1.0");
+                js.publish_with_headers(subject, headers, body.into())
                     .await
                     .unwrap()
                     .await
@@ -236,18 +249,25 @@ async fn states(js: &jetstream::Context) -> BTreeMap<String, State> {
     out
 }
 
-async fn stream_tails(js: &jetstream::Context) -> BTreeMap<&'static str, u64> {
+/// Each stream's (first sequence, last sequence, messages), or why it cannot be read (deleted):
+/// a forged event moves the last, a purge the first, a deletion the whole.
+async fn stream_tails(
+    js: &jetstream::Context,
+) -> BTreeMap<&'static str, Result<(u64, u64, u64), String>> {
     let mut out = BTreeMap::new();
     for s in ALL_STREAMS {
-        let info = js
-            .get_stream(s)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        out.insert(s, info.state.last_sequence);
+        let state = match js.get_stream(s).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(i) => Ok((
+                    i.state.first_sequence,
+                    i.state.last_sequence,
+                    i.state.messages,
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        out.insert(s, state);
     }
     out
 }
@@ -256,7 +276,7 @@ async fn stream_tails(js: &jetstream::Context) -> BTreeMap<&'static str, u64> {
 /// the real ack subjects an attacker would most like to use.
 async fn take_unacked(w: &World, owner: &str, stream: &str, name: &str, n: usize) -> Vec<String> {
     let js = w.js(owner).await;
-    let c: consumer::PullConsumer = js.get_consumer_from_stream(name, stream).await.unwrap();
+    let c = mes_events::consume::bind_by_name(&js, stream, name);
     let mut batch = c
         .fetch()
         .max_messages(n)
@@ -323,7 +343,7 @@ fn against_consumer(
     replies: &[String],
     mine: &[(&str, &str)],
 ) -> Vec<Probe> {
-    let hash = auth::account_hash("$G");
+    let hash = auth::account_hash(auth::JETSTREAM_ACCOUNT);
     let mut v = Vec::new();
     let config = format!(
         "{{\"stream_name\":\"{stream}\",\"config\":{{\"durable_name\":\"{name}\",\"ack_policy\":\"explicit\",\"deliver_policy\":\"all\"}},\"action\":\"update\"}}"
@@ -662,14 +682,252 @@ async fn hostile_identities_are_refused_the_whole_jetstream_surface_and_victims_
     );
 }
 
+/// Where an attacker would like JetStream to send the answer to a request it may make: every
+/// stream's purge, delete and update, the other systems' consumers (API verbs and real ack
+/// subjects of their unacked messages, on which an empty answer is an `+ACK`), forged events,
+/// redeliveries and dead-letter advisories, and everyone else's inbox.
+fn reply_targets(me: &str, replies: &BTreeMap<&str, Vec<String>>) -> Vec<String> {
+    let mut v = Vec::new();
+    for s in ALL_STREAMS {
+        for verb in ["PURGE", "DELETE", "MSG.DELETE", "UPDATE", "LEADER.STEPDOWN"] {
+            v.push(format!("$JS.API.STREAM.{verb}.{s}"));
+        }
+    }
+    for (_, stream, name) in CONSUMERS.iter().filter(|(o, _, _)| *o != me) {
+        for verb in ["DELETE", "PAUSE", "RESET", "LEADER.STEPDOWN"] {
+            v.push(format!("$JS.API.CONSUMER.{verb}.{stream}.{name}"));
+        }
+        v.extend(replies[name].iter().cloned());
+        v.push(format!("$JS.ACK.{stream}.{name}.1.1.1.0.0"));
+        v.push(format!(
+            "mes-redeliver.{stream}.{name}.mes.bsl.qa._._.document.statuschanged.v1.forged"
+        ));
+        for advisory in ["MAX_DELIVERIES", "MSG_TERMINATED"] {
+            v.push(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.{advisory}.{stream}.{name}"
+            ));
+        }
+    }
+    v.push("mes.bsl.gran.line1._.processorder.statuschanged.v1.forged".into());
+    v.push("mes.bsl.gran.line2.dryer1.processvariable.changed.v1.forged".into());
+    for other in [auth::ADMIN, auth::RELAY]
+        .into_iter()
+        .chain(SYSTEMS)
+        .filter(|o| *o != me)
+    {
+        v.push(format!("{}.loot", auth::inbox_prefix(other)));
+    }
+    v.push("_INBOX.loot".into());
+    v
+}
+
+/// Consumers' states, leaving out those of `me`.
+async fn others_states(js: &jetstream::Context, me: &str) -> BTreeMap<String, State> {
+    let mine: Vec<String> = CONSUMERS
+        .iter()
+        .filter(|(o, _, _)| *o == me)
+        .map(|(_, s, n)| format!("{s}/{n}"))
+        .collect();
+    let mut all = states(js).await;
+    all.retain(|k, _| !mine.contains(k));
+    all
+}
+
+#[tokio::test]
+async fn answers_to_allowed_requests_cannot_be_aimed_at_others_streams_consumers_or_inboxes() {
+    let w = World::new("").await;
+    w.publish_events(4).await;
+    let mut replies = BTreeMap::new();
+    for (owner, stream, name) in CONSUMERS {
+        replies.insert(name, take_unacked(&w, owner, stream, name, 2).await);
+    }
+    // Plenty for the attackers' own pulls, with empty bodies: should one of them be delivered
+    // to a victim's ack subject it would ack there, and to a purge it would purge everything.
+    w.publish_events_with(40, "").await;
+    let admin = w.js(auth::ADMIN).await;
+
+    // Everyone else listens where the attackers aim in their inbox (and the admin on the
+    // default inbox): nothing of the attackers' answers may arrive there.
+    let mut watchers = Vec::new();
+    for who in [auth::ADMIN, auth::RELAY].into_iter().chain(SYSTEMS) {
+        let mut raw = w.raw(who).await;
+        let (_, a) = raw
+            .subscribe(&format!("{}.loot", auth::inbox_prefix(who)), None)
+            .await;
+        assert!(a.errors.is_empty(), "{who}: {a:?}");
+        if who == auth::ADMIN {
+            raw.subscribe("_INBOX.>", None).await;
+        }
+        watchers.push((who, raw));
+    }
+
+    let mut failures = Vec::new();
+    let mut tried = 0;
+    for me in SYSTEMS {
+        let before = others_states(&admin, me).await;
+        let tails = stream_tails(&admin).await;
+        let mut raw = w.raw(me).await;
+        let inbox = auth::inbox_prefix(me);
+        raw.subscribe(&format!("{inbox}.>"), None).await;
+        for (owner, stream, name) in CONSUMERS {
+            if owner != me {
+                continue;
+            }
+            let targets = reply_targets(me, &replies);
+            // Its own unacked messages, whose ack subjects it may publish on.
+            let own = take_unacked(&w, me, stream, name, 2 * targets.len().min(10)).await;
+            let mut own = own.into_iter().cycle();
+            for target in &targets {
+                let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}");
+                let ack = own.next().unwrap();
+                for (subject, body) in [
+                    (next.as_str(), "{\"batch\":1,\"no_wait\":true}"),
+                    (next.as_str(), "{\"batch\":1,\"expires\":100000000}"),
+                    (ack.as_str(), "+NXT {\"batch\":1,\"no_wait\":true}"),
+                    (ack.as_str(), "+WPI"),
+                    (ack.as_str(), "+ACK"),
+                ] {
+                    tried += 1;
+                    let a = raw
+                        .publish(subject, Some(target), None, body.as_bytes())
+                        .await;
+                    // The server itself refuses ack subjects as replies (2.10.? on, `isReservedReply`):
+                    // that is a refusal too. Anything else must have been let through.
+                    let reserved = |e: &String| e.contains("Publish with Reply of \"$JS.ACK.");
+                    if !a.errors.iter().all(reserved) {
+                        failures.push(format!("{me}: its own {subject} {body} was refused: {a:?}"));
+                    }
+                }
+            }
+        }
+        // Let every answer (the 100 ms pull expiries included) arrive wherever it goes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (who, watcher) in &mut watchers {
+            let got = watcher.ping().await;
+            for d in &got.delivered {
+                failures.push(format!(
+                    "{me}'s answer reached {who} on {}: {}",
+                    d.subject,
+                    String::from_utf8_lossy(&d.payload)
+                ));
+            }
+        }
+        let after = others_states(&admin, me).await;
+        if after != before {
+            failures.push(format!(
+                "{me} moved others' consumers:\nbefore {before:?}\nafter  {after:?}"
+            ));
+        }
+        let tails_after = stream_tails(&admin).await;
+        if tails_after != tails {
+            failures.push(format!(
+                "{me} changed a stream:\nbefore {tails:?}\nafter  {tails_after:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failure(s) in {tried} requests:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // The relay shares the JetStream account: its answers stay there. What it may ask for (a
+    // publish, a stream's info, a message) is answered by the server's own clients, which the
+    // JetStream API does not take requests from, so they can neither purge, delete nor touch
+    // a consumer; `$JS.ACK` replies are refused by the server itself. What remains is written in
+    // the README: its answers can reach subjects of its account (inboxes, advisories).
+    let before = states(&admin).await;
+    let tails = stream_tails(&admin).await;
+    let mut raw = w.raw(auth::RELAY).await;
+    let mut relay_failures = Vec::new();
+    for target in reply_targets(auth::RELAY, &replies) {
+        if target.starts_with("mes.")
+            || target.starts_with("mes-redeliver.")
+            || target.starts_with("$JS.EVENT.")
+            || target.starts_with("_INBOX")
+        {
+            continue; // writable by design (events) or the stated limit (advisories, inboxes)
+        }
+        for (subject, body) in [
+            ("mes.bsl.gran.line1._.stock.moved.v1.relay", "{}"),
+            ("$JS.API.STREAM.INFO.MES_EVENTS", ""),
+            ("$JS.API.STREAM.MSG.GET.MES_PV", "{\"seq\":1}"),
+        ] {
+            let a = raw
+                .publish(subject, Some(&target), None, body.as_bytes())
+                .await;
+            if !a
+                .errors
+                .iter()
+                .all(|e| e.contains("Publish with Reply of \"$JS.ACK."))
+            {
+                relay_failures.push(format!("relay: {subject} refused: {a:?}"));
+            }
+        }
+    }
+    raw.ping().await;
+    assert!(relay_failures.is_empty(), "{relay_failures:?}");
+    assert_eq!(
+        states(&admin).await,
+        before,
+        "the relay's answers moved a consumer"
+    );
+    let after = stream_tails(&admin).await;
+    for s in ["MES_PV", "MES_DEAD_LETTERS"] {
+        assert_eq!(after[s], tails[s], "the relay's answers changed {s}");
+    }
+    let (Ok(b), Ok(a)) = (&tails["MES_EVENTS"], &after["MES_EVENTS"]) else {
+        panic!("MES_EVENTS unreadable: {after:?}");
+    };
+    assert_eq!(a.0, b.0, "MES_EVENTS purged");
+
+    // The trick has teeth inside one account: the admin's pull on erp's consumer, answered to a
+    // scratch stream's delete subject, deletes that stream on this server (a consumer's
+    // deliveries carry the puller's identity, so the API takes them as requests).
+    admin
+        .create_stream(jetstream::stream::Config {
+            name: "TEETH".into(),
+            subjects: vec!["teeth.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut raw = w.raw(auth::ADMIN).await;
+    let a = raw
+        .publish(
+            "$JS.API.CONSUMER.MSG.NEXT.MES_EVENTS.erp",
+            Some("$JS.API.STREAM.DELETE.TEETH"),
+            None,
+            b"{\"batch\":1,\"no_wait\":true}",
+        )
+        .await;
+    assert!(a.errors.is_empty(), "{a:?}");
+    eventually(
+        Duration::from_secs(5),
+        "the scratch stream deleted by a reply",
+        || {
+            let admin = admin.clone();
+            async move { admin.get_stream("TEETH").await.is_err() }
+        },
+    )
+    .await;
+}
+
 /// One system's whole job on its own consumer: info, pull, ack, in progress, nak (redelivered),
 /// terminate, and `+NXT` on its own ack subject. Returns the ack subjects it saw.
 async fn do_the_job(w: &World, owner: &str, stream: &str, name: &str) -> Vec<String> {
     let js = w.js(owner).await;
-    let c: consumer::PullConsumer = js
-        .get_consumer_from_stream(name, stream)
-        .await
-        .expect("reads its own consumer's info");
+    // From its own account a system binds by name: the JetStream API (consumer info included)
+    // is not there, only its consumer's pulls and acks are.
+    let c = mes_events::consume::bind_by_name(&js, stream, name);
+    let refused = js
+        .get_consumer_from_stream::<consumer::pull::Config, _, _>(name, stream)
+        .await;
+    assert!(
+        refused.is_err(),
+        "{owner} read its consumer's info: {refused:?}"
+    );
     let fetch = |n: usize| {
         let c = c.clone();
         async move {
@@ -739,9 +997,14 @@ async fn do_the_job(w: &World, owner: &str, stream: &str, name: &str) -> Vec<Str
     assert_eq!(got.delivered.len(), 1, "{owner}: +NXT delivers: {got:?}");
     let r = got.delivered[0].reply.clone().unwrap();
     raw.publish(&r, None, None, b"+ACK").await;
+    let admin = w.js(auth::ADMIN).await;
     eventually(Duration::from_secs(5), "every ack recorded", || {
-        let mut c = c.clone();
-        async move { c.info().await.unwrap().num_ack_pending == 0 }
+        let admin = admin.clone();
+        async move {
+            let mut c: consumer::PullConsumer =
+                admin.get_consumer_from_stream(name, stream).await.unwrap();
+            c.info().await.unwrap().num_ack_pending == 0
+        }
     })
     .await;
     subjects
@@ -758,7 +1021,10 @@ async fn every_system_does_its_whole_job_with_v1_and_v2_ack_subjects_and_watches
                 assert_eq!(s.split('.').count(), tokens, "{s}");
                 if tokens == 11 {
                     assert!(
-                        s.starts_with(&format!("$JS.ACK._.{}.", auth::account_hash("$G"))),
+                        s.starts_with(&format!(
+                            "$JS.ACK._.{}.",
+                            auth::account_hash(auth::JETSTREAM_ACCOUNT)
+                        )),
                         "v2 ack subject names the account by the hash the grants pin: {s}"
                     );
                 }

@@ -450,11 +450,8 @@ async fn generated_credentials_give_each_system_its_own_consumer_and_nothing_els
         "a system must not publish on event subjects"
     );
 
-    // ERP pulls and acks its own consumer.
-    let mine: consumer::PullConsumer = erp
-        .get_consumer_from_stream("erp", "MES_EVENTS")
-        .await
-        .expect("erp reads its consumer's info");
+    // ERP pulls and acks its own consumer, bound by name from its own account.
+    let mine = mes_events::consume::bind_by_name(&erp, "MES_EVENTS", "erp");
     let mut batch = mine
         .fetch()
         .max_messages(10)
@@ -469,9 +466,20 @@ async fn generated_credentials_give_each_system_its_own_consumer_and_nothing_els
         .unwrap();
     m.double_ack().await.expect("erp acks its own message");
 
-    // …and nothing of quality's.
-    let theirs = erp
-        .get_consumer_from_stream::<consumer::pull::Config, _, _>("quality", "MES_EVENTS")
+    // …and nothing of quality's: a pull on it is refused.
+    let theirs = mes_events::consume::bind_by_name(&erp, "MES_EVENTS", "quality");
+    let stolen = theirs
+        .fetch()
+        .max_messages(1)
+        .expires(Duration::from_secs(1))
+        .messages()
         .await;
-    assert!(theirs.is_err(), "erp must not read quality's consumer");
+    let got = match stolen {
+        Ok(mut b) => tokio::time::timeout(Duration::from_secs(3), b.next()).await,
+        Err(_) => Ok(None),
+    };
+    assert!(
+        !matches!(got, Ok(Some(Ok(_)))),
+        "erp must not pull quality's events: {got:?}"
+    );
 }
