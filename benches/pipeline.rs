@@ -18,6 +18,9 @@
 //! Prints a table and writes target/bench/pipeline.json. For quick iteration, `BENCH_ONLY=relay`
 //! stops after one round (ceiling, relay, ceiling), `BENCH_ONLY=latency` measures latency only,
 //! and `BENCH_ONLY=memory` the relay process draining `BENCH_BACKLOG` events (200,000) only.
+//! `BENCH_ONLY=sustained` is the storage run instead: `BENCH_RATE` events/s (2,000) written for
+//! `BENCH_MINUTES` (10) with the published log kept `BENCH_RETAIN_S` seconds (120), sampling
+//! the outbox's and the log's sizes every 30 s: they must be flat once the retention is reached.
 //! `RUST_LOG` shows the relay's logs.
 //!
 //! It stays one file of about 800 lines: `cargo bench` runs one target, and every measurement shares
@@ -141,6 +144,9 @@ async fn run(admin_url: &str, dbname: &str, nats: &LocalNats) -> Res<()> {
             rss_kib as f64 / 1024.0
         );
         return Ok(());
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("sustained") {
+        return sustained(&cfg, &js, db, &db_url).await;
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
         println!(
@@ -488,6 +494,101 @@ fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Storage at a sustained rate: a writer emits `BENCH_RATE` events/s (a statement every 100 ms)
+/// while the relay publishes them and its janitor purges the published log past the retention.
+/// Every 30 s: the outbox's and the log's total size (table, indexes, TOAST), their live and dead
+/// tuples, and what is pending.
+async fn sustained(
+    cfg: &Config,
+    js: &jetstream::Context,
+    db: &tokio_postgres::Client,
+    db_url: &str,
+) -> Res<()> {
+    let rate: i32 = env_or("BENCH_RATE", 2_000);
+    let minutes: u64 = env_or("BENCH_MINUTES", 10);
+    let retain = Duration::from_secs(env_or("BENCH_RETAIN_S", 120));
+    let mut cfg = cfg.clone();
+    cfg.relay.retain_published = retain;
+    let relay = spawn_relay(&cfg, js);
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn({
+        let (stop, db_url) = (stop.clone(), db_url.to_owned());
+        async move {
+            let s = mes_events::store::session::connect(&db_url, "bench writer").await?;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut written = 0u64;
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                s.client.query_one(FILL, &[&ORDER, &(rate / 10)]).await?;
+                written += (rate / 10) as u64;
+            }
+            Res::Ok(written)
+        }
+    });
+    println!(
+        "sustained: {rate} events/s for {minutes} min, published log kept {} s, janitor every {} s",
+        retain.as_secs(),
+        10
+    );
+    println!("   t   outbox MiB (live/dead rows)   log MiB (live/dead rows)   pending");
+    let started = Instant::now();
+    let mut samples = vec![];
+    while started.elapsed() < Duration::from_secs(minutes * 60) {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let r = db
+            .query_one(
+                "select pg_total_relation_size('mes_events.outbox')::float8 / 1048576,
+                        pg_total_relation_size('mes_events.published')::float8 / 1048576,
+                        (select n_live_tup from pg_stat_user_tables where relid = 'mes_events.outbox'::regclass),
+                        (select n_dead_tup from pg_stat_user_tables where relid = 'mes_events.outbox'::regclass),
+                        (select n_live_tup from pg_stat_user_tables where relid = 'mes_events.published'::regclass),
+                        (select n_dead_tup from pg_stat_user_tables where relid = 'mes_events.published'::regclass),
+                        (select count(*) from mes_events.outbox where stream_seq is null
+                            and rejected_at is null and discarded_at is null)",
+                &[],
+            )
+            .await?;
+        let (o, l): (f64, f64) = (r.get(0), r.get(1));
+        let t = started.elapsed().as_secs();
+        println!(
+            "{t:>4}s  {o:>8.1} ({:>7}/{:>7})        {l:>8.1} ({:>8}/{:>7})   {:>7}",
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, i64>(4),
+            r.get::<_, i64>(5),
+            r.get::<_, i64>(6)
+        );
+        samples.push((t, o, l));
+    }
+    stop.cancel();
+    let written = writer.await??;
+    relay.0.cancel();
+    relay.1.await??;
+    // Flat: the largest size once the retention is reached (plus one janitor turn and one
+    // sample) against the size at that point.
+    let settled = retain.as_secs() + 40;
+    let after: Vec<_> = samples.iter().filter(|s| s.0 >= settled).collect();
+    if let (Some(first), Some(max_o), Some(max_l)) = (
+        after.first(),
+        after.iter().map(|s| s.1).reduce(f64::max),
+        after.iter().map(|s| s.2).reduce(f64::max),
+    ) {
+        println!(
+            "written {written} events; once the retention was reached (t = {} s): outbox {:.1} → max {:.1} MiB, published log {:.1} → max {:.1} MiB",
+            first.0, first.1, max_o, first.2, max_l
+        );
+    }
+    Ok(())
 }
 
 fn spawn_relay(

@@ -126,9 +126,13 @@ pub struct RelayConfig {
     /// Longest pause between retries while PostgreSQL or NATS is unreachable.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
-    /// Published rows older than this are deleted from the outbox (the stream keeps the events).
+    /// Entries of the published log older than this are deleted (the stream keeps the events).
     #[serde(with = "humantime_serde")]
     pub retain_published: Duration,
+    /// How often the relay's janitor deletes published-log entries past `retain_published`, busy
+    /// or idle, until it has caught up.
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
     /// `reject` (default) or `stop`: see [`OnInvalid`].
     pub on_invalid: OnInvalid,
 }
@@ -163,6 +167,7 @@ impl Default for Config {
                 lease_timeout: Duration::from_secs(5),
                 max_backoff: Duration::from_secs(10),
                 retain_published: Duration::from_secs(7 * 24 * 3600),
+                purge_interval: Duration::from_secs(10),
                 on_invalid: OnInvalid::Reject,
             },
         }

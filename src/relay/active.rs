@@ -8,8 +8,6 @@
 //!
 //! Never writes SQL or builds messages itself.
 
-use std::time::Duration;
-
 use async_nats::jetstream::context::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -46,7 +44,6 @@ pub(crate) struct Active<'a> {
     reader: Reader<'a>,
     publisher: Publisher<'a>,
     recorder: Recorder<'a>,
-    last_purge: Option<tokio::time::Instant>,
     /// Paces retries after a failed pipeline (a full stream with `discard: new`, a stream that
     /// refuses messages): reset by the next publish that lands.
     retry: Backoff,
@@ -69,7 +66,6 @@ impl<'a> Active<'a> {
             reader: Reader::new(&lead.session.client, &lead.prepared),
             publisher: Publisher::new(js, catalog, cfg.profile(), routes),
             recorder: Recorder::new(&lead.marker, &lead.marker_prepared, lead.epoch),
-            last_purge: None,
             retry: Backoff::new(cfg.relay.max_backoff),
         }
     }
@@ -195,24 +191,10 @@ impl<'a> Active<'a> {
         }
     }
 
-    /// Nothing pending, nothing in flight: purge old rows now and then, then wait for a NOTIFY,
-    /// the fallback poll, shutdown, or the session's end.
+    /// Nothing pending, nothing in flight: wait for a NOTIFY, the fallback poll, shutdown, or
+    /// the session's end. (The janitor purges the published log, busy or idle.)
     async fn idle(&mut self) -> Result<(), Interrupt> {
-        let lead = self.lead;
-        let session = &lead.session;
-        let due = self
-            .last_purge
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
-        if due {
-            self.last_purge = Some(tokio::time::Instant::now());
-            let before = chrono::Utc::now()
-                - chrono::Duration::from_std(self.cfg.relay.retain_published)
-                    .unwrap_or(chrono::Duration::MAX);
-            let n = outbox::purge_published(&session.client, before, 10_000).await?;
-            if n > 0 {
-                debug!(rows = n, "purged published outbox rows");
-            }
-        }
+        let session = &self.lead.session;
         tokio::select! {
             _ = session.wake.notified() => {}
             _ = tokio::time::sleep(self.cfg.relay.poll_interval) => {}

@@ -39,6 +39,7 @@
 //! - [`publisher`]: routes, predicted tails, publishes in flight, the suspect pipeline;
 //! - [`recorder`]: acks recorded a batch at a time on the second session;
 //! - [`reconcile`]: the streams read back to the outbox;
+//! - [`janitor`]: the published log kept within its retention, on a connection of its own;
 //! - [`backoff`], [`error`].
 //!
 //! Never writes SQL itself (the store does) and never builds messages itself (the event layer
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 mod active;
 mod backoff;
 mod error;
+mod janitor;
 mod leader;
 mod publisher;
 mod reader;
@@ -84,6 +86,11 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
             }
         }
     };
+    // Owned: cancelled and aborted however this function returns (a purge cut short is one
+    // statement rolled back).
+    let janitor_stop = shutdown.child_token();
+    let janitor = tokio::spawn(janitor::run(cfg.clone(), janitor_stop.clone()));
+    let _janitor = JoinOnDrop(janitor, janitor_stop);
     let mut leader = Leader::new();
     // PostgreSQL away (down, restarting, a session ended): reconnecting costs little, and a
     // long back-off would keep the relay idle well after the server is back.
@@ -132,6 +139,17 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
 /// Whether `e` means PostgreSQL is (briefly) out of reach: the session or the connection is
 /// gone, or the server is starting or shutting down (SQLSTATE classes 08 and 57P). A refused
 /// password or a missing privilege is not: retrying fast would only hide it.
+/// Stops a helper task when the relay's loop returns, whichever way (a drop cannot await it:
+/// it is cancelled and aborted, and holds nothing that needs an orderly end).
+struct JoinOnDrop(tokio::task::JoinHandle<()>, CancellationToken);
+
+impl Drop for JoinOnDrop {
+    fn drop(&mut self) {
+        self.1.cancel();
+        self.0.abort();
+    }
+}
+
 fn is_postgres_away(e: &Interrupt) -> bool {
     match e {
         Interrupt::SessionClosed | Interrupt::LeaseLost(_) => true,

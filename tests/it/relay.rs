@@ -580,3 +580,56 @@ async fn a_stream_at_its_limit_is_named_once_other_streams_flow_and_it_resumes_w
     assert!(relay.terminate().await.success());
     env.assert_published_exactly_once(&committed).await;
 }
+
+#[tokio::test]
+async fn the_published_log_is_kept_within_its_retention_while_events_keep_coming() {
+    let env = Env::new().await;
+    let mut cfg = env.cfg.clone();
+    cfg.relay.retain_published = Duration::from_secs(1);
+    cfg.relay.purge_interval = Duration::from_millis(300);
+    let relay = spawn_relay(cfg, &env.nats.url()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = write_events_until(&env.db, 20, Duration::from_millis(5), &stop);
+    let c = env.db.client().await;
+    let count = |sql: &'static str| {
+        let c = &c;
+        async move { c.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let checks = async {
+        // Events flow for longer than the retention and a few janitor turns...
+        eventually(Duration::from_secs(30), "events published", || async {
+            count("select count(*) from mes_events.published").await > 0
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // ...and, while they still come, nothing older than the retention plus two turns (and a
+        // margin for a loaded machine) stays in the log, though entries keep being added.
+        let before = count("select coalesce(max(id), 0) from mes_events.published").await;
+        for _ in 0..3 {
+            eventually(
+                Duration::from_secs(10),
+                "old entries purged while events keep coming",
+                || async {
+                    count(
+                        "select count(*) from mes_events.published \
+                         where published_at < now() - interval '2500 ms'",
+                    )
+                    .await
+                        == 0
+                },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(
+            count("select coalesce(max(id), 0) from mes_events.published").await > before,
+            "events were still being published"
+        );
+        stop.cancel();
+    };
+    let (written, ()) = tokio::join!(writer, checks);
+    env.drained(Duration::from_secs(30), "drained").await;
+    relay.stop().await;
+    // Every event reached the stream once, whatever was purged from the log.
+    assert_eq!(read_all(&env.js().await).await.len(), written.len());
+}
