@@ -64,9 +64,30 @@ pub async fn connect(
     opts.connect(servers)
         .await
         .map_err(|source| ConnectError::Connect {
-            url: cfg.url.clone(),
+            url: redact(&cfg.url),
             source,
         })
+}
+
+/// A server URL list fit to print: the password of `nats://user:password@host`, and the token of
+/// `nats://token@host`, become `***`.
+pub fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let creds = &u[scheme + 3..at];
+                match creds.find(':') {
+                    Some(colon) => {
+                        format!("{}{}:***{}", &u[..scheme + 3], &creds[..colon], &u[at..])
+                    }
+                    // A user alone is a token (`nats://TOKEN@host`): a secret too.
+                    None => format!("{}***{}", &u[..scheme + 3], &u[at..]),
+                }
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A JetStream context whose in-flight PubAcks are capped at `max_in_flight` (with back-pressure)
@@ -87,7 +108,7 @@ pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> 
         .filter(|u| !u.is_empty())
         .map(|u| {
             u.parse().map_err(|source| ConnectError::Url {
-                url: u.to_owned(),
+                url: redact(u),
                 source,
             })
         })
@@ -101,5 +122,17 @@ mod tests {
         let s = super::servers("nats://n1:4222, nats://n2:4222,nats://n3:4222").unwrap();
         assert_eq!(s.len(), 3);
         assert!(super::servers("nats://n1:notaport").is_err());
+    }
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        assert_eq!(
+            super::redact("nats://relay:s3cret@n1:4222, nats://n2:4222,tls://a:b:c@n3"),
+            "nats://relay:***@n1:4222, nats://n2:4222,tls://a:***@n3"
+        );
+        assert_eq!(super::redact("nats://t0ken@n1"), "nats://***@n1");
+        assert_eq!(super::redact("nats://n1:4222"), "nats://n1:4222");
+        let e = super::servers("nats://relay:s3cret@n1:notaport").unwrap_err();
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
     }
 }

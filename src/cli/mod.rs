@@ -28,6 +28,12 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: a file, a pipe or a log collector gets plain
+        // text (and NO_COLOR is honoured, https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let result = Config::load(cli.config.as_deref())
         .map_err(anyhow::Error::from)
