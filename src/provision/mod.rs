@@ -5,7 +5,8 @@
 //! - [`load`]: the folder loaded and validated as a whole (before any server call).
 //! - [`plan`]: declared vs live, field by field (pure).
 //! - [`apply`]: reading live state, applying a plan, consumer status.
-//! - [`auth`]: NATS server authorization generated from the same declaration.
+//! - [`auth`]: NATS server accounts and permissions generated from the same declaration.
+//! - [`seeds`]: the identities' seed files and `auth.conf` on disk.
 //!
 //! Never deletes or recreates a stream; never deletes a consumer unless asked (`--prune`,
 //! `--allow-recreate`).
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod decl;
 pub mod load;
 pub mod plan;
+pub mod seeds;
 
 pub use apply::{apply, plan, status, Options, ProvisionError};
 pub use decl::DeclError;

@@ -100,7 +100,6 @@ async fn purge(
     shutdown: &CancellationToken,
     client: &tokio_postgres::Client,
 ) -> Result<u64, tokio_postgres::Error> {
-    let s = client;
     let retain =
         chrono::Duration::from_std(cfg.relay.retain_published).unwrap_or(chrono::Duration::MAX);
     let before = Utc::now()
@@ -108,7 +107,7 @@ async fn purge(
         .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
     let mut total = 0;
     loop {
-        let n = outbox::purge_published(s, before, BATCH).await?;
+        let n = outbox::purge_published(client, before, BATCH).await?;
         total += n;
         if n < BATCH as u64 || shutdown.is_cancelled() {
             return Ok(total);
