@@ -66,19 +66,13 @@ pub fn account(identity: &str) -> String {
     }
 }
 
-/// How the server answers on an imported service: once (an API reply, a PubAck) or several
-/// times (the messages of a pull request, `+NXT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-pub enum Answers {
-    Once,
-    Streamed,
-}
-
 /// One subject the JetStream account shares with an identity's account.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub enum Import {
-    /// The identity publishes here (requests, acks, events); the answer comes back to it.
-    Service { subject: String, answers: Answers },
+    /// The identity publishes here (pull requests, acks); the answers come back to it. Every
+    /// one is exported with streamed answers (`response_type: stream`): a pull request, and an
+    /// ack with `+NXT`, are answered with several messages.
+    Service { subject: String },
     /// The identity subscribes here (live events).
     Stream { subject: String },
 }
@@ -153,24 +147,15 @@ pub fn account_hash(account: &str) -> String {
 /// updating, pausing, resetting or deleting consumers is `provision`'s job, replays the
 /// operators'.
 pub fn consumer_grants(scope: &Scope, stream: &str, consumer: &str) -> Vec<Import> {
-    let service = |subject: String, answers| Import::Service { subject, answers };
+    let service = |subject: String| Import::Service { subject };
     vec![
-        service(
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
-            Answers::Streamed,
-        ),
-        service(
-            format!("$JS.ACK.{stream}.{consumer}.*.*.*.*.*"),
-            Answers::Streamed,
-        ),
-        service(
-            format!(
-                "$JS.ACK.{}.{}.{stream}.{consumer}.*.*.*.*.*",
-                scope.domain,
-                account_hash(&scope.account)
-            ),
-            Answers::Streamed,
-        ),
+        service(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")),
+        service(format!("$JS.ACK.{stream}.{consumer}.*.*.*.*.*")),
+        service(format!(
+            "$JS.ACK.{}.{}.{stream}.{consumer}.*.*.*.*.*",
+            scope.domain,
+            account_hash(&scope.account)
+        )),
     ]
 }
 
@@ -186,7 +171,7 @@ fn service_subjects(imports: &[Import]) -> Vec<String> {
     imports
         .iter()
         .filter_map(|i| match i {
-            Import::Service { subject, .. } => Some(subject.clone()),
+            Import::Service { subject } => Some(subject.clone()),
             Import::Stream { .. } => None,
         })
         .collect()
@@ -294,15 +279,9 @@ pub fn render(users: &[(User, String)]) -> String {
     for (i, to) in &exports {
         let to = to.join(", ");
         match i {
-            Import::Service { subject, answers } => {
-                let answers = match answers {
-                    Answers::Once => "singleton".to_string(),
-                    Answers::Streamed => {
-                        format!("stream, response_threshold: \"{RESPONSE_THRESHOLD}\"")
-                    }
-                };
+            Import::Service { subject } => {
                 out.push_str(&format!(
-                    "      {{ service: \"{subject}\", accounts: [{to}], response_type: {answers} }}\n"
+                    "      {{ service: \"{subject}\", accounts: [{to}], response_type: stream, response_threshold: \"{RESPONSE_THRESHOLD}\" }}\n"
                 ));
             }
             Import::Stream { subject } => {
@@ -319,7 +298,7 @@ pub fn render(users: &[(User, String)]) -> String {
         out.push_str("    ]\n    imports: [\n");
         for i in &u.imports {
             let (kind, subject) = match i {
-                Import::Service { subject, .. } => ("service", subject),
+                Import::Service { subject } => ("service", subject),
                 Import::Stream { subject } => ("stream", subject),
             };
             out.push_str(&format!(

@@ -1,8 +1,9 @@
 //! The janitor: keeps the published log within `relay.retain_published` at any sustained rate.
 //!
 //! Every `relay.purge_interval` (10 s) it deletes log entries older than the retention, oldest
-//! first, in batches of [`BATCH`] until it has caught up, on a connection of its own: a purge on the relay's sessions
-//! would wait behind (or hold back) their pipelined reads and marks. At 2,000 events/s a turn
+//! first, in batches of [`BATCH`] until it has caught up, on a connection of its own (kept
+//! across turns): a purge on the relay's sessions would wait behind (or hold back) their
+//! pipelined reads and marks. At 2,000 events/s a turn
 //! deletes 20,000 entries in two batches; autovacuum reuses the space, so the log's size stays
 //! flat once the retention is reached (the sustained benchmark measures it).
 //!
@@ -18,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::store::{outbox, session};
+use crate::store::outbox;
+use crate::store::session::{self, Session};
 
 /// Entries deleted per statement: one short transaction each.
 pub(crate) const BATCH: i64 = 10_000;
@@ -26,72 +28,91 @@ pub(crate) const BATCH: i64 = 10_000;
 /// Runs until `shutdown`. A PostgreSQL outage is reported once and retried at the next turn.
 pub(crate) async fn run(cfg: Config, shutdown: CancellationToken) {
     let mut failing = false;
-    let mut vacuum = Vacuum::default();
+    let mut janitor = Janitor::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(cfg.relay.purge_interval) => {}
             _ = shutdown.cancelled() => return,
         }
-        match turn(&cfg, &shutdown, &mut vacuum).await {
+        match janitor.turn(&cfg, &shutdown).await {
             Ok(n) => {
                 failing = false;
                 if n > 0 {
                     debug!(rows = n, "purged published log entries past the retention");
                 }
             }
-            Err(e) if !failing => {
-                failing = true;
-                let every = cfg.relay.purge_interval;
-                warn!(error = %e, "cannot purge the published log now; retrying every {every:?}");
+            Err(e) => {
+                // Connect again at the next turn.
+                janitor.connection = None;
+                if !failing {
+                    failing = true;
+                    let every = cfg.relay.purge_interval;
+                    warn!(error = %e, "cannot purge the published log now; retrying every {every:?}");
+                } else {
+                    debug!(error = %e, "cannot purge the published log yet");
+                }
             }
-            Err(e) => debug!(error = %e, "cannot purge the published log yet"),
         }
     }
 }
 
-/// What the janitor knows about vacuuming on this server.
+/// The janitor's connection, kept across turns, and what it has said.
 #[derive(Default)]
-struct Vacuum {
+struct Janitor {
+    /// The connection, and whether the server's autovacuum is off (read once per connection).
+    connection: Option<(Session, bool)>,
     /// Autovacuum is off: the janitor vacuums (said once).
     said_off: bool,
     /// Vacuuming failed (said once; tried again every turn).
     said_failed: bool,
 }
 
-/// One turn: batches until fewer than a batch is left to delete; then, where autovacuum is off,
-/// VACUUM of the outbox and the log.
-async fn turn(
-    cfg: &Config,
-    shutdown: &CancellationToken,
-    vacuum: &mut Vacuum,
-) -> Result<u64, tokio_postgres::Error> {
-    let s = session::connect(&cfg.database.url, "mes-events relay janitor").await?;
-    let total = purge(cfg, shutdown, &s.client).await?;
-    let autovacuum: String = s
-        .client
-        .query_one("select current_setting('autovacuum')", &[])
-        .await?
-        .get(0);
-    if autovacuum == "off" && !shutdown.is_cancelled() {
-        if !vacuum.said_off {
-            vacuum.said_off = true;
-            info!("autovacuum is off on this server: the relay vacuums mes_events.outbox and mes_events.published itself after each purge");
-        }
-        // Not in a transaction (VACUUM cannot be), and only what this relay deleted from.
-        match s
-            .client
-            .batch_execute("vacuum mes_events.outbox, mes_events.published")
-            .await
+impl Janitor {
+    /// One turn: batches until fewer than a batch is left to delete; then, where autovacuum is
+    /// off, VACUUM of the outbox and the log.
+    async fn turn(
+        &mut self,
+        cfg: &Config,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, tokio_postgres::Error> {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|(s, _)| s.closed.is_cancelled())
         {
-            Ok(()) => vacuum.said_failed = false,
-            Err(e) if !vacuum.said_failed => {
-                vacuum.said_failed = true;
-                warn!(error = %e, "cannot vacuum mes_events.outbox and mes_events.published while autovacuum is off: their deleted rows' space is never reused; turn autovacuum on, or vacuum them regularly as their owner");
-            }
-            Err(e) => debug!(error = %e, "vacuum failed again"),
+            let s = session::connect(&cfg.database.url, "mes-events relay janitor").await?;
+            let autovacuum: String = s
+                .client
+                .query_one("select current_setting('autovacuum')", &[])
+                .await?
+                .get(0);
+            self.connection = Some((s, autovacuum == "off"));
         }
+        let Some((s, autovacuum_off)) = &self.connection else {
+            unreachable!("connected above")
+        };
+        let total = purge(cfg, shutdown, &s.client).await?;
+        if *autovacuum_off && !shutdown.is_cancelled() {
+            if !self.said_off {
+                self.said_off = true;
+                info!("autovacuum is off on this server: the relay vacuums mes_events.outbox and mes_events.published itself after each purge");
+            }
+            // Not in a transaction (VACUUM cannot be), and only what the relay deletes from.
+            match s
+                .client
+                .batch_execute("vacuum mes_events.outbox, mes_events.published")
+                .await
+            {
+                Ok(()) => self.said_failed = false,
+                Err(e) if !self.said_failed => {
+                    self.said_failed = true;
+                    warn!(error = %e, "cannot vacuum mes_events.outbox and mes_events.published while autovacuum is off: their deleted rows' space is never reused; turn autovacuum on, or vacuum them regularly as their owner");
+                }
+                Err(e) => debug!(error = %e, "vacuum failed again"),
+            }
+        }
+        Ok(total)
     }
-    Ok(total)
 }
 
 /// Deletes log entries past the retention in batches until fewer than a batch is left.

@@ -86,11 +86,12 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
             }
         }
     };
-    // Owned: cancelled and aborted however this function returns (a purge cut short is one
-    // statement rolled back).
-    let janitor_stop = shutdown.child_token();
-    let janitor = tokio::spawn(janitor::run(cfg.clone(), janitor_stop.clone()));
-    let _janitor = JoinOnDrop(janitor, janitor_stop);
+    // Owned: aborted however this function returns (a purge cut short is one statement rolled
+    // back), and stopped with the relay's shutdown.
+    let _janitor = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(janitor::run(
+        cfg.clone(),
+        shutdown.child_token(),
+    )));
     let mut leader = Leader::new();
     // PostgreSQL away (down, restarting, a session ended): reconnecting costs little, and a
     // long back-off would keep the relay idle well after the server is back.
@@ -139,17 +140,6 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
 /// Whether `e` means PostgreSQL is (briefly) out of reach: the session or the connection is
 /// gone, or the server is starting or shutting down (SQLSTATE classes 08 and 57P). A refused
 /// password or a missing privilege is not: retrying fast would only hide it.
-/// Stops a helper task when the relay's loop returns, whichever way (a drop cannot await it:
-/// it is cancelled and aborted, and holds nothing that needs an orderly end).
-struct JoinOnDrop(tokio::task::JoinHandle<()>, CancellationToken);
-
-impl Drop for JoinOnDrop {
-    fn drop(&mut self) {
-        self.1.cancel();
-        self.0.abort();
-    }
-}
-
 fn is_postgres_away(e: &Interrupt) -> bool {
     match e {
         Interrupt::SessionClosed | Interrupt::LeaseLost(_) => true,

@@ -1,6 +1,7 @@
 //! The integrator examples under examples/, run against a real server with credentials from
 //! `mes-events provision credentials`: each receives and acks part of a published batch, is
-//! stopped, and on restart receives exactly the rest.
+//! stopped, and on restart receives exactly the rest. The Rust consumer library does the same
+//! job from a system's own account, bound to its consumer by name.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -63,11 +64,13 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
     )
     .unwrap();
     std::fs::write(decl_dir.path().join("python-app.toml"), SYSTEMS).unwrap();
-    std::fs::write(
-        decl_dir.path().join("js-app.toml"),
-        SYSTEMS.replace("python-app", "js-app"),
-    )
-    .unwrap();
+    for system in ["js-app", "rust-app"] {
+        std::fs::write(
+            decl_dir.path().join(format!("{system}.toml")),
+            SYSTEMS.replace("python-app", system),
+        )
+        .unwrap();
+    }
     let decl = mes_events::provision::load_dir(decl_dir.path()).unwrap();
     let creds = tempfile::tempdir().unwrap();
     mes_events::provision::auth::write(&decl, creds.path(), None).unwrap();
@@ -157,5 +160,62 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
             all, published,
             "{system}: every event once across the restart, none twice"
         );
+    }
+
+    // The Rust library, from rust-app's own account: it may not read its consumer's info, so it
+    // binds by name with what the declaration says, and handles every event once, each key's in
+    // order.
+    let mut rust = cfg.nats.clone();
+    rust.nkey = Some(creds.path().join("rust-app.nk"));
+    let js = mes_events::nats::jetstream(
+        mes_events::nats::connect(&rust, "rust-app", false)
+            .await
+            .unwrap(),
+        &rust,
+        256,
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = {
+        let seen = seen.clone();
+        move |d: mes_events::consume::Delivery| {
+            let seen = seen.clone();
+            async move {
+                let seq = d.event.extension("sequence").unwrap().to_string();
+                seen.lock().unwrap().push((d.key, seq));
+                mes_events::consume::Outcome::Done
+            }
+        }
+    };
+    let opts = mes_events::consume::Options {
+        declared: Some(mes_events::consume::Declared {
+            max_deliver: 5,
+            ack_wait: Duration::from_secs(30),
+        }),
+        ..Default::default()
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn({
+        let stop = stop.clone();
+        async move { mes_events::consume::run(&js, "MES_EVENTS", "rust-app", opts, handler, stop).await }
+    });
+    eventually(
+        Duration::from_secs(30),
+        "rust-app handled every event",
+        || async { seen.lock().unwrap().len() >= published.len() },
+    )
+    .await;
+    stop.cancel();
+    run.await
+        .unwrap()
+        .expect("consume binds by name from its own account");
+    let seen = seen.lock().unwrap().clone();
+    let all: BTreeSet<String> = seen.iter().map(|(_, s)| s.clone()).collect();
+    assert_eq!(seen.len(), published.len(), "rust-app: none twice");
+    assert_eq!(all, published, "rust-app: every event");
+    let mut last: std::collections::HashMap<&str, &str> = Default::default();
+    for (key, seq) in &seen {
+        if let Some(prev) = last.insert(key, seq) {
+            assert!(prev < seq.as_str(), "rust-app: {key} out of order");
+        }
     }
 }
