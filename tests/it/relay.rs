@@ -633,3 +633,115 @@ async fn the_published_log_is_kept_within_its_retention_while_events_keep_coming
     // Every event reached the stream once, whatever was purged from the log.
     assert_eq!(read_all(&env.js().await).await.len(), written.len());
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped (after what used it).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` where this process may not mount (not root, no CAP_SYS_ADMIN).
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {} with size {size}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_up_under_the_stream_is_named_and_nothing_is_lost() {
+    // The JetStream store on a 16 MiB filesystem, and a server told it may use 1 GiB: the
+    // server's own limits never refuse anything, its writes fail with "no space left on device"
+    // (a critical write error in its log) and the relay sees only PubAcks that never come.
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount(dir.path(), "16m") else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let nats = NatsServer::start_with_config(&format!(
+        "jetstream {{ store_dir: \"{}\", max_file_store: 1G }}",
+        dir.path().display()
+    ))
+    .await;
+    let db = TestDb::new().await;
+    let env = Env {
+        cfg: config(&db, &nats),
+        nats,
+        db,
+    };
+    create_streams(&env.js().await, Duration::from_secs(120)).await;
+    let mut relay = RelayProcess::spawn(&env.cfg, &[("RUST_LOG", "info")]);
+
+    // About 20 MiB of events (3 KiB each, 50 keys): more than the disk holds.
+    let c = env.db.client().await;
+    let mut committed = Vec::new();
+    for _ in 0..6 {
+        let rows = c
+            .query(
+                "select mes_events.emit($1, k, jsonb_build_object(
+                    'orderId', k, 'previousStatus', 'released', 'status', 'running',
+                    'hierarchyScope', jsonb_build_object('site', 'bsl', 'area', 'gran',
+                                                         'workCenter', 'line2'),
+                    'note', repeat('x', 3000)))
+                   from generate_series(1, 1000) g,
+                        lateral (select 'PO-' || (g % 50) as k) key",
+                &[&ORDER_TYPE],
+            )
+            .await
+            .unwrap();
+        committed.extend(rows.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the relay names the stream and the likely cause",
+        || async {
+            let log = relay.stderr();
+            log.contains("no PubAck in time")
+                && log.contains("MES_EVENTS")
+                && log.contains("disk full")
+        },
+    )
+    .await;
+    assert!(pending(&env.db).await > 0, "the disk filled before the end");
+    let log = std::fs::read_to_string(match &env.nats {
+        NatsServer::Process(p) => p.log_file(),
+        NatsServer::Container { .. } => unreachable!("started with a local nats-server"),
+    })
+    .unwrap();
+    assert!(
+        log.contains("no space left on device"),
+        "the server hit a real full disk: {log}"
+    );
+
+    // The operator makes room. A stream that had a write error stays refusing until its
+    // server restarts (nats-server 2.15.1), so they restart it; the relay does the rest.
+    disk.resize("256m");
+    let mut env = env;
+    env.nats.restart().await;
+    env.drained(Duration::from_secs(120), "drained after the disk has room")
+        .await;
+    let status = relay.terminate().await;
+    assert!(status.success(), "{}", relay.stderr());
+    env.assert_published_exactly_once(&committed).await;
+    drop(env);
+    drop(disk);
+}
