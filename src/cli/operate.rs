@@ -12,7 +12,14 @@ use super::signal::Shutdown;
 
 pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     let shutdown = Shutdown::on_signal();
-    let client = nats::connect(&cfg.nats, "mes-events relay", true).await?;
+    // Named as the lease names its holder (`host:pid`), so the server's connection list tells
+    // which relay process is which.
+    let name = format!(
+        "mes-events relay {}:{}",
+        mes_events::host::name(),
+        std::process::id()
+    );
+    let client = nats::connect(&cfg.nats, &name, true).await?;
     let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     relay::run(cfg, js, shutdown.token.clone()).await?;
     Ok(exit::OK)

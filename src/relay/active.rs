@@ -98,15 +98,18 @@ impl<'a> Active<'a> {
                 info!(in_flight = n, "stopped; acks in flight recorded");
                 return Ok(());
             }
-            if self.publisher.suspect {
-                self.recover().await?;
-                continue;
-            }
             if session.closed.is_cancelled() || self.recorder.closed() {
                 return Err(Interrupt::SessionClosed);
             }
+            // Before recovering: a relay that froze past its lease must not even read the
+            // streams back (its marks would be refused anyway); it waits for the heartbeat,
+            // which finds its session gone.
             if !lead.lease.fresh() {
                 self.await_lease().await?;
+                continue;
+            }
+            if self.publisher.suspect {
+                self.recover().await?;
                 continue;
             }
 

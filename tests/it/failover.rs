@@ -84,9 +84,33 @@ async fn takeover(env: &Env, b: &RelayProcess, since: Instant) -> Duration {
     publishing
 }
 
+/// Messages the server received from the relay process `relay` (its connection is named after
+/// it), from the server's monitoring.
+fn messages_sent_by(monitoring: u16, relay: &RelayProcess) -> u64 {
+    let suffix = format!(":{}", relay.pid());
+    connections(monitoring)
+        .iter()
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("mes-events relay ") && n.ends_with(&suffix))
+        })
+        .map(|c| c["in_msgs"].as_u64().unwrap_or(0))
+        .sum()
+}
+
 #[tokio::test]
 async fn a_frozen_active_relay_is_replaced_within_the_lease_timeout_and_stays_quiet_after() {
-    let env = Env::new().await;
+    // A server with monitoring, to count what the frozen relay sends once it wakes.
+    let monitoring = free_port();
+    let nats = NatsServer::start_with_config(&format!("http: \"127.0.0.1:{monitoring}\"")).await;
+    let db = TestDb::new().await;
+    let env = Env {
+        cfg: config(&db, &nats),
+        nats,
+        db,
+    };
+    create_streams(&env.js().await, Duration::from_secs(120)).await;
     let (mut a, mut b) = active_and_standby(&env, &env.cfg).await;
     let writer = write_events_paced(&env.db, 5_000, 40, Duration::from_millis(20));
     let fault = async {
@@ -99,14 +123,16 @@ async fn a_frozen_active_relay_is_replaced_within_the_lease_timeout_and_stays_qu
             .await
             .unwrap()
             .0;
+        // What it sent before it froze (frozen, it cannot send more).
+        let sent = messages_sent_by(monitoring, &a);
         unsafe { libc::kill(a.pid(), libc::SIGCONT) };
-        epoch
+        (epoch, sent)
     };
-    let (committed, epoch) = tokio::join!(writer, fault);
+    let (committed, (epoch, sent)) = tokio::join!(writer, fault);
     env.drained(Duration::from_secs(60), "outbox drained by the new leader")
         .await;
     // The old relay woke with a stale lease, found its session gone, and now stands by: it
-    // took nothing back (same epoch, same holder).
+    // took nothing back (same epoch, same holder)...
     eventually(
         Duration::from_secs(30),
         "the woken relay stands by",
@@ -118,6 +144,14 @@ async fn a_frozen_active_relay_is_replaced_within_the_lease_timeout_and_stays_qu
         .unwrap();
     assert_eq!(now, epoch, "the woken relay must not take the lead back");
     assert!(held_by(&h, &b));
+    // ...and published nothing after it woke: the server received no message from it since.
+    // (Nor did it mark anything: a mark needs the lease's current epoch, which is b's.)
+    assert!(sent > 0, "the relay's connection was found on the server");
+    assert_eq!(
+        messages_sent_by(monitoring, &a),
+        sent,
+        "the woken relay sent messages to NATS"
+    );
     assert!(b.terminate().await.success());
     assert!(a.terminate().await.success());
     env.assert_published_exactly_once(&committed).await;

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use db::TestDb;
-pub use nats::{NatsCluster, NatsServer};
+pub use nats::{connections, free_port, NatsCluster, NatsServer};
 
 pub const ORDER_TYPE: &str = "io.mesevents.mes.processorder.statuschanged.v1";
 

@@ -104,13 +104,7 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub async fn start() -> NatsCluster {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
+        let free = free_port;
         let routes: Vec<u16> = (0..3).map(|_| free()).collect();
         let monitoring: Vec<u16> = (0..3).map(|_| free()).collect();
         let list = routes
@@ -147,15 +141,32 @@ impl NatsCluster {
             .unwrap_or_else(|| panic!("not a node of this cluster: {server_name}"))
     }
 
-    /// The node a client named `name` is connected to, from the nodes' monitoring (`/connz`).
+    /// The node a client whose name starts with `name` is connected to, from the nodes'
+    /// monitoring (`/connz`).
     pub fn node_of_client(&self, name: &str) -> Option<usize> {
         (0..self.nodes.len()).find(|&i| {
-            http_get(self.monitoring[i], "/connz?limit=1024")
-                .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
-                .and_then(|v| v["connections"].as_array().cloned())
-                .is_some_and(|cs| cs.iter().any(|c| c["name"].as_str() == Some(name)))
+            connections(self.monitoring[i])
+                .iter()
+                .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
         })
     }
+}
+
+/// The client connections a server's monitoring port (`/connz`) lists, empty if none answers.
+pub fn connections(monitoring: u16) -> Vec<serde_json::Value> {
+    http_get(monitoring, "/connz?limit=1024")
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v["connections"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// A free loopback port (for a server's monitoring).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The body of an HTTP GET on a loopback port, or `None` if nothing answers.
