@@ -34,6 +34,24 @@ pub struct Config {
     pub nats: NatsConfig,
     pub events: EventsConfig,
     pub relay: RelayConfig,
+    pub log: LogConfig,
+}
+
+/// How log lines are written (to standard error). Which lines: `RUST_LOG`, e.g.
+/// `RUST_LOG=info,mes_events=debug`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (for people; colours only on a terminal) or `json` (one object per line, for log
+    /// shippers).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +187,9 @@ impl Default for Config {
                 retain_published: Duration::from_secs(7 * 24 * 3600),
                 purge_interval: Duration::from_secs(10),
                 on_invalid: OnInvalid::Reject,
+            },
+            log: LogConfig {
+                format: LogFormat::Text,
             },
         }
     }

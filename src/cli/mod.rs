@@ -14,7 +14,7 @@ mod write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use mes_events::config::Config;
+use mes_events::config::{Config, LogFormat};
 
 use args::{Cli, Command};
 
@@ -22,21 +22,9 @@ use args::{Cli, Command};
 /// happened into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal: a file, a pipe or a log collector gets plain
-        // text (and NO_COLOR is honoured, https://no-color.org).
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-        )
-        .init();
     let result = Config::load(cli.config.as_deref())
         .map_err(anyhow::Error::from)
+        .inspect(|cfg| init_logging(cfg.log.format))
         .and_then(|cfg| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -51,6 +39,26 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(exit::code_for(&e))
         }
+    }
+}
+
+/// Log lines on standard error, filtered by `RUST_LOG` (default `info`, async-nats `warn`):
+/// text with colours only for a person at a terminal (never with NO_COLOR,
+/// https://no-color.org), or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,async_nats=warn".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => fmt.json().flatten_event(true).init(),
+        LogFormat::Text => fmt
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .init(),
     }
 }
 

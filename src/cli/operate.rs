@@ -12,6 +12,17 @@ use super::signal::Shutdown;
 
 pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     let shutdown = Shutdown::on_signal();
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        database = %mes_events::store::session::redacted(&cfg.database.url),
+        nats = %nats::redact(&cfg.nats.url),
+        credentials = ?cfg.nats.nkey.as_ref().or(cfg.nats.credentials.as_ref()),
+        inbox_prefix = %cfg.nats.inbox_prefix(),
+        streams = ?cfg.relay.streams,
+        source = %cfg.profile().source,
+        mode = ?cfg.events.mode,
+        "mes-events relay starting"
+    );
     // Named as the lease names its holder (`host:pid`), so the server's connection list tells
     // which relay process is which.
     let name = format!(

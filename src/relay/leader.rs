@@ -180,7 +180,9 @@ impl Leader {
             let mut said = false;
             while !lease::try_lock(&session.client).await? {
                 if !said {
-                    info!("standing by: another relay is active");
+                    let (epoch, active) = lease::lease(&session.client).await?;
+                    let active = active.as_deref().unwrap_or("unknown");
+                    info!(active, epoch, "standing by: another relay is active");
                     said = true;
                 }
                 tokio::select! {

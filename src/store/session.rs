@@ -95,18 +95,7 @@ pub fn send_now<'a, T: Send + 'a>(
 /// A key/value connection string for `cfg` (host, port, database, user, password), e.g. to hand
 /// a database that was just created to another component.
 pub fn to_url(cfg: &tokio_postgres::Config) -> String {
-    let host = match cfg.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "127.0.0.1".into(),
-    };
-    let mut s = format!(
-        "host={host} port={} dbname={} user={}",
-        cfg.get_ports().first().copied().unwrap_or(5432),
-        cfg.get_dbname().unwrap_or("postgres"),
-        cfg.get_user().unwrap_or("postgres")
-    );
+    let mut s = without_password(cfg);
     if let Some(pw) = cfg.get_password() {
         s.push_str(&format!(
             " password='{}'",
@@ -114,6 +103,29 @@ pub fn to_url(cfg: &tokio_postgres::Config) -> String {
         ));
     }
     s
+}
+
+/// The database `url` names, fit to print (host, port, database, user; never the password).
+pub fn redacted(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(cfg) => without_password(&cfg),
+        Err(_) => "(not a PostgreSQL URL)".into(),
+    }
+}
+
+fn without_password(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "127.0.0.1".into(),
+    };
+    format!(
+        "host={host} port={} dbname={} user={}",
+        cfg.get_ports().first().copied().unwrap_or(5432),
+        cfg.get_dbname().unwrap_or("postgres"),
+        cfg.get_user().unwrap_or("postgres")
+    )
 }
 
 impl Drop for Session {

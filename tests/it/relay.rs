@@ -745,3 +745,58 @@ async fn a_disk_that_fills_up_under_the_stream_is_named_and_nothing_is_lost() {
     drop(env);
     drop(disk);
 }
+
+#[tokio::test]
+async fn logs_to_a_file_are_plain_json_when_asked_and_never_show_a_password() {
+    let env = Env::new().await;
+    // A password in the NATS URL (this server asks for none, so the relay still connects).
+    let mut cfg = env.cfg.clone();
+    let port = env.nats.url().rsplit(':').next().unwrap().to_owned();
+    cfg.nats.url = format!("nats://relay:s3cret@127.0.0.1:{port}");
+    for json in [false, true] {
+        let format = if json { "json" } else { "text" };
+        let mut relay = RelayProcess::spawn(
+            &cfg,
+            &[("RUST_LOG", "info"), ("MES_EVENTS_LOG__FORMAT", format)],
+        );
+        eventually(Duration::from_secs(20), "the relay is active", || async {
+            relay.stderr().contains("active")
+        })
+        .await;
+        assert!(relay.terminate().await.success());
+        let log = relay.stderr();
+        assert!(
+            !log.contains('\u{1b}'),
+            "{format}: an escape character in a file: {log}"
+        );
+        assert!(
+            !log.contains("s3cret"),
+            "{format}: the password was printed: {log}"
+        );
+        let start = log
+            .lines()
+            .find(|l| l.contains("mes-events relay starting"))
+            .unwrap_or_else(|| panic!("{format}: no start-up line: {log}"));
+        for part in [
+            env!("CARGO_PKG_VERSION"),
+            "relay:***@127.0.0.1",
+            "MES_EVENTS",
+        ] {
+            assert!(
+                start.contains(part),
+                "{format}: start-up line without {part}: {start}"
+            );
+        }
+        if json {
+            for line in log.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                for key in ["timestamp", "level", "message", "target"] {
+                    assert!(v.get(key).is_some(), "no {key}: {line}");
+                }
+            }
+            let v: serde_json::Value = serde_json::from_str(start).unwrap();
+            assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "fields: {start}");
+        }
+    }
+}
