@@ -6,7 +6,7 @@ source scripts/setup.sh
 
 # Independent CloudEvents readers for the interop tests: official SDKs from PyPI and npm, pinned.
 # The integrator examples under examples/ run in the tests too, with their own pinned packages.
-if ! python3 -c 'import cloudevents.core, nats, nkeys, jsonschema, referencing' 2>/dev/null; then
+if ! python3 -c 'import cloudevents.core, nats, nkeys, jsonschema, referencing, prometheus_client' 2>/dev/null; then
   echo "test: installing the Python readers' and example's packages" >&2
   python3 -m pip install --quiet --disable-pip-version-check \
     -r tests/interop/requirements.txt -r examples/python/requirements.txt >&2

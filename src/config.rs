@@ -35,6 +35,23 @@ pub struct Config {
     pub events: EventsConfig,
     pub relay: RelayConfig,
     pub log: LogConfig,
+    pub http: HttpConfig,
+}
+
+/// The relay's HTTP endpoint: `/metrics` (Prometheus / OpenMetrics), `/healthz`, `/readyz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where to listen, e.g. `127.0.0.1:9464` (or `0.0.0.0:9464` for a Prometheus elsewhere).
+    /// Unset (the default): no endpoint. Off by default because an open port is a choice the
+    /// operator makes (two relays on one host would also collide on one default port).
+    pub address: Option<String>,
+    /// How long PostgreSQL or NATS may be unreachable before the relay is not ready.
+    #[serde(with = "humantime_serde")]
+    pub ready_grace: Duration,
+    /// The active relay is not ready while its oldest pending row is older than this.
+    #[serde(with = "humantime_serde")]
+    pub ready_max_pending_age: Duration,
 }
 
 /// How log lines are written (to standard error). Which lines: `RUST_LOG`, e.g.
@@ -190,6 +207,11 @@ impl Default for Config {
             },
             log: LogConfig {
                 format: LogFormat::Text,
+            },
+            http: HttpConfig {
+                address: None,
+                ready_grace: Duration::from_secs(30),
+                ready_max_pending_age: Duration::from_secs(300),
             },
         }
     }

@@ -9,10 +9,12 @@
 //! - [`event`] (pure): rows and rejections, ids, subjects, the catalog of event types and their
 //!   schemas, the CloudEvents NATS binding, row → outbound message.
 //! - [`host`]: this machine's name.
+//! - [`metrics`]: the process's metrics and health, updated by every layer above.
 //! - [`config`]: what the operator sets (defaults < file < environment), validated up front.
 //! - [`store`]: every SQL statement, one file per concern (session, migrate, write, lease,
 //!   outbox, operator), the lease fence written once.
 //! - [`nats`]: connecting to NATS and JetStream with the right credentials and inbox.
+//! - [`http`]: the relay's endpoint for metrics, liveness and readiness.
 //! - [`relay`]: moves committed rows into JetStream, split by guarantee (leader, reader,
 //!   publisher, recorder, reconcile).
 //! - [`read`]: the read side: consume, tail, replay, dead letters.
@@ -26,6 +28,8 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod host;
+pub mod http;
+pub mod metrics;
 pub mod nats;
 pub mod provision;
 pub mod read;

@@ -28,6 +28,9 @@ pub enum Command {
     Emit(EmitArgs),
     /// Publish committed outbox events to JetStream until SIGTERM or Ctrl-C.
     Relay,
+    /// Ask the relay's /readyz (at http.address): exit 0 when it is ready, 1 when not (for
+    /// health checks in images without curl).
+    Ready,
     /// Inspect and resolve outbox rows the relay could not publish.
     #[command(subcommand)]
     Outbox(OutboxCommand),

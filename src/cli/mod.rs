@@ -72,6 +72,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         Command::Replay(args) => read::replay(&cfg, args).await,
         Command::Tail(args) => read::tail(&cfg, args).await,
         Command::Relay => operate::relay(&cfg).await,
+        Command::Ready => operate::ready(&cfg).await,
         Command::Demo(args) => operate::demo(&cfg, args).await,
     }
 }

@@ -30,10 +30,62 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
         mes_events::host::name(),
         std::process::id()
     );
+    let _http = match &cfg.http.address {
+        Some(address) => Some(tokio_util::task::AbortOnDropHandle::new(
+            mes_events::http::serve(address, shutdown.token.clone())
+                .await
+                .map_err(|e| exit::Usage(format!("{e}: {}", e.source)))?,
+        )),
+        None => None,
+    };
     let client = nats::connect(&cfg.nats, &name, true).await?;
     let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     relay::run(cfg, js, shutdown.token.clone()).await?;
     Ok(exit::OK)
+}
+
+/// GET /readyz on the relay's endpoint: 0 when ready, 1 when not (or nothing answers).
+pub async fn ready(cfg: &Config) -> anyhow::Result<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(address) = &cfg.http.address else {
+        return Err(exit::Usage(
+            "http.address is not set: the relay serves no /readyz (set MES_EVENTS_HTTP__ADDRESS)"
+                .into(),
+        )
+        .into());
+    };
+    // A listening address of 0.0.0.0 is reached on loopback.
+    let target = address.replace("0.0.0.0", "127.0.0.1");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        let mut s = tokio::net::TcpStream::connect(&target).await?;
+        s.write_all(format!("GET /readyz HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        Ok::<_, std::io::Error>(text)
+    })
+    .await;
+    match answer {
+        Ok(Ok(text)) => {
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            print!("{body}");
+            Ok(
+                if text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200") {
+                    exit::OK
+                } else {
+                    1
+                },
+            )
+        }
+        Ok(Err(e)) => {
+            println!("not ready: nothing answers at {target}: {e}");
+            Ok(1)
+        }
+        Err(_) => {
+            println!("not ready: no answer from {target} within 5 s");
+            Ok(1)
+        }
+    }
 }
 
 pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<u8> {

@@ -86,6 +86,7 @@ impl<'a> Active<'a> {
         let lead = self.lead;
         let session = &lead.session;
         loop {
+            crate::metrics::health().turned();
             while let Some(acked) = self.publisher.ready() {
                 self.harvest(acked);
             }
@@ -126,6 +127,9 @@ impl<'a> Active<'a> {
             let limit = room.min(batch);
             if limit > 0 && (room >= batch || self.publisher.in_flight() == 0) {
                 let mut b = self.reader.read(limit, room).await?;
+                if !b.fetched.rows.is_empty() {
+                    crate::metrics::get().batches_read.inc();
+                }
                 if b.fetched.epoch != self.lead.epoch {
                     self.drain().await.ok();
                     return Err(Interrupt::LeaseLost(b.fetched.epoch));
@@ -245,6 +249,12 @@ impl<'a> Active<'a> {
     /// wait behind it. Under `on_invalid = "stop"` the relay then stops.
     async fn reject(&mut self, row: &Row, r: Rejection) -> Result<Sent, Interrupt> {
         error!(id = row.id, key = %row.key, kind = %r.kind, reason = %r.reason, "outbox row rejected; its key waits");
+        crate::metrics::get()
+            .rejected
+            .get_or_create(&crate::metrics::Kind {
+                kind: r.kind.to_string(),
+            })
+            .inc();
         // On the session that records acks: the main one may have a read sent ahead, whose
         // answer (a whole batch) would hold this one back until the loop takes it. The write is
         // fenced by the epoch, so either session may carry it.
@@ -320,6 +330,7 @@ impl<'a> Active<'a> {
     async fn reconcile_retrying(&mut self) -> Result<(), Interrupt> {
         let mut backoff = Backoff::new(self.cfg.relay.max_backoff);
         loop {
+            crate::metrics::health().turned();
             self.reader.read_from_start();
             match reconcile(self.js, self.lead, &mut self.publisher).await {
                 Ok(()) => return Ok(()),

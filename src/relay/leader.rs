@@ -179,6 +179,7 @@ impl Leader {
         if cfg.relay.exclusive {
             let mut said = false;
             while !lease::try_lock(&session.client).await? {
+                crate::metrics::health().turned();
                 if !said {
                     let (epoch, active) = lease::lease(&session.client).await?;
                     let active = active.as_deref().unwrap_or("unknown");

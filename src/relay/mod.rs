@@ -40,6 +40,7 @@
 //! - [`recorder`]: acks recorded a batch at a time on the second session;
 //! - [`reconcile`]: the streams read back to the outbox;
 //! - [`janitor`]: the published log kept within its retention, on a connection of its own;
+//! - [`watch`]: the backlog, the connections and the streams as metrics, and readiness;
 //! - [`backoff`], [`error`].
 //!
 //! Never writes SQL itself (the store does) and never builds messages itself (the event layer
@@ -58,6 +59,7 @@ mod publisher;
 mod reader;
 mod reconcile;
 mod recorder;
+mod watch;
 
 pub use error::{NatsError, RelayError};
 
@@ -92,12 +94,19 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         cfg.clone(),
         shutdown.child_token(),
     )));
+    let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch::run(
+        cfg.clone(),
+        js.clone(),
+        shutdown.child_token(),
+    )));
     let mut leader = Leader::new();
     // PostgreSQL away (down, restarting, a session ended): reconnecting costs little, and a
     // long back-off would keep the relay idle well after the server is back.
     let mut reconnect = Backoff::new(cfg.relay.max_backoff.min(POSTGRES_RETRY));
     let mut postgres_away: Option<std::time::Instant> = None;
+    let metrics = crate::metrics::get();
     loop {
+        crate::metrics::health().turned();
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -106,11 +115,16 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
             Ok(Some(lead)) => {
                 if let Some(since) = postgres_away.take() {
                     info!(after = ?since.elapsed(), "PostgreSQL reachable again");
+                    metrics.postgres_reconnects.inc();
                 }
                 reconnect.reset();
-                Active::new(cfg, &js, &catalog, &routes, &lead, &shutdown)
+                metrics.epoch.set(lead.epoch);
+                metrics.active.set(1);
+                let done = Active::new(cfg, &js, &catalog, &routes, &lead, &shutdown)
                     .run(&mut backoff)
-                    .await
+                    .await;
+                metrics.active.set(0);
+                done
             }
             Err(e) => Err(e),
         };

@@ -77,6 +77,9 @@ pub(crate) enum Publish {
 pub(crate) struct InFlight {
     id: i64,
     route: usize,
+    /// Its event type and when it was sent, for the metrics.
+    ty: String,
+    sent_at: std::time::Instant,
     /// The stream sequence it must land at.
     seq: u64,
 }
@@ -220,6 +223,8 @@ impl<'a> Publisher<'a> {
         let sent = InFlight {
             id: row.id,
             route,
+            ty: row.ty.clone(),
+            sent_at: std::time::Instant::now(),
             seq,
         };
         match self.js.send_publish(out.subject, msg).await {
@@ -274,6 +279,16 @@ impl<'a> Publisher<'a> {
                         "publish did not land where predicted; reconciling"
                     );
                     self.suspect = true;
+                }
+                if !ack.duplicate {
+                    let m = crate::metrics::get();
+                    m.ack_seconds.observe(sent.sent_at.elapsed().as_secs_f64());
+                    m.published
+                        .get_or_create(&crate::metrics::Published {
+                            stream: ack.stream.clone(),
+                            r#type: sent.ty.clone(),
+                        })
+                        .inc();
                 }
                 if self.refusing.remove(&sent.route).is_some() {
                     info!(stream = %self.routes[sent.route].stream, "stream takes messages again");

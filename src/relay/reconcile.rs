@@ -30,6 +30,7 @@ pub(crate) async fn reconcile(
     publisher: &mut Publisher<'_>,
 ) -> Result<(), Interrupt> {
     debug_assert_eq!(publisher.in_flight(), 0);
+    crate::metrics::get().reconciliations.inc();
     let client = &lead.session.client;
     publisher.max_payload = js.client().server_info().max_payload;
     let routes = publisher.routes;
@@ -70,6 +71,7 @@ pub(crate) async fn reconcile(
             )
             .await?;
             info!(stream = %route.stream, from, to = last, recorded = n, "reconciled with the stream");
+            crate::metrics::get().reconciled_rows.inc_by(n);
         }
         if !lease::set_watermark(client, lead.epoch, &route.stream, created, last).await? {
             return Err(Interrupt::LeaseLost(lead.epoch));

@@ -123,5 +123,6 @@ pub(crate) fn lease_held(
     if !m.lease_held {
         return Err(Interrupt::LeaseLost(epoch));
     }
+    crate::metrics::get().rows_marked.inc_by(m.rows);
     Ok(m)
 }

@@ -36,6 +36,21 @@ pub async fn counts(client: &impl GenericClient) -> Result<Counts, tokio_postgre
     })
 }
 
+/// Rows waiting to be published (not rejected, not discarded; held ones included) and the age of
+/// the oldest, in seconds (0 when none). One pass over the pending rows.
+pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
+    let r = client
+        .query_one(
+            "select count(*),
+                    coalesce(extract(epoch from now() - min(recorded_at)), 0)::float8
+               from mes_events.outbox
+              where stream_seq is null and rejected_at is null and discarded_at is null",
+            &[],
+        )
+        .await?;
+    Ok((r.get(0), r.get(1)))
+}
+
 /// A rejected row as operators see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RejectedRow {

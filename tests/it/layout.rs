@@ -9,6 +9,8 @@ use std::path::Path;
 const LAYERS: &[(&str, u8)] = &[
     ("event", 0),
     ("host", 0),
+    ("metrics", 0),
+    ("http", 2),
     ("config", 1),
     ("store", 2),
     ("nats", 2),

@@ -13,6 +13,7 @@ mod failover;
 mod interop;
 mod layout;
 mod migrate;
+mod observe;
 mod permissions;
 mod provision;
 mod rejections;

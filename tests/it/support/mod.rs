@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use db::TestDb;
-pub use nats::{connections, free_port, NatsCluster, NatsServer};
+pub use nats::{connections, free_port, http_status, NatsCluster, NatsServer};
 
 pub const ORDER_TYPE: &str = "io.mesevents.mes.processorder.statuschanged.v1";
 
@@ -307,6 +307,25 @@ where
             "timed out after {limit:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Polls `get` until it gives a value, failing the test with `what` after `limit`.
+pub async fn eventually_value<T, F, Fut>(limit: Duration, what: &str, mut get: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = get().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -169,8 +169,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The body of an HTTP GET on a loopback port, or `None` if nothing answers.
-fn http_get(port: u16, path: &str) -> Option<String> {
+/// The status and body of an HTTP GET on a loopback port, or `None` if nothing answers.
+pub fn http_status(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -178,5 +178,12 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// The body of an HTTP GET on a loopback port, or `None` if nothing answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    http_status(port, path).map(|(_, body)| body)
 }

@@ -1,0 +1,186 @@
+//! The watcher: what the relay's metrics say about things outside its loop (the backlog, the
+//! connections, the streams) and whether it is ready.
+//!
+//! Every [`EVERY`], on a PostgreSQL connection of its own: the pending rows and the age of the
+//! oldest; the NATS connection's state; each stream's last sequence (a missing stream is named).
+//! Ready means: PostgreSQL and NATS reachable (or away for less than `http.ready_grace`), every
+//! stream of `relay.streams` there, and, for the active relay, the oldest pending row younger
+//! than `http.ready_max_pending_age`. A standby is ready as a standby.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::context::{Context, GetStreamErrorKind};
+use async_nats::jetstream::ErrorCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::{self, Stream};
+use crate::store::operator;
+use crate::store::session::{self, Session};
+
+/// How often the watcher looks.
+pub(crate) const EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
+    let m = metrics::get();
+    let mut pg: Option<Session> = None;
+    let (mut pg_away, mut nats_away): (Option<Instant>, Option<Instant>) = (None, None);
+    loop {
+        // PostgreSQL: the backlog.
+        if pg.as_ref().is_none_or(|s| s.closed.is_cancelled()) {
+            pg = session::connect(&cfg.database.url, "mes-events relay watch")
+                .await
+                .ok();
+        }
+        let backlog = match &pg {
+            Some(s) => operator::backlog(&s.client).await.ok(),
+            None => None,
+        };
+        match backlog {
+            Some((pending, oldest)) => {
+                m.postgres_up.set(1);
+                m.pending_rows.set(pending);
+                m.oldest_pending_seconds.set(oldest);
+                pg_away = None;
+            }
+            None => {
+                m.postgres_up.set(0);
+                pg = None;
+                pg_away.get_or_insert_with(Instant::now);
+            }
+        }
+        // NATS: the connection, and each stream.
+        let connected = js.client().connection_state() == async_nats::connection::State::Connected;
+        m.nats_connected.set(i64::from(connected));
+        if connected {
+            nats_away = None;
+        } else {
+            nats_away.get_or_insert_with(Instant::now);
+        }
+        let mut missing = Vec::new();
+        if connected {
+            for name in &cfg.relay.streams {
+                match js.get_stream(name).await {
+                    Ok(s) => {
+                        let last = s.cached_info().state.last_sequence;
+                        m.stream_last_sequence
+                            .get_or_create(&Stream {
+                                stream: name.clone(),
+                            })
+                            .set(i64::try_from(last).unwrap_or(i64::MAX));
+                    }
+                    Err(e) => {
+                        if let GetStreamErrorKind::JetStream(je) = e.kind() {
+                            if je.error_code() == ErrorCode::STREAM_NOT_FOUND {
+                                missing.push(name.as_str());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let (ready, why) = readiness(
+            &cfg,
+            Observed {
+                active: m.active.get() == 1,
+                pg_away: pg_away.map(|t| t.elapsed()),
+                nats_away: nats_away.map(|t| t.elapsed()),
+                missing: &missing,
+                oldest_pending: Duration::from_secs_f64(m.oldest_pending_seconds.get().max(0.0)),
+            },
+        );
+        metrics::health().set(ready, why);
+        tokio::select! {
+            _ = tokio::time::sleep(EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// What the watcher saw in one turn.
+pub(crate) struct Observed<'a> {
+    pub active: bool,
+    pub pg_away: Option<Duration>,
+    pub nats_away: Option<Duration>,
+    pub missing: &'a [&'a str],
+    pub oldest_pending: Duration,
+}
+
+/// Ready or not, and why (pure).
+pub(crate) fn readiness(cfg: &Config, o: Observed<'_>) -> (bool, String) {
+    let grace = cfg.http.ready_grace;
+    let mut wrong = Vec::new();
+    if let Some(d) = o.pg_away.filter(|d| *d >= grace) {
+        wrong.push(format!("PostgreSQL unreachable for {}s", d.as_secs()));
+    }
+    if let Some(d) = o.nats_away.filter(|d| *d >= grace) {
+        wrong.push(format!("NATS unreachable for {}s", d.as_secs()));
+    }
+    for s in o.missing {
+        wrong.push(format!(
+            "stream {s} missing: create it with `mes-events provision apply`"
+        ));
+    }
+    let max = cfg.http.ready_max_pending_age;
+    if o.active && o.oldest_pending >= max {
+        wrong.push(format!(
+            "the oldest pending row is {}s old (http.ready_max_pending_age = {})",
+            o.oldest_pending.as_secs(),
+            humantime::format_duration(max)
+        ));
+    }
+    if wrong.is_empty() {
+        let role = if o.active { "active" } else { "standby" };
+        (true, role.to_owned())
+    } else {
+        (false, wrong.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen<'a>(missing: &'a [&'a str]) -> Observed<'a> {
+        Observed {
+            active: true,
+            pg_away: None,
+            nats_away: None,
+            missing,
+            oldest_pending: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn ready_active_or_standby_and_not_ready_with_the_reason() {
+        let cfg = Config::default();
+        assert_eq!(readiness(&cfg, seen(&[])), (true, "active".into()));
+        let standby = Observed {
+            active: false,
+            oldest_pending: Duration::from_secs(3600),
+            ..seen(&[])
+        };
+        assert_eq!(readiness(&cfg, standby), (true, "standby".into()));
+        let brief = Observed {
+            nats_away: Some(Duration::from_secs(1)),
+            ..seen(&[])
+        };
+        assert!(readiness(&cfg, brief).0, "within the grace period");
+        let (ok, why) = readiness(
+            &cfg,
+            Observed {
+                nats_away: Some(Duration::from_secs(60)),
+                oldest_pending: Duration::from_secs(3600),
+                ..seen(&["MES_PV"])
+            },
+        );
+        assert!(!ok);
+        for part in [
+            "NATS unreachable for 60s",
+            "stream MES_PV missing",
+            "3600s old",
+        ] {
+            assert!(why.contains(part), "{why}");
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! What operators see of a running relay process: its `/metrics` read by an independent parser
+//! (Python's `prometheus_client`, OpenMetrics), its counters against what it did, and
+//! `/readyz` through NATS down and back, a stream deleted, and a standby.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::support::*;
+
+const HINT: &str =
+    "run scripts/test.sh: it installs prometheus_client from tests/interop/requirements.txt";
+
+/// Every sample of a scrape, by sample name, parsed by prometheus_client's OpenMetrics parser
+/// (which also holds the text to the format's rules: `_total` counters, units, `# EOF`).
+/// Samples by name: each with its labels and value.
+type Scrape = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
+
+fn scrape(port: u16) -> Scrape {
+    let (status, text) = http_status(port, "/metrics").expect("the metrics endpoint answers");
+    assert_eq!(status, 200, "{text}");
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json\n\
+             from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+             out = {}\n\
+             for f in text_string_to_metric_families(sys.stdin.read()):\n\
+             \x20   for s in f.samples:\n\
+             \x20       out.setdefault(s.name, []).append([s.labels, s.value])\n\
+             print(json.dumps(out))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3: {e}: {HINT}"));
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the scrape ({HINT}): {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn total(m: &Scrape, name: &str) -> f64 {
+    m.get(name).map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
+}
+
+fn ready(port: u16) -> (u16, String) {
+    http_status(port, "/readyz").unwrap_or((0, "nothing answers".into()))
+}
+
+fn spawn(env: &Env, port: u16) -> RelayProcess {
+    RelayProcess::spawn(
+        &env.cfg,
+        &[
+            ("RUST_LOG", "info"),
+            ("MES_EVENTS_HTTP__ADDRESS", &format!("127.0.0.1:{port}")),
+            ("MES_EVENTS_HTTP__READY_GRACE", "1s"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn metrics_count_what_the_relay_did_and_readiness_follows_its_faults() {
+    let mut env = Env::new().await;
+    let port = free_port();
+    let mut relay = spawn(&env, port);
+    eventually(Duration::from_secs(20), "ready and active", || async {
+        ready(port) == (200, "ready: active\n".into())
+    })
+    .await;
+    let (status, body) = http_status(port, "/healthz").unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // 30 events, and 2 rows the catalog refuses (each on a key of its own).
+    let c = env.db.client().await;
+    for i in 0..30 {
+        emit_order(&c, &format!("PO-{}", i % 5)).await;
+    }
+    for key in ["BAD-1", "BAD-2"] {
+        mes_events::store::write::emit(&c, ORDER_TYPE, key, "{\"nope\":1}", &Default::default())
+            .await
+            .unwrap();
+    }
+    env.drained(Duration::from_secs(30), "published").await;
+    let m = eventually_value(Duration::from_secs(10), "counters caught up", || async {
+        let m = scrape(port);
+        (total(&m, "mes_events_events_published_total") == 30.0
+            && total(&m, "mes_events_rows_rejected_total") == 2.0)
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(total(&m, "mes_events_relay_active"), 1.0);
+    assert!(total(&m, "mes_events_publish_ack_seconds_count") >= 30.0);
+    assert_eq!(
+        m["mes_events_rows_rejected_total"][0].0["kind"], "schema",
+        "{m:?}"
+    );
+
+    // NATS down: an event waits, its age grows, and past the grace the relay is not ready.
+    env.nats.kill().await;
+    emit_order(&c, "PO-late").await;
+    let first = eventually_value(Duration::from_secs(10), "a pending row's age", || async {
+        let a = total(
+            &scrape(port),
+            "mes_events_outbox_oldest_pending_age_seconds",
+        );
+        (a > 0.0).then_some(a)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(15),
+        "not ready without NATS",
+        || async {
+            let (s, why) = ready(port);
+            s == 503 && why.contains("NATS unreachable")
+        },
+    )
+    .await;
+    let later = total(
+        &scrape(port),
+        "mes_events_outbox_oldest_pending_age_seconds",
+    );
+    assert!(
+        later > first,
+        "the age grows while NATS is down: {first} then {later}"
+    );
+
+    // Back: published, the age falls to 0, ready again.
+    env.nats.restart().await;
+    eventually(
+        Duration::from_secs(30),
+        "ready again, nothing waiting",
+        || async {
+            let m = scrape(port);
+            // The event sent while NATS was away landed once it was back, its PubAck lost:
+            // the reconciliation found it. Either way it counts once.
+            let landed = total(&m, "mes_events_events_published_total")
+                + total(&m, "mes_events_reconciled_rows_total");
+            ready(port).0 == 200
+                && total(&m, "mes_events_outbox_oldest_pending_age_seconds") == 0.0
+                && landed == 31.0
+        },
+    )
+    .await;
+
+    // A standby is ready as a standby.
+    let standby_port = free_port();
+    let mut standby = spawn(&env, standby_port);
+    eventually(Duration::from_secs(20), "the standby is ready", || async {
+        ready(standby_port) == (200, "ready: standby\n".into())
+    })
+    .await;
+
+    // A stream deleted under the relay: not ready, and the message says what to run.
+    env.js().await.delete_stream("MES_PV").await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "not ready without MES_PV",
+        || async {
+            let (s, why) = ready(port);
+            s == 503 && why.contains("stream MES_PV missing") && why.contains("provision apply")
+        },
+    )
+    .await;
+    assert!(standby.terminate().await.success());
+    assert!(relay.terminate().await.success());
+}
