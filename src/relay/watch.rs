@@ -1,8 +1,10 @@
 //! The watcher: what the relay's metrics say about things outside its loop (the backlog, the
 //! connections, the streams) and whether it is ready.
 //!
-//! Every [`EVERY`], on a PostgreSQL connection of its own: the pending rows and the age of the
-//! oldest; the NATS connection's state; each stream's last sequence (a missing stream is named).
+//! Every [`EVERY`]: the pending rows and the age of the oldest, on a PostgreSQL connection of its
+//! own; the relay's NATS connection's state; each stream's last sequence (a missing stream is
+//! named), asked on a NATS connection of its own (`mes-events relay watch host:pid`), so that
+//! what the relay's connection sends is the relay's work alone.
 //! Ready means: PostgreSQL and NATS reachable (or away for less than `http.ready_grace`), every
 //! stream of `relay.streams` there, and, for the active relay, the oldest pending row younger
 //! than `http.ready_max_pending_age`. A standby is ready as a standby.
@@ -24,6 +26,12 @@ pub(crate) const EVERY: Duration = Duration::from_secs(2);
 pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
     let m = metrics::get();
     let mut pg: Option<Session> = None;
+    let mut asker: Option<Context> = None;
+    let name = format!(
+        "mes-events relay watch {}:{}",
+        crate::host::name(),
+        std::process::id()
+    );
     let (mut pg_away, mut nats_away): (Option<Instant>, Option<Instant>) = (None, None);
     loop {
         // PostgreSQL: the backlog.
@@ -57,10 +65,16 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
         } else {
             nats_away.get_or_insert_with(Instant::now);
         }
+        if connected && asker.is_none() {
+            asker = crate::nats::connect(&cfg.nats, &name, false)
+                .await
+                .ok()
+                .map(async_nats::jetstream::new);
+        }
         let mut missing = Vec::new();
-        if connected {
+        if let (true, Some(ask)) = (connected, &asker) {
             for name in &cfg.relay.streams {
-                match js.get_stream(name).await {
+                match ask.get_stream(name).await {
                     Ok(s) => {
                         let last = s.cached_info().state.last_sequence;
                         m.stream_last_sequence

@@ -98,8 +98,14 @@ async fn a_three_node_cluster_losing_its_stream_leader_twice_and_the_relays_node
                 };
                 (leader, "the stream leader")
             } else {
+                // The relay's own connection (its watcher has another).
+                let name = format!(
+                    "mes-events relay {}:{}",
+                    mes_events::host::name(),
+                    relay.pid()
+                );
                 let node = cluster
-                    .node_of_client("mes-events relay")
+                    .node_of_client(&name)
                     .expect("the relay is connected to a node");
                 (node, "the relay's own node")
             };

@@ -84,17 +84,17 @@ async fn takeover(env: &Env, b: &RelayProcess, since: Instant) -> Duration {
     publishing
 }
 
-/// Messages the server received from the relay process `relay` (its connection is named after
-/// it), from the server's monitoring.
+/// Messages the server received on the relay process `relay`'s own connection (named after
+/// it; its watcher asks on another), from the server's monitoring.
 fn messages_sent_by(monitoring: u16, relay: &RelayProcess) -> u64 {
-    let suffix = format!(":{}", relay.pid());
+    let name = format!(
+        "mes-events relay {}:{}",
+        mes_events::host::name(),
+        relay.pid()
+    );
     connections(monitoring)
         .iter()
-        .filter(|c| {
-            c["name"]
-                .as_str()
-                .is_some_and(|n| n.starts_with("mes-events relay ") && n.ends_with(&suffix))
-        })
+        .filter(|c| c["name"].as_str() == Some(name.as_str()))
         .map(|c| c["in_msgs"].as_u64().unwrap_or(0))
         .sum()
 }

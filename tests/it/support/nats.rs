@@ -141,13 +141,12 @@ impl NatsCluster {
             .unwrap_or_else(|| panic!("not a node of this cluster: {server_name}"))
     }
 
-    /// The node a client whose name starts with `name` is connected to, from the nodes'
-    /// monitoring (`/connz`).
+    /// The node the client named `name` is connected to, from the nodes' monitoring (`/connz`).
     pub fn node_of_client(&self, name: &str) -> Option<usize> {
         (0..self.nodes.len()).find(|&i| {
             connections(self.monitoring[i])
                 .iter()
-                .any(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
+                .any(|c| c["name"].as_str() == Some(name))
         })
     }
 }
