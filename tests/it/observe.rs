@@ -169,3 +169,58 @@ async fn metrics_count_what_the_relay_did_and_readiness_follows_its_faults() {
     assert!(standby.terminate().await.success());
     assert!(relay.terminate().await.success());
 }
+
+#[test]
+fn the_grafana_dashboard_asks_only_for_metrics_the_relay_has() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/ops/grafana/mes-events.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    // Every series the relay exposes, with the suffixes Prometheus adds. A labelled family shows
+    // only once it has a series: give each one (in this test process's registry only).
+    let m = mes_events::metrics::get();
+    let stream = || "MES_EVENTS".to_string();
+    m.published
+        .get_or_create(&mes_events::metrics::Published {
+            stream: stream(),
+            r#type: "t".into(),
+        })
+        .inc_by(0);
+    m.rejected
+        .get_or_create(&mes_events::metrics::Kind { kind: "k".into() })
+        .inc_by(0);
+    m.stream_last_sequence
+        .get_or_create(&mes_events::metrics::Stream { stream: stream() })
+        .set(0);
+    let text = mes_events::metrics::render();
+    let mut known = std::collections::BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut w = line.split_whitespace().skip(2);
+        let (name, kind) = (w.next().unwrap(), w.next().unwrap());
+        known.insert(name.to_owned());
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_count", "_sum"],
+            _ => &[],
+        };
+        for s in suffixes {
+            known.insert(format!("{name}{s}"));
+        }
+    }
+    let mut asked = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("mes_events_") {
+                    asked += 1;
+                    assert!(
+                        known.contains(word),
+                        "panel {:?} asks for {word}, which the relay does not expose: {known:?}",
+                        p["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(asked >= 15, "the dashboard asks for the relay's metrics");
+}
