@@ -17,4 +17,14 @@ for dir in tests/interop examples/javascript; do
     npm ci --prefix "$dir" --no-audit --no-fund --silent >&2
   fi
 done
+# Prometheus's own linter for the relay's /metrics (`promtool check metrics`), from Debian.
+if ! command -v promtool >/dev/null; then
+  echo "test: installing promtool (Debian's prometheus package)" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get install -y --no-install-recommends prometheus >&2 ||
+      { apt-get update >&2 && apt-get install -y --no-install-recommends prometheus >&2; }
+  else
+    sudo apt-get install -y --no-install-recommends prometheus >&2
+  fi
+fi
 exec cargo test --locked "$@"

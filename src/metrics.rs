@@ -62,8 +62,17 @@ pub struct Metrics {
     pub oldest_pending_seconds: Gauge<f64, AtomicU64>,
     /// Each stream's last sequence, as last seen.
     pub stream_last_sequence: Family<Stream, Gauge>,
+    /// 1 while a stream takes the relay's messages; 0 while it is missing or refuses them (the
+    /// events routed to it wait).
+    pub stream_accepting: Family<Stream, Gauge>,
+    /// Rejected rows not yet retried or discarded.
+    pub rejected_rows: Gauge,
+    /// Keys held: each has a rejected row, and its later rows wait behind it.
+    pub held_keys: Gauge,
     /// 1 while the NATS connection is up.
     pub nats_connected: Gauge,
+    /// Times a NATS connection of the process connected again after losing its server.
+    pub nats_reconnects: Counter,
     /// 1 while PostgreSQL answers.
     pub postgres_up: Gauge,
     /// Times the relay lost its PostgreSQL session and connected again.
@@ -86,7 +95,11 @@ impl Metrics {
             pending_rows: Gauge::default(),
             oldest_pending_seconds: Gauge::default(),
             stream_last_sequence: Family::default(),
+            stream_accepting: Family::default(),
+            rejected_rows: Gauge::default(),
+            held_keys: Gauge::default(),
             nats_connected: Gauge::default(),
+            nats_reconnects: Counter::default(),
             postgres_up: Gauge::default(),
             postgres_reconnects: Counter::default(),
         };
@@ -152,6 +165,26 @@ impl Metrics {
             "stream_last_sequence",
             "Each stream's last sequence, as last seen",
             m.stream_last_sequence.clone(),
+        );
+        r.register(
+            "stream_accepting",
+            "1 while a stream takes the relay's messages, 0 while it is missing or refuses them",
+            m.stream_accepting.clone(),
+        );
+        r.register(
+            "outbox_rejected_rows",
+            "Rejected rows not yet retried or discarded",
+            m.rejected_rows.clone(),
+        );
+        r.register(
+            "outbox_held_keys",
+            "Keys whose later rows wait behind a rejected row",
+            m.held_keys.clone(),
+        );
+        r.register(
+            "nats_reconnects",
+            "Times a NATS connection connected again after losing its server",
+            m.nats_reconnects.clone(),
         );
         r.register(
             "nats_connected",

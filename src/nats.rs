@@ -1,9 +1,15 @@
 //! Connecting to NATS and building the JetStream context the relay and the CLI use.
 //!
 //! Owns connection options (name, credentials and the inbox prefix that goes with them,
-//! reconnect behaviour, timeouts); never publishes.
+//! reconnect behaviour, timeouts) and what a connection's trouble is called: refused, timed out,
+//! TLS, authorization, permission, each with the server's URL (redacted), the identity and what
+//! to check, logged once per change of state rather than at every retry. Never publishes.
+
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::{self, context::Context};
+use async_nats::{ClientError, ConnectErrorKind, Event, ServerError};
+use tracing::{error, info, warn};
 
 use crate::config::NatsConfig;
 
@@ -21,12 +27,209 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot connect to NATS at {url}")]
+    /// The message names the cause, the URL and the identity; the client's own error is kept
+    /// in `source` (not chained in the message: it would only repeat the cause in its words).
+    #[error("{}", .trouble.describe(.url, .identity))]
     Connect {
         url: String,
-        #[source]
+        identity: String,
+        trouble: Trouble,
         source: async_nats::ConnectError,
     },
+}
+
+/// What went wrong between this process and a NATS server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// Nothing listens there, or the connection was closed at once.
+    Refused,
+    /// No answer in time.
+    TimedOut,
+    /// The TLS handshake failed.
+    Tls,
+    /// The server refused the identity.
+    Authorization,
+    /// The identity's key could not sign the server's challenge.
+    Authentication,
+    /// The host name does not resolve.
+    Dns,
+    /// The server refused one operation of an accepted identity (what it said: the operation and
+    /// the subject).
+    Permission(String),
+    /// Anything else, as the client said it.
+    Other(String),
+}
+
+impl Trouble {
+    /// The trouble a failed connection attempt shows.
+    pub fn of_connect(e: &async_nats::ConnectError) -> Trouble {
+        match e.kind() {
+            ConnectErrorKind::Io => {
+                let io = std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .map(std::io::Error::kind);
+                match io {
+                    Some(std::io::ErrorKind::TimedOut) => Trouble::TimedOut,
+                    // A TLS handshake that fails (rustls's errors) comes as invalid data.
+                    Some(std::io::ErrorKind::InvalidData) => Trouble::Tls,
+                    _ => Trouble::Refused,
+                }
+            }
+            ConnectErrorKind::TimedOut => Trouble::TimedOut,
+            ConnectErrorKind::Tls => Trouble::Tls,
+            ConnectErrorKind::AuthorizationViolation => Trouble::Authorization,
+            ConnectErrorKind::Authentication => Trouble::Authentication,
+            ConnectErrorKind::Dns => Trouble::Dns,
+            other => Trouble::Other(other.to_string()),
+        }
+    }
+
+    /// The trouble a connection event shows, if it is one. (A client that reconnects reports
+    /// each failed attempt only by its kind's text.)
+    pub fn of_event(e: &Event) -> Option<Trouble> {
+        Some(match e {
+            Event::ServerError(ServerError::AuthorizationViolation) => Trouble::Authorization,
+            Event::ServerError(ServerError::Other(said))
+                if said.to_ascii_lowercase().contains("permissions violation") =>
+            {
+                Trouble::Permission(said.trim().to_owned())
+            }
+            Event::ServerError(ServerError::Other(said))
+                if said.to_ascii_lowercase().contains("authorization") =>
+            {
+                Trouble::Authorization
+            }
+            Event::ClientError(ClientError::Other(said)) => match said.as_str() {
+                "IO error" => Trouble::Refused,
+                "timed out" => Trouble::TimedOut,
+                "TLS error" => Trouble::Tls,
+                "authorization violation" => Trouble::Authorization,
+                "failed signing nonce" => Trouble::Authentication,
+                "DNS error" => Trouble::Dns,
+                other => Trouble::Other(other.to_owned()),
+            },
+            _ => return None,
+        })
+    }
+
+    /// What happened, where, for whom, and what to check.
+    pub fn describe(&self, url: &str, identity: &str) -> String {
+        match self {
+            Trouble::Refused => format!(
+                "NATS at {url} refused the connection of {identity} (or closed it at once): check nats.url and that nats-server runs there and listens on that port"
+            ),
+            Trouble::TimedOut => format!(
+                "NATS at {url} did not answer {identity} in time: check nats.url (a wrong port, or a host that drops packets), the firewall, and that the server is not frozen"
+            ),
+            Trouble::Tls => format!(
+                "TLS with NATS at {url} failed for {identity}: check the scheme (tls:// needs a server with TLS, nats:// takes what the server asks), the server's certificate and the CAs this host trusts"
+            ),
+            Trouble::Authorization => format!(
+                "NATS at {url} refused {identity} (authorization violation): check nats.credentials / nats.nkey, and that the server runs with the accounts `mes-events provision credentials` wrote"
+            ),
+            Trouble::Authentication => format!(
+                "could not sign NATS's challenge at {url} with {identity}: the seed is not a valid user nkey; write it again with `mes-events provision credentials`"
+            ),
+            Trouble::Dns => {
+                format!("the host of {url} does not resolve (connecting as {identity}): check nats.url")
+            }
+            Trouble::Permission(said) => format!(
+                "NATS at {url} denied {identity} an operation ({said}): check that identity's grants (the files under nats/, then `mes-events provision apply` and a server reload)"
+            ),
+            Trouble::Other(said) => format!("NATS at {url}, as {identity}: {said}"),
+        }
+    }
+}
+
+/// Who a connection authenticates as, fit to print: the credentials file, the nkey seed file
+/// with its public key, the URL's user, or nobody. Never a secret.
+pub fn identity(cfg: &NatsConfig) -> String {
+    if let Some(p) = &cfg.credentials {
+        return format!("the identity in {}", p.display());
+    }
+    if let Some(p) = &cfg.nkey {
+        let public = std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| nkeys::KeyPair::from_seed(s.trim()).ok())
+            .map(|k| k.public_key());
+        return match public {
+            Some(k) => format!("nkey {k} (from {})", p.display()),
+            None => format!("the nkey in {}", p.display()),
+        };
+    }
+    let first = cfg.url.split(',').next().unwrap_or_default();
+    match (first.find("://"), first.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match first[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("user {user}"),
+            None => "a token".to_owned(),
+        },
+        _ => "no credentials".to_owned(),
+    }
+}
+
+/// The last trouble any connection of this process told, as told.
+static LAST_TROUBLE: Mutex<Option<String>> = Mutex::new(None);
+
+/// The last trouble a connection of this process told (an answer that timed out may have been
+/// refused for lack of a permission: the server says so only on the connection).
+pub fn last_trouble() -> Option<String> {
+    LAST_TROUBLE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// Tells a connection's trouble once per change of state (not at every reconnect attempt), and
+/// counts reconnections.
+struct Watcher {
+    name: String,
+    url: String,
+    identity: String,
+    /// The trouble last told, or `None` while all is well.
+    told: Mutex<Option<Trouble>>,
+    /// Connected at least once (a later connection is a reconnection).
+    connected_once: std::sync::atomic::AtomicBool,
+}
+
+impl Watcher {
+    fn on(&self, event: Event) {
+        use std::sync::atomic::Ordering;
+        let mut told = self.told.lock().unwrap_or_else(|p| p.into_inner());
+        let (name, url, identity) = (&self.name, &self.url, &self.identity);
+        match event {
+            Event::Connected => {
+                if self.connected_once.swap(true, Ordering::Relaxed) {
+                    crate::metrics::get().nats_reconnects.inc();
+                }
+                if told.take().is_some() {
+                    info!(connection = %name, %url, %identity, "connected to NATS again");
+                }
+            }
+            Event::Disconnected => {
+                if told.is_none() {
+                    warn!(connection = %name, %url, "lost the NATS connection; reconnecting");
+                    *told = Some(Trouble::Other("disconnected".into()));
+                }
+            }
+            Event::LameDuckMode => {
+                warn!(connection = %name, %url, "the NATS server is shutting down (lame duck mode); the client moves to another")
+            }
+            Event::SlowConsumer(sid) => {
+                warn!(connection = %name, %url, sid, "slow consumer: the server dropped messages for this client")
+            }
+            other => {
+                if let Some(t) = Trouble::of_event(&other) {
+                    // A permission violation is told each time it names something new.
+                    if told.as_ref() != Some(&t) {
+                        let said = t.describe(url, identity);
+                        error!(connection = %name, %identity, "{said}");
+                        *LAST_TROUBLE.lock().unwrap_or_else(|p| p.into_inner()) = Some(said);
+                        *told = Some(t);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Connects. With `wait_for_server` the client retries in the background until the server is
@@ -37,7 +240,20 @@ pub async fn connect(
     name: &str,
     wait_for_server: bool,
 ) -> Result<async_nats::Client, ConnectError> {
+    let url = redact(&cfg.url);
+    let identity = identity(cfg);
+    let watcher = Arc::new(Watcher {
+        name: name.to_owned(),
+        url: url.clone(),
+        identity: identity.clone(),
+        told: Mutex::new(None),
+        connected_once: Default::default(),
+    });
     let mut opts = async_nats::ConnectOptions::new()
+        .event_callback(move |event| {
+            let w = watcher.clone();
+            async move { w.on(event) }
+        })
         .name(name)
         .custom_inbox_prefix(cfg.inbox_prefix())
         .request_timeout(Some(cfg.request_timeout));
@@ -61,10 +277,30 @@ pub async fn connect(
         opts = opts.retry_on_initial_connect();
     }
     let servers = servers(&cfg.url)?;
+    // Credentials in the URL (`nats://user:password@host`, `nats://token@host`), as the other
+    // NATS clients take them: the Rust client does not read them from a server address.
+    if cfg.nkey.is_none() && cfg.credentials.is_none() {
+        let decoded = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        if let Some(first) = servers.first() {
+            match (first.username(), first.password()) {
+                (Some(user), Some(pass)) => {
+                    opts = opts.user_and_password(decoded(user), decoded(pass));
+                }
+                (Some(token), None) => opts = opts.token(decoded(token)),
+                _ => {}
+            }
+        }
+    }
     opts.connect(servers)
         .await
         .map_err(|source| ConnectError::Connect {
-            url: redact(&cfg.url),
+            url,
+            identity,
+            trouble: Trouble::of_connect(&source),
             source,
         })
 }
@@ -122,6 +358,47 @@ mod tests {
         let s = super::servers("nats://n1:4222, nats://n2:4222,nats://n3:4222").unwrap();
         assert_eq!(s.len(), 3);
         assert!(super::servers("nats://n1:notaport").is_err());
+    }
+
+    #[test]
+    fn each_trouble_names_the_url_and_what_to_check() {
+        use super::Trouble;
+        let url = "nats://relay:***@n1:4222";
+        for (t, says) in [
+            (Trouble::Refused, "refused the connection of user relay"),
+            (Trouble::TimedOut, "did not answer user relay in time"),
+            (Trouble::Tls, "failed for user relay"),
+            (Trouble::Authorization, "refused user relay"),
+            (
+                Trouble::Permission("Permissions Violation for Publish to \"x\"".into()),
+                "denied user relay",
+            ),
+        ] {
+            let m = t.describe(url, "user relay");
+            assert!(m.contains(says) && m.contains(url), "{m}");
+        }
+        let text = |s: &str| {
+            Trouble::of_event(&async_nats::Event::ClientError(
+                async_nats::ClientError::Other(s.into()),
+            ))
+        };
+        assert_eq!(text("IO error"), Some(Trouble::Refused));
+        assert_eq!(text("TLS error"), Some(Trouble::Tls));
+        assert_eq!(
+            text("authorization violation"),
+            Some(Trouble::Authorization)
+        );
+    }
+
+    #[test]
+    fn the_identity_is_named_without_its_secret() {
+        let mut cfg = crate::config::Config::default().nats;
+        cfg.url = "nats://relay:s3cret@n1:4222".into();
+        assert_eq!(super::identity(&cfg), "user relay");
+        cfg.url = "nats://t0ken@n1:4222".into();
+        assert_eq!(super::identity(&cfg), "a token");
+        cfg.url = "nats://n1:4222".into();
+        assert_eq!(super::identity(&cfg), "no credentials");
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub enum Command {
     Migrate,
     /// Write one event into the outbox, as the MES would with mes_events.emit(...).
     Emit(EmitArgs),
-    /// Publish committed outbox events to JetStream until SIGTERM or Ctrl-C.
-    Relay,
+    /// Publish committed outbox events to JetStream until SIGTERM or Ctrl-C; `relay status`
+    /// shows the relays and whether all is well.
+    Relay(RelayArgs),
     /// Ask the relay's /readyz (at http.address): exit 0 when it is ready, 1 when not (for
     /// health checks in images without curl).
     Ready,
@@ -48,6 +49,25 @@ pub enum Command {
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RelayArgs {
+    #[command(subcommand)]
+    pub command: Option<RelayCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Which relay is active (holder, epoch, since when) and which stand by, the backlog, the
+    /// last publish, each stream's watermark against its last sequence. Exit 0 when healthy,
+    /// 1 when not (the problems are listed), so scripts and health checks can use it.
+    Status {
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mes_events::config::{Config, LogFormat};
 
-use args::{Cli, Command};
+use args::{Cli, Command, RelayCommand};
 
 /// Parses arguments, sets up logging, loads configuration, runs the command, and turns what
 /// happened into an exit code.
@@ -46,18 +46,26 @@ pub fn main() -> ExitCode {
 /// text with colours only for a person at a terminal (never with NO_COLOR,
 /// https://no-color.org), or one JSON object per line.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,async_nats=warn".into());
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // The NATS client's debug lines print server addresses with their passwords: never below
+    // info for it, whatever RUST_LOG asks. Its connector's lines are left out altogether: they
+    // repeat at every reconnect attempt what `mes_events::nats` tells once, with the URL and
+    // the identity.
+    let cap = tracing_subscriber::filter::filter_fn(|m| {
+        !(m.target().starts_with("async_nats::connector")
+            || (m.target().starts_with("async_nats") && *m.level() > tracing::Level::INFO))
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(cap);
     match format {
-        LogFormat::Json => fmt.json().flatten_event(true).init(),
-        LogFormat::Text => fmt
-            .with_ansi(
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).init(),
+        LogFormat::Text => registry
+            .with(fmt.with_ansi(
                 std::io::IsTerminal::is_terminal(&std::io::stderr())
                     && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-            )
+            ))
             .init(),
     }
 }
@@ -71,7 +79,10 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         Command::DeadLetters(cmd) => read::dead_letters(&cfg, cmd).await,
         Command::Replay(args) => read::replay(&cfg, args).await,
         Command::Tail(args) => read::tail(&cfg, args).await,
-        Command::Relay => operate::relay(&cfg).await,
+        Command::Relay(args) => match args.command {
+            None => operate::relay(&cfg).await,
+            Some(RelayCommand::Status { json }) => operate::status(&cfg, json).await,
+        },
         Command::Ready => operate::ready(&cfg).await,
         Command::Demo(args) => operate::demo(&cfg, args).await,
     }

@@ -44,6 +44,20 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
+/// `relay status`: 0 when healthy, 1 when not.
+pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<u8> {
+    let s = relay::status::gather(cfg).await.map_err(|e| match e {
+        // Not set up: exit 3, with what to run.
+        relay::status::StatusError::Schema(m) => anyhow::Error::new(m),
+        e => anyhow::Error::new(e).context(format!(
+            "cannot read the relays' state from PostgreSQL at {}",
+            mes_events::store::session::redacted(&cfg.database.url)
+        )),
+    })?;
+    super::output::relay_status(&s, json)?;
+    Ok(if s.healthy { exit::OK } else { exit::FAILURE })
+}
+
 /// GET /readyz on the relay's endpoint: 0 when ready, 1 when not (or nothing answers).
 pub async fn ready(cfg: &Config) -> anyhow::Result<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

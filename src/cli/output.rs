@@ -4,6 +4,7 @@
 
 use mes_events::provision::apply::ConsumerStatus;
 use mes_events::read::deadletter::DeadLetter;
+use mes_events::relay::status::Status;
 use mes_events::store::operator::RejectedRow;
 
 /// `outbox rejected`: a table, or one JSON object per line.
@@ -86,6 +87,98 @@ pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
                 "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  {event}",
                 d.id, d.reason, d.stream, d.consumer, d.stream_seq, d.deliveries
             );
+        }
+    }
+    Ok(())
+}
+
+/// A time as RFC 3339 (UTC, seconds) with how long ago.
+fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    match t {
+        None => "-".into(),
+        Some(t) => {
+            let ago = (chrono::Utc::now() - t).to_std().unwrap_or_default();
+            format!(
+                "{} ({} ago)",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                humantime::format_duration(std::time::Duration::from_secs(ago.as_secs()))
+            )
+        }
+    }
+}
+
+/// `relay status`: a table, or pretty JSON.
+pub fn relay_status(s: &Status, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+        return Ok(());
+    }
+    match &s.active {
+        Some(a) => println!(
+            "active     {}  epoch {}  since {}{}",
+            a.holder,
+            a.epoch,
+            when(a.since),
+            a.client_addr
+                .as_deref()
+                .map(|c| format!("  from {c}"))
+                .unwrap_or_default()
+        ),
+        None => println!("active     none"),
+    }
+    for sb in &s.standbys {
+        println!(
+            "standby    {}  connected since {}{}",
+            sb.name,
+            when(Some(sb.connected_since)),
+            sb.client_addr
+                .as_deref()
+                .map(|c| format!("  from {c}"))
+                .unwrap_or_default()
+        );
+    }
+    let o = &s.outbox;
+    println!(
+        "outbox     {} pending, oldest {}; {} rejected ({} key(s) held)",
+        o.pending,
+        humantime::format_duration(std::time::Duration::from_secs(
+            o.oldest_pending_seconds.max(0.0) as u64
+        )),
+        o.rejected,
+        o.held_keys
+    );
+    println!("published  last {}", when(s.last_published_at));
+    println!(
+        "nats       {} {}",
+        s.nats.url,
+        if s.nats.reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        }
+    );
+    println!();
+    println!(
+        "{:<20} {:>12} {:>12}  state",
+        "stream", "watermark", "last seq"
+    );
+    for st in &s.streams {
+        let num = |n: Option<String>| n.unwrap_or_else(|| "-".into());
+        println!(
+            "{:<20} {:>12} {:>12}  {}",
+            st.stream,
+            num(st.watermark.map(|w| w.to_string())),
+            num(st.last_sequence.map(|w| w.to_string())),
+            st.state
+        );
+    }
+    println!();
+    if s.healthy {
+        println!("healthy");
+    } else {
+        println!("NOT HEALTHY");
+        for p in &s.problems {
+            println!("- {p}");
         }
     }
     Ok(())

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 use super::backoff::Backoff;
 use super::error::{chain, Interrupt, RelayError};
 use super::leader::Leadership;
-use super::publisher::{Publish, Publisher, Route};
+use super::publisher::{Due, Publish, Publisher, Refusal, Route};
 use super::reader::Reader;
 use super::reconcile::reconcile;
 use super::recorder::Recorder;
@@ -34,6 +34,8 @@ enum Sent {
     NotQueued,
     /// Not sent: the lease is not confirmed recently enough to publish.
     Paused,
+    /// Not sent: its stream is down; it waits, pending, and the other streams' rows go on.
+    Held,
 }
 
 pub(crate) struct Active<'a> {
@@ -64,7 +66,7 @@ impl<'a> Active<'a> {
             lead,
             shutdown,
             reader: Reader::new(&lead.session.client, &lead.prepared),
-            publisher: Publisher::new(js, catalog, cfg.profile(), routes),
+            publisher: Publisher::new(js, catalog, cfg.profile(), routes, cfg.relay.max_backoff),
             recorder: Recorder::new(&lead.marker, &lead.marker_prepared, lead.epoch),
             retry: Backoff::new(cfg.relay.max_backoff),
         }
@@ -113,6 +115,10 @@ impl<'a> Active<'a> {
                 self.recover().await?;
                 continue;
             }
+            if let Some(due) = self.publisher.due() {
+                self.try_again(due).await?;
+                continue;
+            }
 
             let batch = self.cfg.relay.batch_size;
             let room = self
@@ -156,6 +162,7 @@ impl<'a> Active<'a> {
                             held.insert(row.key.clone());
                             self.reader.hold(&row.key);
                         }
+                        Sent::Held => {}
                         Sent::NotQueued | Sent::Paused => {
                             complete = false;
                             break;
@@ -164,6 +171,9 @@ impl<'a> Active<'a> {
                 }
                 let last = b.fetched.rows.last().filter(|_| complete).map(|r| r.id);
                 self.reader.done(last);
+                if complete && read < b.limit {
+                    self.publisher.caught_up();
+                }
                 if read == b.limit && room - sent >= batch {
                     continue; // a full batch was there and another fits: read again now
                 }
@@ -177,6 +187,7 @@ impl<'a> Active<'a> {
             // Wait for acks; then take every ack that is ready.
             // A NOTIFY only matters when a whole batch fits.
             let can_read = room - sent >= batch;
+            let due = self.publisher.next_due();
             tokio::select! {
                 acked = self.publisher.next() => {
                     if let Some(acked) = acked {
@@ -192,19 +203,41 @@ impl<'a> Active<'a> {
                 // ahead, whose unread answer would otherwise hold the heartbeat's back.
                 _ = tokio::time::sleep_until(lead.lease.stale_at()) => {}
                 _ = session.wake.notified(), if can_read => {}
+                _ = until(due) => {}
                 _ = self.shutdown.cancelled() => {}
                 _ = session.closed.cancelled() => {}
             }
         }
     }
 
+    /// A down stream is due to be tried again. A missing one: asked for (once there, the
+    /// pipeline is reconciled with it); a refusing one: its held rows are read again and sent.
+    async fn try_again(&mut self, due: Due) -> Result<(), Interrupt> {
+        match due {
+            Due::Missing(i) => {
+                let name = self.publisher.routes[i].stream.clone();
+                match self.js.get_stream(&name).await {
+                    Ok(_) => self.publisher.suspect = true,
+                    Err(e) => {
+                        debug!(stream = %name, error = %chain(&e), "stream still missing");
+                        self.publisher.went_down(i, Refusal::Missing);
+                    }
+                }
+            }
+            Due::Retry => self.drain().await?,
+        }
+        Ok(())
+    }
+
     /// Nothing pending, nothing in flight: wait for a NOTIFY, the fallback poll, shutdown, or
     /// the session's end. (The janitor purges the published log, busy or idle.)
     async fn idle(&mut self) -> Result<(), Interrupt> {
         let session = &self.lead.session;
+        let due = self.publisher.next_due();
         tokio::select! {
             _ = session.wake.notified() => {}
             _ = tokio::time::sleep(self.cfg.relay.poll_interval) => {}
+            _ = until(due) => {}
             _ = self.shutdown.cancelled() => {}
             _ = session.closed.cancelled() => {}
         }
@@ -241,6 +274,7 @@ impl<'a> Active<'a> {
                 Ok(Sent::Queued)
             }
             Publish::Refused(r) => self.reject(row, r).await,
+            Publish::Held => Ok(Sent::Held),
             Publish::NotQueued => Ok(Sent::NotQueued),
         }
     }
@@ -295,7 +329,7 @@ impl<'a> Active<'a> {
     }
 
     async fn record(&mut self) -> Result<(), Interrupt> {
-        if self.recorder.record(self.publisher.routes).await? {
+        if self.recorder.record(&self.publisher.routes).await? {
             self.retry.reset();
         }
         Ok(())
@@ -329,13 +363,22 @@ impl<'a> Active<'a> {
 
     async fn reconcile_retrying(&mut self) -> Result<(), Interrupt> {
         let mut backoff = Backoff::new(self.cfg.relay.max_backoff);
+        let mut told = false;
         loop {
             crate::metrics::health().turned();
             self.reader.read_from_start();
             match reconcile(self.js, self.lead, &mut self.publisher).await {
                 Ok(()) => return Ok(()),
                 Err(Interrupt::Nats(e)) => {
-                    warn!(error = %chain(&e), "cannot reconcile with JetStream yet; retrying");
+                    // Once per outage: the NATS connection names its own trouble as it changes.
+                    if !std::mem::replace(&mut told, true) {
+                        warn!(
+                            error = %chain(&e), nats = %crate::nats::redact(&self.cfg.nats.url),
+                            "cannot reconcile with JetStream yet; retrying"
+                        );
+                    } else {
+                        debug!(error = %chain(&e), "cannot reconcile with JetStream yet; retrying");
+                    }
                     tokio::select! {
                         more = backoff.wait(self.shutdown) => if !more { return Ok(()) },
                         _ = self.lead.session.closed.cancelled() => return Err(Interrupt::SessionClosed),
@@ -344,5 +387,13 @@ impl<'a> Active<'a> {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// Waits until `t`; forever when there is none.
+async fn until(t: Option<std::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }

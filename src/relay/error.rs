@@ -15,7 +15,8 @@ use crate::store::migrate::MigrateError;
 pub enum RelayError {
     #[error(transparent)]
     Schema(#[from] MigrateError),
-    #[error("JetStream stream {stream} does not exist on the NATS server: create it with `mes-events provision apply` (or remove it from relay.streams)")]
+    /// None of the relay's streams exists (one missing among others only holds its own rows).
+    #[error("JetStream stream(s) {stream} do not exist on the NATS server: create them with `mes-events provision apply` (or correct relay.streams)")]
     StreamMissing { stream: String },
     #[error("the built-in event catalog is broken: {0}")]
     Catalog(#[from] CatalogError),
@@ -84,8 +85,12 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        // Clients often wrap an error in one that says the same: say it once.
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cause = c.source();
     }
     s

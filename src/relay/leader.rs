@@ -147,7 +147,9 @@ impl Leader {
         cfg: &Config,
         shutdown: &CancellationToken,
     ) -> Result<Option<Leadership>, Interrupt> {
-        let session = session::connect(&cfg.database.url, "mes-events relay").await?;
+        // Named after the holder, so that `relay status` tells the relays apart.
+        let name = format!("mes-events relay {}", self.holder);
+        let session = session::connect(&cfg.database.url, &name).await?;
         if !session.expire_when_silent(cfg.relay.lease_timeout).await? && !self.warned_no_timeout {
             self.warned_no_timeout = true;
             warn!("PostgreSQL has no idle_session_timeout (before 14): a frozen or partitioned active relay keeps the lead until its session dies");

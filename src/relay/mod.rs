@@ -36,11 +36,13 @@
 //!   `relay.lease_timeout` even when the active relay freezes or is cut off from PostgreSQL)
 //!   and the two sessions of an active relay;
 //! - [`reader`]: the cursor, the late-row check's snapshot, the read ahead, the carried keys;
-//! - [`publisher`]: routes, predicted tails, publishes in flight, the suspect pipeline;
+//! - [`publisher`]: routes, predicted tails, publishes in flight, the suspect pipeline, and
+//!   the streams that are down (missing or refusing: their rows wait, the others' go on);
 //! - [`recorder`]: acks recorded a batch at a time on the second session;
 //! - [`reconcile`]: the streams read back to the outbox;
 //! - [`janitor`]: the published log kept within its retention, on a connection of its own;
 //! - [`watch`]: the backlog, the connections and the streams as metrics, and readiness;
+//! - [`status`]: `relay status`, the relays as the servers see them;
 //! - [`backoff`], [`error`].
 //!
 //! Never writes SQL itself (the store does) and never builds messages itself (the event layer
@@ -59,6 +61,7 @@ mod publisher;
 mod reader;
 mod reconcile;
 mod recorder;
+pub mod status;
 mod watch;
 
 pub use error::{NatsError, RelayError};
@@ -75,19 +78,36 @@ use leader::Leader;
 pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Result<(), RelayError> {
     let catalog = Catalog::embedded()?;
     let mut backoff = Backoff::new(cfg.relay.max_backoff);
-    // Refuse to start without the streams; afterwards a vanished stream is an outage like others.
+    // A stream missing at start is held like one that vanishes later: the others go on.
+    let mut told = false;
     let routes = loop {
         match publisher::routes(&js, &cfg.relay.streams).await {
             Ok(r) => break r,
             Err(Interrupt::Fatal(e)) => return Err(e),
             Err(e) => {
-                warn!(error = %chain(&e), "cannot read stream configuration yet; retrying");
+                // Once: the NATS connection names its own trouble (refused, TLS, authorization…)
+                // as it changes.
+                if !told {
+                    told = true;
+                    warn!(
+                        error = %chain(&e), nats = %crate::nats::redact(&cfg.nats.url),
+                        connected = js.client().connection_state() == async_nats::connection::State::Connected,
+                        "cannot read the streams' configuration yet; retrying"
+                    );
+                }
                 if !backoff.wait(&shutdown).await {
                     return Ok(());
                 }
             }
         }
     };
+    // Not one stream there: the server was not provisioned (or relay.streams names the wrong
+    // ones). Say so and stop, rather than wait for streams that may never come.
+    if routes.iter().all(|r| r.subjects.is_empty()) {
+        return Err(RelayError::StreamMissing {
+            stream: cfg.relay.streams.join(", "),
+        });
+    }
     // Owned: aborted however this function returns (a purge cut short is one statement rolled
     // back), and stopped with the relay's shutdown.
     let _janitor = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(janitor::run(

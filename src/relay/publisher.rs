@@ -3,21 +3,29 @@
 //! fails nothing after it lands and a second relay publishing at the same time cannot land
 //! anything without having seen everything before it.
 //!
-//! Owns the routes, the predicted tails, the publishes in flight and whether the pipeline is
-//! suspect. Never touches PostgreSQL: what landed goes to the recorder, a row that cannot be
-//! published goes back to the caller as a rejection.
+//! One stream's trouble never stops the others: a stream that is missing or refuses messages
+//! is *down*, and the rows routed to it are held (not sent, not rejected; they stay pending)
+//! until it is due to be tried again, with back-off. Every row of a down stream waits, so the
+//! order within it is kept; the other streams' rows go on.
+//!
+//! Owns the routes, the predicted tails, the publishes in flight, which streams are down and
+//! whether the pipeline is suspect. Never touches PostgreSQL: what landed goes to the recorder,
+//! a row that cannot be published goes back to the caller as a rejection.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::context::{Context, GetStreamErrorKind, PublishErrorKind};
+use async_nats::jetstream::context::{
+    Context, GetStreamError, GetStreamErrorKind, PublishErrorKind,
+};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, ErrorCode};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::error::{Interrupt, NatsError, RelayError};
+use super::error::{Interrupt, NatsError};
 use crate::event::catalog::Catalog;
 use crate::event::{self, subject, Profile, Rejection, Row};
 use crate::store::outbox::Mark;
@@ -26,41 +34,52 @@ use crate::store::outbox::Mark;
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
     pub stream: String,
+    /// Empty while the stream has not been seen (missing since the relay started).
     pub subjects: Vec<String>,
     /// The stream's `max_msg_size`, when it has one: larger messages are refused by the server.
     pub max_msg_size: Option<usize>,
 }
 
-/// Reads the configuration of the streams named `names`.
+impl Route {
+    /// The route of a stream as the server describes it.
+    pub fn of(name: &str, config: &jetstream::stream::Config) -> Route {
+        Route {
+            stream: name.to_owned(),
+            subjects: config.subjects.clone(),
+            max_msg_size: usize::try_from(config.max_message_size)
+                .ok()
+                .filter(|&n| n > 0),
+        }
+    }
+}
+
+/// Reads the configuration of the streams named `names`. A missing one gets a route without
+/// subjects: the relay starts all the same, and holds what it cannot route until it appears.
 pub(crate) async fn routes(js: &Context, names: &[String]) -> Result<Vec<Route>, Interrupt> {
     let mut routes = Vec::with_capacity(names.len());
     for name in names {
         match js.get_stream(name).await {
-            Ok(s) => routes.push(Route {
+            Ok(s) => routes.push(Route::of(name, &s.cached_info().config)),
+            Err(e) if is_not_found(&e) => routes.push(Route {
                 stream: name.clone(),
-                subjects: s.cached_info().config.subjects.clone(),
-                max_msg_size: usize::try_from(s.cached_info().config.max_message_size)
-                    .ok()
-                    .filter(|&n| n > 0),
+                subjects: Vec::new(),
+                max_msg_size: None,
             }),
             Err(e) => {
-                if let GetStreamErrorKind::JetStream(je) = e.kind() {
-                    if je.error_code() == ErrorCode::STREAM_NOT_FOUND {
-                        return Err(RelayError::StreamMissing {
-                            stream: name.clone(),
-                        }
-                        .into());
-                    }
-                }
                 return Err(NatsError::GetStream {
                     stream: name.clone(),
                     source: e,
                 }
-                .into());
+                .into())
             }
         }
     }
     Ok(routes)
+}
+
+/// Whether the server says the stream does not exist.
+pub(crate) fn is_not_found(e: &GetStreamError) -> bool {
+    matches!(e.kind(), GetStreamErrorKind::JetStream(je) if je.error_code() == ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// What became of one row.
@@ -69,6 +88,8 @@ pub(crate) enum Publish {
     Queued,
     /// It cannot become a message any stream takes: keep it as rejected.
     Refused(Rejection),
+    /// Its stream is down (or, missing since start, unknown): it waits, pending.
+    Held,
     /// Could not be queued (the client refused it); the pipeline is now suspect.
     NotQueued,
 }
@@ -101,7 +122,7 @@ pub(crate) struct Publisher<'a> {
     js: &'a Context,
     catalog: &'a Catalog,
     profile: Profile,
-    pub routes: &'a [Route],
+    pub routes: Vec<Route>,
     /// Subject's first two tokens after the location → route, to skip matching on every row.
     route_cache: HashMap<String, usize>,
     /// Predicted last sequence of each route's stream.
@@ -112,14 +133,43 @@ pub(crate) struct Publisher<'a> {
     /// Something did not land where predicted since the last reconciliation: the pipeline must be
     /// drained and reconciled, and until then no watermark moves.
     pub suspect: bool,
-    /// Per route, why its stream refuses messages, as last told to the operator (told again
-    /// only when it changes, and when the stream takes messages again).
-    refusing: HashMap<usize, Refusal>,
+    /// The routes whose streams are down: their rows are held.
+    down: HashMap<usize, Down>,
+    /// The longest wait between two tries of a down stream.
+    max_backoff: Duration,
+}
+
+/// The first wait before a down stream is tried again (as the relay's other back-offs).
+const FIRST_WAIT: Duration = Duration::from_millis(100);
+
+/// A stream that does not take messages now, and when to try it again.
+#[derive(Debug)]
+struct Down {
+    /// Why, as last told to the operator (told again only when it changes, and when the stream
+    /// takes messages again).
+    why: Refusal,
+    retry_at: Instant,
+    /// The wait before `retry_at`; doubled each time a try fails.
+    wait: Duration,
+    /// Its rows are being sent again, to see whether it takes them.
+    trying: bool,
+    /// A row was sent to it since it is being tried.
+    tried: bool,
+}
+
+/// A down stream due to be tried again, for the caller to act on.
+pub(crate) enum Due {
+    /// Missing: ask the server whether it is back (then reconcile it).
+    Missing(usize),
+    /// Refusing: read its held rows again and send them; the first ack tells.
+    Retry,
 }
 
 /// Why a stream does not take messages, as far as the relay can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
+    /// The stream does not exist.
+    Missing,
     /// The server answered with a limit: what it said, and what to change.
     Limit { said: String, fix: &'static str },
     /// No answer in time: NATS unreachable, a leader being elected, or a server that cannot
@@ -130,8 +180,10 @@ pub(crate) enum Refusal {
 impl Refusal {
     /// The refusal a failed publish shows, if it is one.
     pub fn of(e: &jetstream::context::PublishError) -> Option<Refusal> {
-        if e.kind() == PublishErrorKind::TimedOut {
-            return Some(Refusal::NoAnswer);
+        match e.kind() {
+            PublishErrorKind::TimedOut => return Some(Refusal::NoAnswer),
+            PublishErrorKind::StreamNotFound => return Some(Refusal::Missing),
+            _ => {}
         }
         let je = std::error::Error::source(e)?.downcast_ref::<jetstream::Error>()?;
         let said = je.to_string();
@@ -162,20 +214,149 @@ impl<'a> Publisher<'a> {
         js: &'a Context,
         catalog: &'a Catalog,
         profile: Profile,
-        routes: &'a [Route],
+        routes: &[Route],
+        max_backoff: Duration,
     ) -> Publisher<'a> {
-        Publisher {
+        let mut p = Publisher {
             js,
             catalog,
             profile,
-            routes,
+            routes: routes.to_vec(),
             route_cache: HashMap::new(),
             tails: vec![0; routes.len()],
             max_payload: usize::MAX,
             in_flight: FuturesOrdered::new(),
             suspect: false,
-            refusing: HashMap::new(),
+            down: HashMap::new(),
+            max_backoff,
+        };
+        for (i, r) in routes.iter().enumerate() {
+            if r.subjects.is_empty() {
+                p.went_down(i, Refusal::Missing);
+            } else {
+                p.set_up(i, true);
+            }
         }
+        p
+    }
+
+    /// Whether route `i`'s stream is down (its rows held).
+    pub fn is_down(&self, i: usize) -> bool {
+        self.down.get(&i).is_some_and(|d| !d.trying)
+    }
+
+    /// When the next down stream is due to be tried again.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.down
+            .values()
+            .filter(|d| !d.trying)
+            .map(|d| d.retry_at)
+            .min()
+    }
+
+    /// A down stream due to be tried now, if any. A refusing one is tried from here on: its
+    /// rows are sent again (the caller reads from the oldest pending row).
+    pub fn due(&mut self) -> Option<Due> {
+        let now = Instant::now();
+        let (&i, d) = self
+            .down
+            .iter_mut()
+            .filter(|(_, d)| !d.trying && d.retry_at <= now)
+            .min_by_key(|(_, d)| d.retry_at)?;
+        if d.why == Refusal::Missing {
+            return Some(Due::Missing(i));
+        }
+        d.trying = true;
+        d.tried = false;
+        Some(Due::Retry)
+    }
+
+    /// The reader reached the end of the outbox: a stream being tried that no row was sent to
+    /// has nothing waiting for it, and counts as up until a publish says otherwise.
+    pub fn caught_up(&mut self) {
+        let idle: Vec<usize> = self
+            .down
+            .iter()
+            .filter(|(_, d)| d.trying && !d.tried)
+            .map(|(&i, _)| i)
+            .collect();
+        for i in idle {
+            self.down.remove(&i);
+            debug!(stream = %self.routes[i].stream, "nothing waits for this stream any more");
+            self.set_up(i, true);
+        }
+    }
+
+    /// Route `i`'s stream is (still) down for `why`: its rows are held until the next try.
+    pub fn went_down(&mut self, i: usize, why: Refusal) {
+        let stream = &self.routes[i].stream;
+        let max = self.max_backoff;
+        let d = self.down.entry(i).or_insert_with(|| Down {
+            why: Refusal::NoAnswer,
+            retry_at: Instant::now(),
+            wait: Duration::ZERO,
+            trying: false,
+            tried: false,
+        });
+        let told = d.wait > Duration::ZERO && d.why == why;
+        d.wait = (d.wait * 2).clamp(FIRST_WAIT, max.max(FIRST_WAIT));
+        d.retry_at = Instant::now() + d.wait;
+        d.trying = false;
+        d.why = why;
+        if !told {
+            match &d.why {
+                Refusal::Missing => error!(
+                    %stream,
+                    "stream missing: the events routed to it wait (the other streams' go on); create it with `mes-events provision apply`"
+                ),
+                Refusal::Limit { said, fix } => error!(
+                    %stream, server = %said,
+                    "stream refuses messages; the events routed to it wait until it takes them again (the other streams' go on): {fix}"
+                ),
+                Refusal::NoAnswer => error!(
+                    %stream,
+                    "no PubAck in time; the events routed to this stream wait: NATS unreachable, a stream leader being elected, or a server that cannot write (disk full: see the server's log)"
+                ),
+            }
+        }
+        self.set_up(i, false);
+    }
+
+    /// Whether route `i`'s stream was missing when last looked at.
+    pub fn is_missing(&self, i: usize) -> bool {
+        self.down.get(&i).is_some_and(|d| d.why == Refusal::Missing)
+    }
+
+    /// Route `i` as the server describes it now (its subjects or limits may have changed).
+    pub fn refresh(&mut self, i: usize, route: Route) {
+        if route.subjects != self.routes[i].subjects {
+            self.route_cache.clear();
+        }
+        self.routes[i] = route;
+    }
+
+    /// Route `i`'s stream takes messages (again): its route as the server describes it now.
+    pub fn came_up(&mut self, i: usize, route: Option<Route>) {
+        if let Some(r) = route {
+            self.refresh(i, r);
+        }
+        if let Some(d) = self.down.remove(&i) {
+            let stream = &self.routes[i].stream;
+            match d.why {
+                Refusal::Missing => info!(%stream, "stream is there again; its events go on"),
+                _ => info!(%stream, "stream takes messages again"),
+            }
+        }
+        self.set_up(i, true);
+    }
+
+    fn set_up(&self, i: usize, up: bool) {
+        crate::metrics::get()
+            .stream_accepting
+            .get_or_create(&crate::metrics::Stream {
+                stream: self.routes[i].stream.clone(),
+            })
+            .set(i64::from(up));
     }
 
     pub fn source(&self) -> &str {
@@ -203,9 +384,19 @@ impl<'a> Publisher<'a> {
             Err(e) => return Publish::Refused(e.rejection()),
         };
         let Some(route) = self.route(&out.subject) else {
+            // A stream missing since start may be the one that captures it: wait for it.
+            if self.routes.iter().any(|r| r.subjects.is_empty()) {
+                return Publish::Held;
+            }
             let streams: Vec<&str> = self.routes.iter().map(|r| r.stream.as_str()).collect();
             return Publish::Refused(Rejection::unroutable(&out.subject, &streams));
         };
+        if let Some(d) = self.down.get_mut(&route) {
+            if !d.trying {
+                return Publish::Held;
+            }
+            d.tried = true;
+        }
         let size = out.wire_size();
         let limit = [Some(self.max_payload), self.routes[route].max_msg_size]
             .into_iter()
@@ -290,8 +481,8 @@ impl<'a> Publisher<'a> {
                         })
                         .inc();
                 }
-                if self.refusing.remove(&sent.route).is_some() {
-                    info!(stream = %self.routes[sent.route].stream, "stream takes messages again");
+                if self.down.contains_key(&sent.route) {
+                    self.came_up(sent.route, None);
                 }
                 let watermark = (!self.suspect).then_some((sent.route, ack.sequence));
                 Some(Landed {
@@ -304,23 +495,17 @@ impl<'a> Publisher<'a> {
                 })
             }
             Err(e) => {
-                let stream = &self.routes[sent.route].stream;
-                match Refusal::of(&e) {
-                    Some(r) if self.refusing.get(&sent.route) != Some(&r) => {
-                        match &r {
-                            Refusal::Limit { said, fix } => error!(
-                                %stream, server = %said,
-                                "stream refuses messages; publishing waits until it takes them again: {fix}"
-                            ),
-                            Refusal::NoAnswer => error!(
-                                %stream, id = sent.id,
-                                "no PubAck in time; publishing waits: NATS unreachable, a stream leader being elected, or a server that cannot write (disk full: see the server's log)"
-                            ),
-                        }
-                        self.refusing.insert(sent.route, r);
-                    }
+                // No answer while the connection is down is NATS's outage, not the stream's:
+                // the reconciliation waits for NATS, and the connection tells its trouble.
+                let away =
+                    self.js.client().connection_state() != async_nats::connection::State::Connected;
+                match Refusal::of(&e).filter(|r| !(away && *r == Refusal::NoAnswer)) {
+                    // Only the first failure of a run says so: the later ones of the same
+                    // stream failed behind it.
+                    Some(r) if !self.is_down(sent.route) => self.went_down(sent.route, r),
                     Some(_) => {}
                     None if !self.suspect => {
+                        let stream = &self.routes[sent.route].stream;
                         warn!(id = sent.id, %stream, error = %e, "publish failed; reconciling")
                     }
                     None => {}

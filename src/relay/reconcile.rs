@@ -5,6 +5,8 @@
 //!
 //! Owns reading the streams back; the marks and watermarks are the store's statements.
 //!
+//! A missing stream is skipped (and marked down: its rows wait), the others are reconciled.
+//!
 //! Never moves a watermark past a message it has not recorded.
 
 use async_nats::jetstream::context::Context;
@@ -15,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::error::{Interrupt, NatsError};
 use super::leader::Leadership;
-use super::publisher::Publisher;
+use super::publisher::{is_not_found, Publisher, Refusal, Route};
 use super::recorder::lease_held;
 use crate::event;
 use crate::store::lease;
@@ -33,47 +35,55 @@ pub(crate) async fn reconcile(
     crate::metrics::get().reconciliations.inc();
     let client = &lead.session.client;
     publisher.max_payload = js.client().server_info().max_payload;
-    let routes = publisher.routes;
-    for (i, route) in routes.iter().enumerate() {
-        let mut stream =
-            js.get_stream(&route.stream)
-                .await
-                .map_err(|source| NatsError::GetStream {
-                    stream: route.stream.clone(),
+    let names: Vec<String> = publisher.routes.iter().map(|r| r.stream.clone()).collect();
+    for (i, name) in names.iter().enumerate() {
+        let mut stream = match js.get_stream(name).await {
+            Ok(s) => s,
+            // Its rows wait; the other streams go on.
+            Err(e) if is_not_found(&e) => {
+                publisher.went_down(i, Refusal::Missing);
+                continue;
+            }
+            Err(source) => {
+                return Err(NatsError::GetStream {
+                    stream: name.clone(),
                     source,
-                })?;
+                }
+                .into())
+            }
+        };
         let info = stream.info().await.map_err(|source| NatsError::Info {
-            stream: route.stream.clone(),
+            stream: name.clone(),
             source,
         })?;
+        // Its subjects and limits as they are now (a stream created again, or changed).
+        let route = Route::of(name, &info.config);
+        if publisher.is_missing(i) {
+            publisher.came_up(i, Some(route));
+        } else {
+            publisher.refresh(i, route);
+        }
         let (created, first, last) = (
             info.created,
             info.state.first_sequence.max(1),
             info.state.last_sequence,
         );
-        let from = match lease::watermark(client, &route.stream).await? {
+        let from = match lease::watermark(client, name).await? {
             Some((c, seen)) if c.timestamp_micros() == created.timestamp_micros() => {
                 (seen + 1).max(first)
             }
             Some(_) => {
-                warn!(stream = %route.stream, "stream was created again since last seen; reading it from its start");
+                warn!(stream = %name, "stream was created again since last seen; reading it from its start");
                 first
             }
             None => first,
         };
         if from <= last {
-            let n = read_back(
-                lead,
-                publisher.source(),
-                &stream,
-                &route.stream,
-                (from, last),
-            )
-            .await?;
-            info!(stream = %route.stream, from, to = last, recorded = n, "reconciled with the stream");
+            let n = read_back(lead, publisher.source(), &stream, name, (from, last)).await?;
+            info!(stream = %name, from, to = last, recorded = n, "reconciled with the stream");
             crate::metrics::get().reconciled_rows.inc_by(n);
         }
-        if !lease::set_watermark(client, lead.epoch, &route.stream, created, last).await? {
+        if !lease::set_watermark(client, lead.epoch, name, created, last).await? {
             return Err(Interrupt::LeaseLost(lead.epoch));
         }
         publisher.tails[i] = last;

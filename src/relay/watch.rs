@@ -6,7 +6,7 @@
 //! named), asked on a NATS connection of its own (`mes-events relay watch host:pid`), so that
 //! what the relay's connection sends is the relay's work alone.
 //! Ready means: PostgreSQL and NATS reachable (or away for less than `http.ready_grace`), every
-//! stream of `relay.streams` there, and, for the active relay, the oldest pending row younger
+//! stream of `relay.streams` there (and, for the active relay, taking its messages), and, for the active relay, the oldest pending row younger
 //! than `http.ready_max_pending_age`. A standby is ready as a standby.
 
 use std::time::{Duration, Instant};
@@ -45,10 +45,12 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
             None => None,
         };
         match backlog {
-            Some((pending, oldest)) => {
+            Some(b) => {
                 m.postgres_up.set(1);
-                m.pending_rows.set(pending);
-                m.oldest_pending_seconds.set(oldest);
+                m.pending_rows.set(b.pending);
+                m.oldest_pending_seconds.set(b.oldest_pending_seconds);
+                m.rejected_rows.set(b.rejected);
+                m.held_keys.set(b.held_keys);
                 pg_away = None;
             }
             None => {
@@ -93,13 +95,32 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
                 }
             }
         }
+        // Streams the active relay found refusing its messages (a missing one is named above).
+        let active = m.active.get() == 1;
+        let refusing: Vec<&str> = cfg
+            .relay
+            .streams
+            .iter()
+            .map(String::as_str)
+            .filter(|s| {
+                active
+                    && !missing.contains(s)
+                    && m.stream_accepting
+                        .get_or_create(&Stream {
+                            stream: (*s).to_owned(),
+                        })
+                        .get()
+                        == 0
+            })
+            .collect();
         let (ready, why) = readiness(
             &cfg,
             Observed {
-                active: m.active.get() == 1,
+                active,
                 pg_away: pg_away.map(|t| t.elapsed()),
                 nats_away: nats_away.map(|t| t.elapsed()),
                 missing: &missing,
+                refusing: &refusing,
                 oldest_pending: Duration::from_secs_f64(m.oldest_pending_seconds.get().max(0.0)),
             },
         );
@@ -117,6 +138,8 @@ pub(crate) struct Observed<'a> {
     pub pg_away: Option<Duration>,
     pub nats_away: Option<Duration>,
     pub missing: &'a [&'a str],
+    /// Streams that refuse the active relay's messages.
+    pub refusing: &'a [&'a str],
     pub oldest_pending: Duration,
 }
 
@@ -133,6 +156,11 @@ pub(crate) fn readiness(cfg: &Config, o: Observed<'_>) -> (bool, String) {
     for s in o.missing {
         wrong.push(format!(
             "stream {s} missing: create it with `mes-events provision apply`"
+        ));
+    }
+    for s in o.refusing {
+        wrong.push(format!(
+            "stream {s} refuses messages: see the relay's log for what the server said"
         ));
     }
     let max = cfg.http.ready_max_pending_age;
@@ -161,6 +189,7 @@ mod tests {
             pg_away: None,
             nats_away: None,
             missing,
+            refusing: &[],
             oldest_pending: Duration::ZERO,
         }
     }
@@ -189,6 +218,14 @@ mod tests {
             },
         );
         assert!(!ok);
+        let refusing = readiness(
+            &cfg,
+            Observed {
+                refusing: &["MES_EVENTS"],
+                ..seen(&[])
+            },
+        );
+        assert!(!refusing.0 && refusing.1.contains("stream MES_EVENTS refuses messages"));
         for part in [
             "NATS unreachable for 60s",
             "stream MES_PV missing",

@@ -36,19 +36,116 @@ pub async fn counts(client: &impl GenericClient) -> Result<Counts, tokio_postgre
     })
 }
 
-/// Rows waiting to be published (not rejected, not discarded; held ones included) and the age of
-/// the oldest, in seconds (0 when none). One pass over the pending rows.
-pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
+/// What waits in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
+pub struct Backlog {
+    /// Rows waiting to be published (not rejected, not discarded; held ones included).
+    pub pending: i64,
+    /// The age of the oldest of them, in seconds (0 when none).
+    pub oldest_pending_seconds: f64,
+    /// Rejected rows neither retried nor discarded.
+    pub rejected: i64,
+    /// Keys those hold (their later rows wait).
+    pub held_keys: i64,
+}
+
+/// The backlog: one pass over the unpublished rows (the published ones have left the outbox).
+pub async fn backlog(client: &impl GenericClient) -> Result<Backlog, tokio_postgres::Error> {
     let r = client
         .query_one(
-            "select count(*),
-                    coalesce(extract(epoch from now() - min(recorded_at)), 0)::float8
+            "select count(*) filter (where rejected_at is null),
+                    coalesce(extract(epoch from now() - min(recorded_at) filter (where rejected_at is null)), 0)::float8,
+                    count(*) filter (where rejected_at is not null),
+                    count(distinct key) filter (where rejected_at is not null)
                from mes_events.outbox
-              where stream_seq is null and rejected_at is null and discarded_at is null",
+              where stream_seq is null and discarded_at is null",
             &[],
         )
         .await?;
-    Ok((r.get(0), r.get(1)))
+    Ok(Backlog {
+        pending: r.get(0),
+        oldest_pending_seconds: r.get(1),
+        rejected: r.get(2),
+        held_keys: r.get(3),
+    })
+}
+
+/// A relay process as PostgreSQL sees it: its main session.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RelaySession {
+    /// `host:pid`, as the lease names its holder.
+    pub name: String,
+    /// The address it connects from (none over a Unix socket).
+    pub client_addr: Option<String>,
+    /// When its session started.
+    pub connected_since: DateTime<Utc>,
+    /// It holds the active relay's lock.
+    pub active: bool,
+}
+
+/// The relays as PostgreSQL records and sees them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Relays {
+    /// The lease: the last epoch, who took it and when.
+    pub epoch: i64,
+    pub holder: Option<String>,
+    pub acquired_at: Option<DateTime<Utc>>,
+    /// Every relay connected now (active first).
+    pub sessions: Vec<RelaySession>,
+    /// Each stream's watermark: the highest sequence known recorded.
+    pub watermarks: Vec<(String, i64)>,
+    /// When the last event was recorded as published (within the published log's retention).
+    pub last_published_at: Option<DateTime<Utc>>,
+}
+
+/// The relays: the lease, the relay sessions connected now (a relay's main session is named
+/// `mes-events relay host:pid`; the active one holds the lock), the watermarks, the last publish.
+pub async fn relays(client: &impl GenericClient) -> Result<Relays, tokio_postgres::Error> {
+    let lease = client
+        .query_one(
+            "select epoch, holder, acquired_at,
+                    (select max(published_at) from mes_events.published)
+               from mes_events.relay_lease where id = 1",
+            &[],
+        )
+        .await?;
+    let sessions = client
+        .query(
+            "select substr(a.application_name, length('mes-events relay ') + 1),
+                    host(a.client_addr), a.backend_start,
+                    exists (select 1 from pg_locks l
+                             where l.pid = a.pid and l.locktype = 'advisory' and l.granted
+                               and l.database = a.datid
+                               and ((l.classid::bigint << 32) | l.objid::bigint) = $1)
+               from pg_stat_activity a
+              where a.datname = current_database()
+                and a.application_name ~ '^mes-events relay [^ ]+:[0-9]+$'
+              order by 4 desc, a.backend_start",
+            &[&crate::store::lease::RELAY_LOCK],
+        )
+        .await?;
+    let watermarks = client
+        .query(
+            "select stream, last_seq from mes_events.relay_stream order by stream",
+            &[],
+        )
+        .await?;
+    Ok(Relays {
+        epoch: lease.get(0),
+        holder: lease.get(1),
+        acquired_at: lease.get(2),
+        last_published_at: lease.get(3),
+        sessions: sessions
+            .iter()
+            .map(|r| RelaySession {
+                name: r.get(0),
+                client_addr: r.get(1),
+                connected_since: r.get(2),
+                active: r.get(3),
+            })
+            .collect(),
+        watermarks: watermarks.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    })
 }
 
 /// A rejected row as operators see it.

@@ -18,3 +18,4 @@ mod permissions;
 mod provision;
 mod rejections;
 mod relay;
+mod status;

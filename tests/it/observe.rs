@@ -44,6 +44,44 @@ fn scrape(port: u16) -> Scrape {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `promtool check metrics`: Prometheus's own linter for names, units and help texts.
+fn promtool_lint(port: u16) {
+    let (_, text) = http_status(port, "/metrics").expect("the metrics endpoint answers");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e}: run scripts/test.sh: it installs Debian's prometheus package")
+        });
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    // promtool reads the classic text format, where a counter's HELP names its `_total`
+    // sample; OpenMetrics names the family (`# HELP x`, samples `x_total`). Only that
+    // difference is let through: every other finding fails the test.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings: Vec<&str> = said
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let family = l
+                .strip_suffix(" no help text")
+                .and_then(|n| n.strip_suffix("_total"));
+            !family.is_some_and(|f| text.contains(&format!("# HELP {f} ")))
+        })
+        .collect();
+    assert!(
+        findings.is_empty(),
+        "promtool check metrics: {findings:?}\n{text}"
+    );
+}
+
 fn total(m: &Scrape, name: &str) -> f64 {
     m.get(name).map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
 }
@@ -59,6 +97,7 @@ fn spawn(env: &Env, port: u16) -> RelayProcess {
             ("RUST_LOG", "info"),
             ("MES_EVENTS_HTTP__ADDRESS", &format!("127.0.0.1:{port}")),
             ("MES_EVENTS_HTTP__READY_GRACE", "1s"),
+            ("MES_EVENTS_HTTP__READY_MAX_PENDING_AGE", "4s"),
         ],
     )
 }
@@ -94,6 +133,7 @@ async fn metrics_count_what_the_relay_did_and_readiness_follows_its_faults() {
     })
     .await;
     assert_eq!(total(&m, "mes_events_relay_active"), 1.0);
+    promtool_lint(port);
     assert!(total(&m, "mes_events_publish_ack_seconds_count") >= 30.0);
     assert_eq!(
         m["mes_events_rows_rejected_total"][0].0["kind"], "schema",
@@ -155,8 +195,17 @@ async fn metrics_count_what_the_relay_did_and_readiness_follows_its_faults() {
     })
     .await;
 
-    // A stream deleted under the relay: not ready, and the message says what to run.
-    env.js().await.delete_stream("MES_PV").await.unwrap();
+    // A stream deleted under the relay: not ready, and the message says what to run; its
+    // events wait while the other stream's go on.
+    let js = env.js().await;
+    emit_pv(&c, "before").await;
+    env.drained(Duration::from_secs(30), "a PV event published")
+        .await;
+    js.delete_stream("MES_PV").await.unwrap();
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        waiting.push(emit_pv(&c, &format!("pv-{i}")).await);
+    }
     eventually(
         Duration::from_secs(15),
         "not ready without MES_PV",
@@ -166,8 +215,63 @@ async fn metrics_count_what_the_relay_did_and_readiness_follows_its_faults() {
         },
     )
     .await;
+    // Its events waiting past http.ready_max_pending_age: that too is said.
+    eventually(
+        Duration::from_secs(15),
+        "not ready: the oldest pending row too old",
+        || async {
+            let (s, why) = ready(port);
+            s == 503
+                && why.contains("the oldest pending row is")
+                && why.contains("(http.ready_max_pending_age = 4s)")
+        },
+    )
+    .await;
+    let before = read_stream(&js, "MES_EVENTS").await.len();
+    for i in 0..10 {
+        emit_order(&c, &format!("PO-after-{i}")).await;
+        emit_pv(&c, &format!("pv-after-{i}")).await;
+    }
+    eventually(
+        Duration::from_secs(30),
+        "MES_EVENTS's events delivered while MES_PV is missing",
+        || async { read_stream(&js, "MES_EVENTS").await.len() == before + 10 },
+    )
+    .await;
+    assert_eq!(pending(&env.db).await, 15, "MES_PV's events wait, pending");
+    let m = scrape(port);
+    let accepting = &m["mes_events_stream_accepting"];
+    assert!(
+        accepting
+            .iter()
+            .any(|(l, v)| l["stream"] == "MES_PV" && *v == 0.0),
+        "{accepting:?}"
+    );
+    // The stream back: its events go out, once each, in order; ready again.
+    create_streams_named(&js, &["MES_PV"]).await;
+    env.drained(Duration::from_secs(60), "MES_PV's events published")
+        .await;
+    let pv = read_stream(&js, "MES_PV").await;
+    assert_eq!(pv.len(), 15, "each waiting event once in the new stream");
+    let ids: Vec<i64> = pv.iter().map(|p| p.outbox_id).collect();
+    assert_eq!(&ids[..5], &waiting[..], "in the order written");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    eventually(
+        Duration::from_secs(20),
+        "ready once MES_PV is back",
+        || async { ready(port).0 == 200 },
+    )
+    .await;
     assert!(standby.terminate().await.success());
     assert!(relay.terminate().await.success());
+    // One ERROR when it went missing, not one per retry.
+    let log = relay.stderr();
+    assert_eq!(
+        log.matches("stream missing: the events routed to it wait")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
@@ -191,6 +295,9 @@ fn the_grafana_dashboard_asks_only_for_metrics_the_relay_has() {
     m.stream_last_sequence
         .get_or_create(&mes_events::metrics::Stream { stream: stream() })
         .set(0);
+    m.stream_accepting
+        .get_or_create(&mes_events::metrics::Stream { stream: stream() })
+        .set(1);
     let text = mes_events::metrics::render();
     let mut known = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {

@@ -235,16 +235,16 @@ async fn relay_postgres_sessions_terminated_mid_run() {
         let mut terminated = 0;
         // The main session (lock, reads), the one that records acks, or both.
         let sessions = [
-            vec!["mes-events relay"],
+            vec!["mes-events relay %:%"],
             vec!["mes-events relay marks"],
-            vec!["mes-events relay", "mes-events relay marks"],
+            vec!["mes-events relay %:%", "mes-events relay marks"],
         ];
         for i in 0..12 {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let n = admin
                 .query(
                     "select pg_terminate_backend(pid) from pg_stat_activity
-                      where application_name = any($1) and datname = current_database()",
+                      where application_name like any($1) and datname = current_database()",
                     &[&sessions[i % 3]],
                 )
                 .await

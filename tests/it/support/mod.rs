@@ -50,6 +50,19 @@ pub async fn emit_order(client: &impl tokio_postgres::GenericClient, key: &str) 
     .unwrap()
 }
 
+pub const PV_TYPE: &str = "io.mesevents.mes.processvariable.changed.v1";
+
+/// Emits one valid process variable change (routed to MES_PV) for `key`; returns its outbox id.
+pub async fn emit_pv(client: &impl tokio_postgres::GenericClient, key: &str) -> i64 {
+    let data = serde_json::json!({
+        "variableId": key, "value": 61.5, "uom": "CEL", "quality": "good",
+        "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2", "workUnit": "dryer1"}
+    });
+    mes_events::store::write::emit(client, PV_TYPE, key, &data.to_string(), &Default::default())
+        .await
+        .unwrap()
+}
+
 /// A test's world: its own NATS server, its own database, and a config pointing at both.
 pub struct Env {
     pub nats: NatsServer,
@@ -144,6 +157,19 @@ pub fn catalog_subjects(stream: &str) -> Vec<String> {
         .iter()
         .map(|c| format!("mes.*.*.*.*.{c}.>"))
         .collect()
+}
+
+/// Creates the streams `names` as the catalog routes them (two minutes' duplicate window).
+pub async fn create_streams_named(js: &jetstream::Context, names: &[&str]) {
+    for name in names {
+        js.create_stream(stream::Config {
+            name: (*name).into(),
+            subjects: catalog_subjects(name),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
 }
 
 pub async fn create_streams(js: &jetstream::Context, duplicate_window: Duration) {
