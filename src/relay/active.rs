@@ -268,13 +268,15 @@ impl<'a> Active<'a> {
         if !self.lead.lease.fresh() {
             return Ok(Sent::Paused);
         }
-        match self.publisher.publish(row).await {
+        let lease = &self.lead.lease;
+        match self.publisher.publish(row, || lease.fresh()).await {
             Publish::Queued => {
                 self.reader.cursor = row.id;
                 Ok(Sent::Queued)
             }
             Publish::Refused(r) => self.reject(row, r).await,
             Publish::Held => Ok(Sent::Held),
+            Publish::Paused => Ok(Sent::Paused),
             Publish::NotQueued => Ok(Sent::NotQueued),
         }
     }

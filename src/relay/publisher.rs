@@ -90,6 +90,8 @@ pub(crate) enum Publish {
     Refused(Rejection),
     /// Its stream is down (or, missing since start, unknown): it waits, pending.
     Held,
+    /// Not sent: the caller's `may_send` said no.
+    Paused,
     /// Could not be queued (the client refused it); the pipeline is now suspect.
     NotQueued,
 }
@@ -377,8 +379,10 @@ impl<'a> Publisher<'a> {
         self.in_flight.next().now_or_never().flatten()
     }
 
-    /// Publishes one row, or says why it cannot be published.
-    pub async fn publish(&mut self, row: &Row) -> Publish {
+    /// Publishes one row, or says why it cannot be published. `may_send` is asked last, right
+    /// before the message leaves (building it takes most of the time: a process frozen in
+    /// between must not send it when it wakes on an old lease's word).
+    pub async fn publish(&mut self, row: &Row, may_send: impl Fn() -> bool) -> Publish {
         let out = match event::outbound(&self.profile, self.catalog, row) {
             Ok(out) => out,
             Err(e) => return Publish::Refused(e.rejection()),
@@ -405,6 +409,9 @@ impl<'a> Publisher<'a> {
             .unwrap_or(usize::MAX);
         if size > limit {
             return Publish::Refused(Rejection::too_large(size, limit));
+        }
+        if !may_send() {
+            return Publish::Paused;
         }
         let seq = self.tails[route] + 1;
         let msg = PublishMessage::build()

@@ -146,12 +146,21 @@ async fn a_frozen_active_relay_is_replaced_within_the_lease_timeout_and_stays_qu
     assert!(held_by(&h, &b));
     // ...and published nothing after it woke: the server received no message from it since.
     // (Nor did it mark anything: a mark needs the lease's current epoch, which is b's.)
+    // Publishes the relay made before the freeze but its client had not yet written to the
+    // socket (queued in the client, or a lease check passed an instant before the freeze) leave
+    // when the process resumes: a few, fenced by their expected sequence so none can land
+    // (exactly once is checked below). A relay that went on publishing, or read the streams
+    // back, would send hundreds.
     assert!(sent > 0, "the relay's connection was found on the server");
-    assert_eq!(
-        messages_sent_by(monitoring, &a),
-        sent,
-        "the woken relay sent messages to NATS"
+    let after = messages_sent_by(monitoring, &a);
+    assert!(
+        after - sent <= 16,
+        "the woken relay sent {} messages to NATS",
+        after - sent
     );
+    // And nothing once it stands by.
+    tokio::time::sleep(Duration::from_secs(2)).await; // a span to observe, not a wait for a state
+    assert_eq!(messages_sent_by(monitoring, &a), after, "the standby sent messages");
     assert!(b.terminate().await.success());
     assert!(a.terminate().await.success());
     env.assert_published_exactly_once(&committed).await;
