@@ -36,6 +36,16 @@ pub struct Config {
     pub relay: RelayConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub provision: ProvisionConfig,
+}
+
+/// Where the declaration of streams, consumers and systems is read from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    /// The declaration folder (`provision *` and `demo`; `--dir` overrides it). Relative to the
+    /// working directory.
+    pub dir: PathBuf,
 }
 
 /// The relay's HTTP endpoint: `/metrics` (Prometheus / OpenMetrics), `/healthz`, `/readyz`.
@@ -133,6 +143,7 @@ pub enum OnInvalid {
 pub struct RelayConfig {
     /// The JetStream streams this relay writes. It must be their only writer: every publish is
     /// fenced with `Nats-Expected-Last-Sequence`. Each must exist before the relay starts.
+    #[serde(deserialize_with = "list")]
     pub streams: Vec<String>,
     /// Rows read from the outbox per query.
     pub batch_size: usize,
@@ -213,6 +224,9 @@ impl Default for Config {
                 ready_grace: Duration::from_secs(30),
                 ready_max_pending_age: Duration::from_secs(300),
             },
+            provision: ProvisionConfig {
+                dir: PathBuf::from("nats"),
+            },
         }
     }
 }
@@ -230,6 +244,8 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 impl NatsConfig {
@@ -292,15 +308,15 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Every problem at once, not the first alone.
+        let bad = std::cell::RefCell::new(Vec::new());
         let check = |ok: bool, key, value: String, expected| {
-            if ok {
-                Ok(())
-            } else {
-                Err(ConfigError::Value {
+            if !ok {
+                bad.borrow_mut().push(ConfigError::Value {
                     key,
                     value,
                     expected,
-                })
+                });
             }
         };
         let code = |s: &str| {
@@ -309,17 +325,26 @@ impl Config {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
         check(
+            self.database
+                .url
+                .parse::<tokio_postgres::Config>()
+                .is_ok(),
+            "database.url",
+            crate::secret::redact(&self.database.url),
+            "a PostgreSQL URL (postgresql://user@host:5432/dbname) or a key=value connection string (host=… dbname=…)",
+        );
+        check(
             code(&self.events.site),
             "events.site",
             self.events.site.clone(),
             "a subject code of lower-case letters, digits and '-'",
-        )?;
+        );
         check(
             code(&self.events.installation),
             "events.installation",
             self.events.installation.clone(),
             "a code of lower-case letters, digits and '-'",
-        )?;
+        );
         check(
             !self.events.subject_prefix.is_empty()
                 && self.events.subject_prefix.split('.').all(|t| {
@@ -330,7 +355,7 @@ impl Config {
             "events.subject_prefix",
             self.events.subject_prefix.clone(),
             "one or more dot-separated tokens of letters, digits, '-' and '_'",
-        )?;
+        );
         if let Some(p) = &self.nats.inbox_prefix {
             check(
                 !p.is_empty()
@@ -340,34 +365,62 @@ impl Config {
                 "nats.inbox_prefix",
                 p.clone(),
                 "a subject without wildcards, e.g. _INBOX_relay",
-            )?;
+            );
         }
         check(
             !self.relay.streams.is_empty(),
             "relay.streams",
             format!("{:?}", self.relay.streams),
             "at least one stream name",
-        )?;
+        );
         check(
             self.relay.lease_timeout >= Duration::from_secs(1)
                 && self.relay.standby_retry < self.relay.lease_timeout,
             "relay.lease_timeout",
             humantime::format_duration(self.relay.lease_timeout).to_string(),
             "at least 1s, and longer than relay.standby_retry",
-        )?;
+        );
         check(
             self.relay.batch_size > 0,
             "relay.batch_size",
             self.relay.batch_size.to_string(),
             "a whole number of at least 1",
-        )?;
+        );
         check(
             self.relay.max_in_flight > 0,
             "relay.max_in_flight",
             self.relay.max_in_flight.to_string(),
             "a whole number of at least 1",
-        )?;
-        Ok(())
+        );
+        let mut bad = bad.into_inner();
+        match bad.len() {
+            0 => Ok(()),
+            1 => Err(bad.remove(0)),
+            _ => Err(ConfigError::Several(bad)),
+        }
+    }
+
+    /// Values left at a placeholder default that would publish or install somewhere nobody
+    /// meant (pure): each with what it means and what to set.
+    pub fn placeholders(&self) -> Vec<String> {
+        let d = Config::default();
+        let mut out = Vec::new();
+        if self.database.url == d.database.url {
+            out.push(format!(
+                "database.url is the default ({}): the schema and the outbox are there; set database.url (or DATABASE_URL) to the MES database",
+                d.database.url
+            ));
+        }
+        if self.events.site == d.events.site {
+            out.push(format!(
+                "events.site is the placeholder `{}`: events would be published with source {} on {}.{}.… subjects; set events.site (MES_EVENTS_EVENTS__SITE) to this site's code",
+                d.events.site,
+                self.source(),
+                self.events.subject_prefix,
+                self.events.site
+            ));
+        }
+        out
     }
 
     /// CloudEvents `source` of every event this installation emits.
@@ -384,6 +437,58 @@ impl Config {
             mode: self.events.mode,
         }
     }
+}
+
+/// The known key nearest to an unknown one, if it is near enough to be a typo.
+fn did_you_mean<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// A deserializer's words for what it expected, in a user's words (no Rust type names).
+fn in_user_words(said: &str) -> String {
+    let mut s = said.to_owned();
+    for (rust, user) in [
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number (0 or more)"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        (
+            "expected a sequence",
+            "expected a list (TOML: [\"A\", \"B\"]; environment: A,B)",
+        ),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        s = s.replace(rust, user);
+    }
+    s.replace("expected one of `", "expected one of: `")
+}
+
+/// A list, or one string of comma-separated items (as a list is written in an environment
+/// variable: `MES_EVENTS_RELAY__STREAMS=MES_EVENTS,MES_PV`).
+fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrList {
+        One(String),
+        List(Vec<String>),
+    }
+    Ok(match OneOrList::deserialize(d)? {
+        OneOrList::One(s) => s
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(|x| x.trim().trim_matches('"').to_owned())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        OneOrList::List(l) => l,
+    })
 }
 
 /// One line per problem: the key path, where the value came from, what is wrong, what is accepted.
@@ -408,25 +513,30 @@ fn describe(errors: &figment::Error) -> String {
             },
             (None, _) => "defaults".to_owned(),
         };
-        let mut what = e.kind.to_string();
+        let mut what = in_user_words(&e.kind.to_string());
         if what.contains("expected a duration") {
             what.push_str(" (write it like 250ms, 30s, 5m, 7d)");
         }
-        if let figment::error::Kind::UnknownField(_, expected) = &e.kind {
+        if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
             what = format!(
-                "unknown key; expected one of: {}",
-                expected
-                    .iter()
-                    .map(|k| k.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "unknown key{}; expected one of: {}",
+                did_you_mean(field, expected)
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default(),
+                expected.join(", ")
             );
+            if origin.starts_with("environment variable") && field.contains('_') {
+                what.push_str(&format!(
+                    ". In the environment, levels join with a double underscore: {ENV_PREFIX}RELAY__BATCH_SIZE is relay.batch_size"
+                ));
+            }
         }
         if key.is_empty() {
             out.push_str(&format!("\n  in {origin}: {what}"));
         } else if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-            let full = if key.is_empty() {
-                field.clone()
+            // The path may already end with the unknown field: name it once.
+            let full = if e.path.last().is_some_and(|l| l.eq_ignore_ascii_case(field)) {
+                key.clone()
             } else {
                 format!("{key}.{field}")
             };
@@ -565,6 +675,77 @@ mod tests {
                     && text.contains("stop"),
                 "{text}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_key_is_named_once_with_a_suggestion_and_the_double_underscore_rule() {
+        Jail::expect_with(|jail| {
+            jail.create_file("x.toml", "[relay]\nbatch_sise = 3\n")?;
+            let text = Config::load(Some(Path::new("x.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(text.contains("key `relay.batch_sise`"), "{text}");
+            assert!(!text.contains("batch_sise.batch_sise"), "{text}");
+            assert!(text.contains("did you mean `batch_size`?"), "{text}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_DATABASE_URL", "postgresql://x@h/db");
+            let text = Config::load(None).unwrap_err().to_string();
+            assert!(text.contains("key `database_url`"), "{text}");
+            assert!(!text.contains("database_url.database_url"), "{text}");
+            assert!(text.contains("double underscore"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn accepted_values_are_in_user_words() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_RELAY__BATCH_SIZE", "many");
+            let text = Config::load(None).unwrap_err().to_string();
+            assert!(
+                text.contains("relay.batch_size") && text.contains("a whole number"),
+                "{text}"
+            );
+            assert!(!text.contains("usize"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_list_from_the_environment_is_comma_separated() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_RELAY__STREAMS", "MES_EVENTS, MES_PV");
+            assert_eq!(
+                Config::load(None).unwrap().relay.streams,
+                ["MES_EVENTS", "MES_PV"]
+            );
+            jail.set_env("MES_EVENTS_RELAY__STREAMS", "[MES_EVENTS,MES_PV]");
+            assert_eq!(
+                Config::load(None).unwrap().relay.streams,
+                ["MES_EVENTS", "MES_PV"]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_bad_value_is_told_at_once() {
+        Jail::expect_with(|jail| {
+            jail.set_env("MES_EVENTS_EVENTS__SITE", "Basel Site");
+            jail.set_env("MES_EVENTS_RELAY__BATCH_SIZE", "0");
+            jail.set_env("DATABASE_URL", "not a url");
+            let text = Config::load(None).unwrap_err().to_string();
+            for key in ["events.site", "relay.batch_size", "database.url"] {
+                assert_eq!(
+                    text.matches(&format!("`{key}`")).count(),
+                    1,
+                    "{key} once in {text}"
+                );
+            }
             Ok(())
         });
     }

@@ -10,6 +10,7 @@
 //!   schemas, the CloudEvents NATS binding, row → outbound message.
 //! - [`host`]: this machine's name.
 //! - [`metrics`]: the process's metrics and health, updated by every layer above.
+//! - [`secret`]: URLs fit to print (passwords and tokens as `***`).
 //! - [`config`]: what the operator sets (defaults < file < environment), validated up front.
 //! - [`store`]: every SQL statement, one file per concern (session, migrate, write, lease,
 //!   outbox, operator), the lease fence written once.
@@ -34,6 +35,7 @@ pub mod nats;
 pub mod provision;
 pub mod read;
 pub mod relay;
+pub mod secret;
 pub mod store;
 
 /// Kept at the paths the README and the examples use.

@@ -305,25 +305,9 @@ pub async fn connect(
         })
 }
 
-/// A server URL list fit to print: the password of `nats://user:password@host`, and the token of
-/// `nats://token@host`, become `***`.
+/// A server URL list fit to print: see [`crate::secret::redact`].
 pub fn redact(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let creds = &u[scheme + 3..at];
-                match creds.find(':') {
-                    Some(colon) => {
-                        format!("{}{}:***{}", &u[..scheme + 3], &creds[..colon], &u[at..])
-                    }
-                    // A user alone is a token (`nats://TOKEN@host`): a secret too.
-                    None => format!("{}***{}", &u[..scheme + 3], &u[at..]),
-                }
-            }
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    crate::secret::redact(urls)
 }
 
 /// A JetStream context whose in-flight PubAcks are capped at `max_in_flight` (with back-pressure)

@@ -84,9 +84,10 @@ pub struct DemoArgs {
     /// Use this NATS server instead of starting one from PATH.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
-    /// The declaration to provision.
-    #[arg(long, default_value = "nats", value_name = "DIR")]
-    pub nats_dir: std::path::PathBuf,
+    /// The declaration to provision; default: provision.dir (MES_EVENTS_PROVISION__DIR),
+    /// itself `nats` by default.
+    #[arg(long, value_name = "DIR")]
+    pub nats_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,8 +101,9 @@ pub struct EmitArgs {
     /// Event data: inline JSON, @FILE to read a file, or @- for standard input.
     #[arg(long)]
     pub data: String,
-    /// When it happened (RFC 3339); default: the transaction's time.
-    #[arg(long)]
+    /// When it happened (RFC 3339 with a time zone, e.g. 2026-11-30T10:00:00Z or
+    /// 2026-11-30T11:00:00+01:00); default: the transaction's time.
+    #[arg(long, value_parser = mes_events::read::replay::parse_time)]
     pub time: Option<chrono::DateTime<chrono::Utc>>,
     /// W3C traceparent to carry along.
     #[arg(long)]
@@ -110,9 +112,15 @@ pub struct EmitArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
-    /// List rejected rows (each holds its key's later events back), oldest first.
+    /// List rejected rows (each holds its key's later events back), oldest first, with data.
     Rejected {
-        /// One JSON object per line instead of a table.
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List discarded rows: who discarded each, when and why, with its data.
+    Discarded {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -126,8 +134,9 @@ pub enum OutboxCommand {
     },
     /// Give up on a rejected row on purpose: its key's later events go out without it.
     Discard {
-        /// Outbox row id (from `mes-events outbox rejected`).
-        id: i64,
+        /// Outbox row ids (from `mes-events outbox rejected`).
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<i64>,
         /// Why (recorded with who discarded it and when).
         #[arg(long)]
         reason: String,
@@ -138,9 +147,10 @@ pub enum OutboxCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct DeclArgs {
-    /// Folder of the declaration (*.toml, read recursively).
-    #[arg(long, default_value = "nats", value_name = "DIR")]
-    pub dir: std::path::PathBuf,
+    /// Folder of the declaration (*.toml); default: provision.dir (MES_EVENTS_PROVISION__DIR),
+    /// itself `nats` by default.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +228,10 @@ pub struct ReplayArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Allow a start beyond the stream's last sequence or in the future (the consumer then
+    /// skips every event until there).
+    #[arg(long)]
+    pub allow_skip: bool,
 }
 
 #[derive(Debug, clap::Args)]

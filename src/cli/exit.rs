@@ -2,6 +2,11 @@
 //! Scripts and supervisors rely on these; never renumber.
 
 use mes_events::config::ConfigError;
+use mes_events::demo::DemoError;
+use mes_events::nats::ConnectError;
+use mes_events::read::deadletter::DeadLetterError;
+use mes_events::read::replay::ReplayError;
+use mes_events::read::tail::TailError;
 use mes_events::relay::RelayError;
 use mes_events::store::migrate::MigrateError;
 use mes_events::store::operator::ResolveError;
@@ -26,10 +31,14 @@ pub const REFUSED: u8 = 5;
 #[error("{0}")]
 pub struct Usage(pub String);
 
-/// Changes `provision apply` refused, each with why.
+/// Changes `provision apply` refused, each with why, and what it applied.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", .0.iter().map(|w| format!("refused: {w}")).collect::<Vec<_>>().join("\n"))]
-pub struct Refused(pub Vec<String>);
+#[error("{}\napplied: {}", .refused.iter().map(|w| format!("refused: {w}")).collect::<Vec<_>>().join("\n"),
+    if .applied.is_empty() { "nothing".to_owned() } else { .applied.join("; ") })]
+pub struct Refused {
+    pub refused: Vec<String>,
+    pub applied: Vec<String>,
+}
 
 /// The exit code for an error: setup errors (do X first) and usage errors get their own,
 /// everything else is a runtime failure.
@@ -55,6 +64,31 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
             cause.downcast_ref::<ResolveError>()
         {
             return USAGE;
+        }
+        // Something named on the command line or in the configuration that does not exist, or
+        // data the caller gave that cannot be taken: fix the invocation.
+        if let Some(DeadLetterError::NotFound(_)) = cause.downcast_ref::<DeadLetterError>() {
+            return USAGE;
+        }
+        if let Some(ReplayError::NotFound { .. }) = cause.downcast_ref::<ReplayError>() {
+            return USAGE;
+        }
+        if let Some(TailError::NotFound { .. }) = cause.downcast_ref::<TailError>() {
+            return USAGE;
+        }
+        if let Some(ConnectError::Credentials { .. } | ConnectError::Url { .. }) =
+            cause.downcast_ref::<ConnectError>()
+        {
+            return USAGE;
+        }
+        if let Some(DemoError::Declaration { .. }) = cause.downcast_ref::<DemoError>() {
+            return USAGE;
+        }
+        // mes_events.emit refuses its arguments with SQLSTATE 22023 (invalid_parameter_value).
+        if let Some(e) = cause.downcast_ref::<tokio_postgres::Error>() {
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) {
+                return USAGE;
+            }
         }
     }
     FAILURE

@@ -23,6 +23,9 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
         mode = ?cfg.events.mode,
         "mes-events relay starting"
     );
+    for p in cfg.placeholders() {
+        tracing::warn!("{p}");
+    }
     // Named as the lease names its holder (`host:pid`), so the server's connection list tells
     // which relay process is which.
     let name = format!(
@@ -109,7 +112,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<u8> {
         rate: args.rate,
         keep: args.keep,
         nats_url: args.nats,
-        nats_dir: args.nats_dir,
+        nats_dir: args.nats_dir.unwrap_or_else(|| cfg.provision.dir.clone()),
     };
     let s = demo::run(cfg, &opts, shutdown.token.clone()).await?;
     println!("{s}");

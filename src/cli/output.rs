@@ -5,14 +5,27 @@
 use mes_events::provision::apply::ConsumerStatus;
 use mes_events::read::deadletter::DeadLetter;
 use mes_events::relay::status::Status;
-use mes_events::store::operator::RejectedRow;
+use mes_events::store::operator::{DiscardedRow, RejectedRow};
 
-/// `outbox rejected`: a table, or one JSON object per line.
+/// A value's JSON, cut to `max` characters for a table.
+fn short(v: &serde_json::Value, max: usize) -> String {
+    let s = v.to_string();
+    if s.chars().count() > max {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// Times as every table shows them: RFC 3339, UTC, seconds.
+fn utc(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `outbox rejected`: a table, or one JSON array.
 pub fn rejected(rows: &[RejectedRow], json: bool) -> anyhow::Result<()> {
     if json {
-        for r in rows {
-            println!("{}", serde_json::to_string(r)?);
-        }
+        println!("{}", serde_json::to_string_pretty(rows)?);
     } else if rows.is_empty() {
         println!("no rejected rows");
     } else {
@@ -25,7 +38,13 @@ pub fn rejected(rows: &[RejectedRow], json: bool) -> anyhow::Result<()> {
                 "{:>10}  {:<24}  {:<12}  {:>7}  {}",
                 r.id, r.key, r.kind, r.waiting, r.reason
             );
-            println!("{:>10}  type {}, recorded {}", "", r.ty, r.recorded_at);
+            println!(
+                "{:>10}  type {}, recorded {}",
+                "",
+                r.ty,
+                utc(&r.recorded_at)
+            );
+            println!("{:>10}  data {}", "", short(&r.data, 160));
         }
     }
     Ok(())
@@ -67,9 +86,7 @@ pub fn consumer_status(rows: &[ConsumerStatus], json: bool) -> anyhow::Result<()
 /// `dead-letters list`: a table, or one JSON object per line.
 pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
     if json {
-        for d in list {
-            println!("{}", serde_json::to_string(d)?);
-        }
+        println!("{}", serde_json::to_string_pretty(list)?);
     } else if list.is_empty() {
         println!("no dead letters");
     } else {
@@ -179,6 +196,38 @@ pub fn relay_status(s: &Status, json: bool) -> anyhow::Result<()> {
         println!("NOT HEALTHY");
         for p in &s.problems {
             println!("- {p}");
+        }
+    }
+    Ok(())
+}
+
+/// `outbox discarded`: a table, or one JSON array.
+pub fn discarded(rows: &[DiscardedRow], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+    } else if rows.is_empty() {
+        println!("no discarded rows");
+    } else {
+        println!(
+            "{:>10}  {:<24}  {:<20}  {:<20}  why",
+            "id", "key", "discarded", "by"
+        );
+        for r in rows {
+            println!(
+                "{:>10}  {:<24}  {:<20}  {:<20}  {}",
+                r.id,
+                r.key,
+                utc(&r.discarded_at),
+                r.discarded_by.as_deref().unwrap_or("-"),
+                r.discard_reason.as_deref().unwrap_or("-")
+            );
+            println!(
+                "{:>10}  type {}, rejected: {}",
+                "",
+                r.ty,
+                r.reject_reason.as_deref().unwrap_or("-")
+            );
+            println!("{:>10}  data {}", "", short(&r.data, 160));
         }
     }
     Ok(())

@@ -26,8 +26,13 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
         ProvisionCommand::Plan { decl, .. }
         | ProvisionCommand::Apply { decl, .. }
         | ProvisionCommand::Status { decl, .. }
-        | ProvisionCommand::Credentials { decl, .. } => decl.dir.clone(),
+        | ProvisionCommand::Credentials { decl, .. } => decl
+            .dir
+            .clone()
+            .unwrap_or_else(|| cfg.provision.dir.clone()),
     };
+    // Which folder was read, on standard error (standard output may be JSON).
+    eprintln!("declaration: {}", dir.display());
     // Validate everything before any call to a server.
     let decl =
         provision::load_dir(&dir).map_err(|errors| Usage(Invalid { dir, errors }.to_string()))?;
@@ -68,7 +73,9 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
                     println!("{plan}");
                     Ok(exit::OK)
                 }
-                Err(ProvisionError::Refused(why)) => Err(Refused(why).into()),
+                Err(ProvisionError::Refused { refused, applied }) => {
+                    Err(Refused { refused, applied }.into())
+                }
                 Err(e) => Err(e.into()),
             }
         }

@@ -57,9 +57,25 @@ pub async fn replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<u8> {
     let js = nats::jetstream(client, &cfg.nats, 64);
     let plan = r::plan(&js, &args.stream, &args.consumer, args.from).await?;
     println!(
-        "consumer {}/{}: now acked up to stream sequence {} with {} pending.\nreplay from {}: {} event(s) will be delivered to it again.",
-        plan.stream, plan.consumer, plan.acked_up_to, plan.pending_now, plan.from, plan.redeliver
+        "consumer {}/{}: now acked up to stream sequence {} with {} pending; the stream's last sequence is {}.\nreplay from {}: {} event(s) will be delivered to it again; {} event(s) it has not acknowledged will be skipped.",
+        plan.stream,
+        plan.consumer,
+        plan.acked_up_to,
+        plan.pending_now,
+        plan.stream_last_seq,
+        plan.from,
+        plan.redeliver,
+        plan.skip
     );
+    if let Some(why) = &plan.beyond_the_tail {
+        if !args.allow_skip {
+            return Err(Usage(format!(
+                "refused: {why}. Pass --allow-skip to move it there anyway; nothing changed"
+            ))
+            .into());
+        }
+        println!("allowed (--allow-skip): {why}");
+    }
     if !args.yes {
         use std::io::IsTerminal;
         if !std::io::stdin().is_terminal() {

@@ -17,6 +17,14 @@ use super::exit::{self, Usage};
 use super::output;
 
 pub async fn migrate(cfg: &Config) -> anyhow::Result<u8> {
+    // Installing into the default database is rarely what was meant: say so.
+    for p in cfg
+        .placeholders()
+        .into_iter()
+        .filter(|p| p.starts_with("database.url"))
+    {
+        eprintln!("warning: {p}");
+    }
     let mut session = session::connect(&cfg.database.url, "mes-events migrate")
         .await
         .context("cannot connect to PostgreSQL (database.url)")?;
@@ -37,6 +45,9 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<u8> {
 
 pub async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
     let text = read_data(&args.data)?;
+    if let Some(tp) = &args.traceparent {
+        write::check_traceparent(tp).map_err(|e| Usage(format!("--traceparent: {e}")))?;
+    }
     let session = connect(cfg, "mes-events emit").await?;
     let opts = write::EmitOptions {
         occurred_at: args.time,
@@ -62,14 +73,17 @@ pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
             operator::retry(&mut session.client, id, data.as_deref()).await?;
             println!("outbox row {id} queued again; the relay picks it up now");
         }
-        OutboxCommand::Discard { id, reason } => {
-            let by = format!(
-                "{}@{}",
-                std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-                mes_events::host::name()
-            );
-            operator::discard(&mut session.client, id, &by, &reason).await?;
-            println!("outbox row {id} discarded by {by}; its key's later events go out now");
+        OutboxCommand::Discarded { json } => {
+            let rows = operator::discarded(&session.client).await?;
+            output::discarded(&rows, json)?;
+        }
+        OutboxCommand::Discard { ids, reason } => {
+            let by = format!("{}@{}", who(), mes_events::host::name());
+            // In order; the first that cannot be discarded stops the rest (and says which).
+            for id in ids {
+                operator::discard(&mut session.client, id, &by, &reason).await?;
+                println!("outbox row {id} discarded by {by}; its key's later events go out now");
+            }
         }
         OutboxCommand::Status => {
             let c = operator::counts(&session.client).await?;
@@ -80,6 +94,25 @@ pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// Who runs this, for the record of a discard: the login name, else the user id.
+fn who() -> String {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return u;
+            }
+        }
+    }
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next().map(|u| format!("uid {u}")))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Reads `--data`: inline JSON, `@FILE`, or `@-` (standard input). Not JSON is a usage error
@@ -94,7 +127,8 @@ fn read_data(arg: &str) -> anyhow::Result<String> {
             (s, "standard input".to_owned())
         }
         Some(path) => (
-            std::fs::read_to_string(path).with_context(|| format!("reading --data file {path}"))?,
+            std::fs::read_to_string(path)
+                .map_err(|e| Usage(format!("cannot read --data file {path}: {e}")))?,
             path.to_owned(),
         ),
         None => (arg.to_owned(), "--data".to_owned()),

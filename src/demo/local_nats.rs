@@ -103,7 +103,13 @@ impl LocalNats {
         let _ = std::fs::remove_dir_all(&ports_dir);
         std::fs::create_dir_all(&ports_dir)?;
         let log = std::fs::File::create(self.log_file())?;
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        // Its own process group: a Ctrl-C typed in the terminal goes to the terminal's
+        // foreground group, and must reach the demo (which then stops the server itself), not
+        // kill the server under a demo still running.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
             .arg("-c")
             .arg(&conf)
             .arg("--ports_file_dir")

@@ -8,6 +8,11 @@
 //! every consumer received everything published for it. Removes everything it created on exit
 //! unless asked to keep it.
 //!
+//! Never touches what it did not create: on a server it did not start (`--nats`), it works in a
+//! namespace of its own (streams `DEMO<pid>_<name>`, subjects under `demo<pid>.`, so no stream
+//! or durable of the installation is read, acked or written), and deletes those streams at the
+//! end. The declaration folder is read and checked before anything is started or created.
+//!
 //! Owns orchestration and its clean-up only; the pipeline itself is the library's.
 
 use std::time::{Duration, Instant};
@@ -135,11 +140,83 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// Where the demo's streams and subjects live on a server it did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// First token of its subjects (instead of `mes`).
+    pub prefix: String,
+    /// Put before each stream name.
+    pub stream_prefix: String,
+}
+
+impl Namespace {
+    pub fn for_process(pid: u32) -> Namespace {
+        Namespace {
+            prefix: format!("demo{pid}"),
+            stream_prefix: format!("DEMO{pid}_"),
+        }
+    }
+
+    pub fn stream(&self, name: &str) -> String {
+        format!("{}{name}", self.stream_prefix)
+    }
+
+    /// A subject (or filter) of the declaration moved into the namespace: its `mes` first token
+    /// and every token naming a declared stream (advisory subjects name their stream).
+    pub fn subject(&self, subject: &str, streams: &[String]) -> String {
+        subject
+            .split('.')
+            .enumerate()
+            .map(|(i, t)| {
+                if i == 0 && t == "mes" {
+                    self.prefix.clone()
+                } else if streams.iter().any(|s| s == t) {
+                    self.stream(t)
+                } else {
+                    t.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// The declaration moved into the namespace (pure).
+    pub fn declaration(&self, d: &crate::provision::Declaration) -> crate::provision::Declaration {
+        let names: Vec<String> = d.streams.iter().map(|s| s.name.get_ref().clone()).collect();
+        let mut d = d.clone();
+        for s in &mut d.streams {
+            let n = self.stream(s.name.get_ref());
+            *s.name.get_mut() = n;
+            for subj in &mut s.subjects {
+                let moved = self.subject(subj.get_ref(), &names);
+                *subj.get_mut() = moved;
+            }
+        }
+        for sys in &mut d.systems {
+            for (_, c) in &mut sys.consumers {
+                let n = self.stream(c.stream.get_ref());
+                *c.stream.get_mut() = n;
+                for f in &mut c.filter_subjects {
+                    let moved = self.subject(f.get_ref(), &names);
+                    *f.get_mut() = moved;
+                }
+            }
+        }
+        d
+    }
+}
+
 pub async fn run(
     base: &Config,
     opts: &Options,
     shutdown: CancellationToken,
 ) -> Result<Summary, DemoError> {
+    // The declaration first: nothing is started or created for one that cannot be used.
+    let decl =
+        crate::provision::load_dir(&opts.nats_dir).map_err(|errors| DemoError::Declaration {
+            dir: opts.nats_dir.clone(),
+            errors,
+        })?;
     let (local, nats_url) = match &opts.nats_url {
         Some(u) => (None, u.clone()),
         None => {
@@ -178,7 +255,20 @@ pub async fn run(
     let db_url = pg::to_url(&db_cfg);
     println!("PostgreSQL  database {dbname} (created for the demo)");
 
-    let result = run_in(base, opts, &db_url, &nats_url, shutdown).await;
+    // A server the demo did not start may be an installation's: a namespace of its own there.
+    let ns = local
+        .is_none()
+        .then(|| Namespace::for_process(std::process::id()));
+    if let Some(ns) = &ns {
+        println!(
+            "NATS        not started by the demo: it works in streams {}* and subjects {}.> of its own, and deletes them at the end",
+            ns.stream_prefix, ns.prefix
+        );
+    }
+    let result = run_in(base, opts, &decl, ns.as_ref(), &db_url, &nats_url, shutdown).await;
+    if let (Some(ns), false) = (&ns, opts.keep) {
+        remove_namespace(base, &nats_url, ns, &decl).await;
+    }
 
     if opts.keep {
         println!("kept: database {dbname}; NATS data stays while the server runs");
@@ -193,18 +283,54 @@ pub async fn run(
     result
 }
 
+/// Deletes the demo's own streams (and with them their consumers) from a server it did not
+/// start. Best effort: what cannot be deleted is named.
+async fn remove_namespace(
+    base: &Config,
+    nats_url: &str,
+    ns: &Namespace,
+    decl: &crate::provision::Declaration,
+) {
+    let mut cfg = base.nats.clone();
+    cfg.url = nats_url.to_owned();
+    let Ok(client) = crate::nats::connect(&cfg, "mes-events demo", false).await else {
+        eprintln!(
+            "could not reconnect to remove the demo's streams {}*: delete them by hand",
+            ns.stream_prefix
+        );
+        return;
+    };
+    let js = crate::nats::jetstream(client, &cfg, 16);
+    for s in &decl.streams {
+        let name = ns.stream(s.name.get_ref());
+        if let Err(e) = js.delete_stream(&name).await {
+            eprintln!("could not delete the demo's stream {name}: {e}");
+        }
+    }
+    println!(
+        "NATS        deleted the demo's streams {}*",
+        ns.stream_prefix
+    );
+}
+
 async fn run_in(
     base: &Config,
     opts: &Options,
+    decl: &crate::provision::Declaration,
+    ns: Option<&Namespace>,
     db_url: &str,
     nats_url: &str,
     shutdown: CancellationToken,
 ) -> Result<Summary, DemoError> {
+    let stream = |name: &str| ns.map_or_else(|| name.to_owned(), |n| n.stream(name));
     let mut cfg = base.clone();
     cfg.database.url = db_url.to_owned();
     cfg.nats.url = nats_url.to_owned();
     cfg.events.site = "bsl".into();
-    cfg.relay.streams = vec!["MES_EVENTS".into(), "MES_PV".into()];
+    cfg.relay.streams = vec![stream("MES_EVENTS"), stream("MES_PV")];
+    if let Some(ns) = ns {
+        cfg.events.subject_prefix = ns.prefix.clone();
+    }
 
     let mut s = pg::connect(db_url, "mes-events demo").await?;
     migrate::migrate(&mut s.client).await?;
@@ -212,11 +338,10 @@ async fn run_in(
     let client = crate::nats::connect(&cfg.nats, "mes-events demo", false).await?;
     let js = crate::nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     // The shipped declaration: streams, and the ERP, line dashboard and quality consumers.
-    let decl =
-        crate::provision::load_dir(&opts.nats_dir).map_err(|errors| DemoError::Declaration {
-            dir: opts.nats_dir.clone(),
-            errors,
-        })?;
+    let decl = match ns {
+        Some(ns) => ns.declaration(decl),
+        None => decl.clone(),
+    };
     crate::provision::apply(&js, &decl, Default::default()).await?;
     println!(
         "NATS        provisioned {}: streams, and the consumers of the ERP, line dashboard and quality system",
@@ -230,22 +355,27 @@ async fn run_in(
     });
 
     let systems = [
-        System::new("ERP (slow)", "MES_EVENTS", "erp", Duration::from_millis(15)),
+        System::new(
+            "ERP (slow)",
+            stream("MES_EVENTS"),
+            "erp",
+            Duration::from_millis(15),
+        ),
         System::new(
             "line dashboard",
-            "MES_EVENTS",
+            stream("MES_EVENTS"),
             "scada-dashboard",
             Duration::ZERO,
         ),
         System::new(
             "line dashboard PV",
-            "MES_PV",
+            stream("MES_PV"),
             "scada-dashboard-pv",
             Duration::ZERO,
         ),
         System::new(
             "quality (offline a while)",
-            "MES_EVENTS",
+            stream("MES_EVENTS"),
             "quality",
             Duration::from_millis(2),
         ),
@@ -279,6 +409,10 @@ async fn run_in(
         }
     }
     sim_stop.cancel();
+    if shutdown.is_cancelled() {
+        println!("stopping: the plant stops, the relay and the consumers catch up");
+        systems::view_interrupted();
+    }
     let emitted = simulator.await??;
     if !systems[3].is_running() {
         systems[3].start(&js);
@@ -291,7 +425,8 @@ async fn run_in(
         for sys in &systems {
             behind += sys.pending(&js).await;
         }
-        if (c.pending == 0 && behind == 0) || Instant::now() > deadline || shutdown.is_cancelled() {
+        // Also after Ctrl-C: the summary is about everything emitted (a few seconds at most).
+        if (c.pending == 0 && behind == 0) || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -317,4 +452,27 @@ async fn run_in(
     };
     drop(s);
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Namespace;
+
+    #[test]
+    fn a_namespace_moves_subjects_and_stream_names_only() {
+        let ns = Namespace::for_process(42);
+        let streams = vec!["MES_EVENTS".to_owned(), "MES_PV".to_owned()];
+        assert_eq!(
+            ns.subject("mes.*.*.*.*.processorder.>", &streams),
+            "demo42.*.*.*.*.processorder.>"
+        );
+        assert_eq!(
+            ns.subject(
+                "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_PV.>",
+                &streams
+            ),
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.DEMO42_MES_PV.>"
+        );
+        assert_eq!(ns.stream("MES_EVENTS"), "DEMO42_MES_EVENTS");
+    }
 }

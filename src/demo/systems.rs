@@ -4,7 +4,7 @@
 //! Uses only the public consumer library, as an integrator's program would.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::store::operator;
 /// One external system of the demo: a consumer-library run that can be stopped and restarted.
 pub(super) struct System {
     pub label: &'static str,
-    stream: &'static str,
+    stream: String,
     consumer: &'static str,
     /// Handling time per event: the ERP is slow.
     work: Duration,
@@ -31,7 +31,7 @@ pub(super) struct System {
 impl System {
     pub fn new(
         label: &'static str,
-        stream: &'static str,
+        stream: String,
         consumer: &'static str,
         work: Duration,
     ) -> System {
@@ -77,10 +77,10 @@ impl System {
         };
         let task = tokio::spawn({
             let (js, stop, stream, consumer) =
-                (js.clone(), stop.clone(), self.stream, self.consumer);
+                (js.clone(), stop.clone(), self.stream.clone(), self.consumer);
             async move {
                 let opts = consume::Options::default();
-                if let Err(e) = consume::run(&js, stream, consumer, opts, handler, stop).await {
+                if let Err(e) = consume::run(&js, &stream, consumer, opts, handler, stop).await {
                     tracing::warn!(error = %e, "demo consumer stopped");
                 }
             }
@@ -100,7 +100,7 @@ impl System {
 
     /// Events not yet acked by this consumer (`u64::MAX` when unknown).
     pub async fn pending(&self, js: &jetstream::Context) -> u64 {
-        let Ok(s) = js.get_stream_no_info(self.stream).await else {
+        let Ok(s) = js.get_stream_no_info(&self.stream).await else {
             return u64::MAX;
         };
         s.consumer_info(self.consumer)
@@ -116,7 +116,7 @@ impl System {
             source: e.to_string().into(),
         };
         let s = js
-            .get_stream_no_info(self.stream)
+            .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| err(&e))?;
         let cfg = s
@@ -138,6 +138,14 @@ impl System {
         let _ = s.delete_consumer(&name).await;
         Ok(n)
     }
+}
+
+/// Lines of the live view drawn last on the terminal.
+static DRAWN: AtomicUsize = AtomicUsize::new(0);
+
+/// Something else was printed below the view: the next one is drawn under it.
+pub(super) fn view_interrupted() {
+    DRAWN.store(0, Ordering::Relaxed);
 }
 
 /// The live view: redrawn in place on a terminal, plain lines otherwise.
@@ -177,7 +185,15 @@ pub(super) async fn view(
             .map(|l| l.iter().cloned().collect())
             .unwrap_or_default();
         lines.push(format!("      last events: {}", last.join("  |  ")));
-        println!("\x1b[H\x1b[2J{}", lines.join("\n"));
+        // Redraw the view in place: up over the previous one and clear below, so the header
+        // above it stays.
+        let up = DRAWN.swap(lines.len(), Ordering::Relaxed);
+        let back = if up > 0 {
+            format!("\x1b[{up}A\r\x1b[J")
+        } else {
+            String::new()
+        };
+        println!("{back}{}", lines.join("\n"));
     } else {
         println!("{}", lines.join("\n"));
     }

@@ -174,10 +174,12 @@ pub fn event(
         .extension("sequence", sequence(row.id))
         .extension("partitionkey", row.key.as_str())
         .extension("recordedtime", rfc3339(row.recorded_at));
-    if let Some(t) = &row.traceparent {
+    // A traceparent not in the W3C format (written from SQL) is left out, with its tracestate:
+    // a tracer would refuse it, and the event goes out all the same.
+    if let Some(t) = row.traceparent.as_ref().filter(|_| traced(row)) {
         builder = builder.extension("traceparent", t.as_str());
     }
-    if let Some(t) = &row.tracestate {
+    if let Some(t) = row.tracestate.as_ref().filter(|_| traced(row)) {
         builder = builder.extension("tracestate", t.as_str());
     }
     let event = builder
@@ -239,10 +241,10 @@ fn binary_headers(profile: &Profile, entry: &Entry, row: &Row, id: &str) -> Head
     h.insert(ce("ce-sequence"), sequence(row.id));
     h.insert(ce("ce-partitionkey"), enc(&row.key));
     h.insert(ce("ce-recordedtime"), enc(&rfc3339(row.recorded_at)));
-    if let Some(t) = &row.traceparent {
+    if let Some(t) = row.traceparent.as_ref().filter(|_| traced(row)) {
         h.insert(ce("ce-traceparent"), enc(t));
     }
-    if let Some(t) = &row.tracestate {
+    if let Some(t) = row.tracestate.as_ref().filter(|_| traced(row)) {
         h.insert(ce("ce-tracestate"), enc(t));
     }
     h
@@ -263,6 +265,13 @@ fn location(data: &Value) -> Location {
         work_center: level("workCenter"),
         work_unit: level("workUnit"),
     }
+}
+
+/// Whether the row carries a valid W3C traceparent (then it and its tracestate go out).
+pub fn traced(row: &Row) -> bool {
+    row.traceparent
+        .as_deref()
+        .is_some_and(|t| super::check_traceparent(t).is_ok())
 }
 
 #[cfg(test)]
@@ -343,6 +352,21 @@ mod tests {
             binding::decode(Some(&s.headers), &s.payload, binding::Rule::Spec).unwrap();
         assert_eq!(from_binary, from_structured);
         assert_eq!(from_binary.id(), ev.id());
+    }
+
+    #[test]
+    fn a_traceparent_not_in_the_w3c_format_is_left_out_with_its_tracestate() {
+        let catalog = Catalog::embedded().unwrap();
+        let mut r = row(7, "4711", &order("4711"));
+        r.traceparent = Some("garbage".into());
+        r.tracestate = Some("vendor=a".into());
+        for mode in [Mode::Binary, Mode::Structured] {
+            let out = outbound(&profile(mode), &catalog, &r).unwrap();
+            let ev =
+                binding::decode(Some(&out.headers), &out.payload, binding::Rule::Spec).unwrap();
+            assert!(ev.extension("traceparent").is_none(), "{mode:?}");
+            assert!(ev.extension("tracestate").is_none(), "{mode:?}");
+        }
     }
 
     #[test]

@@ -20,8 +20,52 @@ pub struct Options {
 pub enum ProvisionError {
     #[error("NATS: {0}")]
     Nats(String),
-    #[error("{} change(s) refused:\n{}", .0.len(), .0.join("\n"))]
-    Refused(Vec<String>),
+    /// Changes refused (by apply's own rules or by the server), and what was applied.
+    #[error("{} change(s) refused:\n{}", .refused.len(), .refused.join("\n"))]
+    Refused {
+        refused: Vec<String>,
+        applied: Vec<String>,
+    },
+}
+
+/// What `apply` did and what it could not do.
+#[derive(Default)]
+struct Outcome {
+    applied: Vec<String>,
+    refused: Vec<String>,
+}
+
+impl Outcome {
+    /// Records one server call: done, or refused with the server's words. A lost connection
+    /// stops the whole apply (nothing after it can be sent either).
+    fn record<T, E: std::fmt::Display>(
+        &mut self,
+        what: String,
+        done: Result<T, E>,
+    ) -> Result<bool, ProvisionError> {
+        match done {
+            Ok(_) => {
+                self.applied.push(what);
+                Ok(true)
+            }
+            Err(e) => {
+                let said = e.to_string();
+                if said.contains("timed out") || said.contains("broken pipe") {
+                    return Err(ProvisionError::Nats(format!(
+                        "{what}: {said} (applied before it: {})",
+                        if self.applied.is_empty() {
+                            "nothing".into()
+                        } else {
+                            self.applied.join("; ")
+                        }
+                    )));
+                }
+                self.refused
+                    .push(format!("{what}: the server refused it: {said}"));
+                Ok(false)
+            }
+        }
+    }
 }
 
 fn nats<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> ProvisionError + '_ {
@@ -137,7 +181,10 @@ fn make_plan(d: &Declaration, live: &Live, opts: Options) -> Plan {
     let mut items = Vec::new();
     for (s, info) in d.streams.iter().zip(&live.streams) {
         let (action, changes) = match info {
-            None => (Action::Create, Vec::new()),
+            None => (
+                Action::Create,
+                plan::stream_changes(s, &stream::Config::default()),
+            ),
             Some(i) => {
                 let c = plan::stream_changes(s, &i.config);
                 (plan::action(&c), c)
@@ -154,7 +201,10 @@ fn make_plan(d: &Declaration, live: &Live, opts: Options) -> Plan {
     for (sys, infos) in d.systems.iter().zip(&live.consumers) {
         for ((name, c), info) in sys.consumers.iter().zip(infos) {
             let (action, changes) = match info {
-                None => (Action::Create, Vec::new()),
+                None => (
+                    Action::Create,
+                    plan::consumer_changes(name, c, &consumer::Config::default()),
+                ),
                 Some(i) => {
                     let ch = plan::consumer_changes(name, c, &i.config);
                     (plan::action(&ch), ch)
@@ -183,7 +233,10 @@ fn make_plan(d: &Declaration, live: &Live, opts: Options) -> Plan {
         });
     }
     let _ = opts.allow_recreate;
-    Plan { items }
+    Plan {
+        items,
+        applied: false,
+    }
 }
 
 /// What apply would do.
@@ -198,26 +251,28 @@ pub async fn plan(js: &Context, d: &Declaration, opts: Options) -> Result<Plan, 
 pub async fn apply(js: &Context, d: &Declaration, opts: Options) -> Result<Plan, ProvisionError> {
     let live = live(js, d).await?;
     let plan = make_plan(d, &live, opts);
-    let mut refused = Vec::new();
+    let mut out = Outcome::default();
     for (s, info) in d.streams.iter().zip(&live.streams) {
+        let name = s.name.get_ref();
         match info {
             None => {
-                js.create_stream(plan::stream_config(s, stream::Config::default()))
-                    .await
-                    .map_err(nats("creating stream"))?;
+                let done = js
+                    .create_stream(plan::stream_config(s, stream::Config::default()))
+                    .await;
+                out.record(format!("create stream {name}"), done)?;
             }
             Some(i) => {
                 let changes = plan::stream_changes(s, &i.config);
                 match plan::action(&changes) {
                     Action::Unchanged => {}
                     Action::Update => {
-                        js.update_stream(plan::stream_config(s, i.config.clone()))
-                            .await
-                            .map_err(nats("updating stream"))?;
+                        let done = js
+                            .update_stream(plan::stream_config(s, i.config.clone()))
+                            .await;
+                        out.record(format!("update stream {name}"), done)?;
                     }
-                    _ => refused.push(format!(
-                        "stream {}: {} cannot change on an existing stream; streams are never recreated by apply (that would delete its {} messages). Create a new stream with the new settings and move consumers to it, or revert the declaration",
-                        s.name.get_ref(),
+                    _ => out.refused.push(format!(
+                        "stream {name}: {} cannot change on an existing stream; streams are never recreated by apply (that would delete its {} messages). Create a new stream with the new settings and move consumers to it, or revert the declaration",
                         changes.iter().filter(|c| !c.mutable).map(|c| format!("{} ({} -> {})", c.field, c.live, c.declared)).collect::<Vec<_>>().join(", "),
                         i.state.messages
                     )),
@@ -227,50 +282,57 @@ pub async fn apply(js: &Context, d: &Declaration, opts: Options) -> Result<Plan,
     }
     for (sys, infos) in d.systems.iter().zip(&live.consumers) {
         for ((name, c), info) in sys.consumers.iter().zip(infos) {
-            let stream = js
-                .get_stream_no_info(c.stream.get_ref())
-                .await
-                .map_err(nats("stream"))?;
+            let on = c.stream.get_ref();
+            let stream = match js.get_stream_no_info(on).await {
+                Ok(s) => s,
+                Err(e) => {
+                    out.refused.push(format!(
+                        "consumer {on}/{name}: its stream is not there ({e}): not created"
+                    ));
+                    continue;
+                }
+            };
             match info {
                 None => {
-                    stream
+                    let done = stream
                         .create_consumer(plan::consumer_config(
                             name,
                             c,
                             consumer::Config::default(),
                         ))
-                        .await
-                        .map_err(nats("creating consumer"))?;
+                        .await;
+                    out.record(format!("create consumer {on}/{name}"), done)?;
                 }
                 Some(i) => {
                     let changes = plan::consumer_changes(name, c, &i.config);
                     match plan::action(&changes) {
                         Action::Unchanged => {}
                         Action::Update => {
-                            stream
+                            let done = stream
                                 .update_consumer(plan::consumer_config(name, c, i.config.clone()))
-                                .await
-                                .map_err(nats("updating consumer"))?;
+                                .await;
+                            out.record(format!("update consumer {on}/{name}"), done)?;
                         }
                         _ if opts.allow_recreate => {
                             tracing::warn!(
                                 consumer = %name,
-                                stream = %c.stream.get_ref(),
+                                stream = %on,
                                 acked_up_to = i.ack_floor.stream_sequence,
                                 pending = i.num_pending,
                                 "recreating consumer: its position (acked up to stream sequence {}, {} pending) is lost; it starts again from its deliver policy",
                                 i.ack_floor.stream_sequence,
                                 i.num_pending
                             );
-                            stream.delete_consumer(name).await.map_err(nats("deleting consumer"))?;
-                            stream
-                                .create_consumer(plan::consumer_config(name, c, consumer::Config::default()))
-                                .await
-                                .map_err(nats("creating consumer"))?;
+                            let deleted = stream.delete_consumer(name).await;
+                            if out.record(format!("delete consumer {on}/{name} (to recreate it)"), deleted)? {
+                                let done = stream
+                                    .create_consumer(plan::consumer_config(name, c, consumer::Config::default()))
+                                    .await;
+                                out.record(format!("recreate consumer {on}/{name}"), done)?;
+                            }
                         }
-                        _ => refused.push(format!(
-                            "consumer {}/{name}: {} cannot change on an existing consumer. Re-run with --allow-recreate to delete and recreate it: it would lose its position (acked up to stream sequence {}, {} pending) and start again from its deliver policy",
-                            c.stream.get_ref(),
+                        _ => out.refused.push(format!(
+                            "consumer {on}/{name}: {} cannot change on an existing consumer. Re-run with --allow-recreate to delete and recreate it: it would lose its position (acked up to stream sequence {}, {} pending) and start again from its deliver policy",
                             changes.iter().filter(|c| !c.mutable).map(|c| format!("{} ({} -> {})", c.field, c.live, c.declared)).collect::<Vec<_>>().join(", "),
                             i.ack_floor.stream_sequence,
                             i.num_pending
@@ -282,15 +344,20 @@ pub async fn apply(js: &Context, d: &Declaration, opts: Options) -> Result<Plan,
     }
     if opts.prune {
         for (stream, name) in &live.undeclared {
-            js.delete_consumer_from_stream(name, stream)
-                .await
-                .map_err(nats("deleting undeclared consumer"))?;
+            let done = js.delete_consumer_from_stream(name, stream).await;
+            out.record(format!("delete undeclared consumer {stream}/{name}"), done)?;
         }
     }
-    if refused.is_empty() {
-        Ok(plan)
+    if out.refused.is_empty() {
+        Ok(Plan {
+            applied: true,
+            ..plan
+        })
     } else {
-        Err(ProvisionError::Refused(refused))
+        Err(ProvisionError::Refused {
+            refused: out.refused,
+            applied: out.applied,
+        })
     }
 }
 

@@ -67,6 +67,9 @@ impl Item {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Plan {
     pub items: Vec<Item>,
+    /// It was carried out (`apply`): told in the past tense.
+    #[serde(skip)]
+    pub applied: bool,
 }
 
 impl Plan {
@@ -90,6 +93,13 @@ impl fmt::Display for Plan {
                 Action::Unmanaged => "unmanaged (left alone)",
             };
             writeln!(f, "{action:>9}  {}", i.label())?;
+            // A new object: its declared settings (those that differ from the server's defaults).
+            if i.action == Action::Create {
+                for c in &i.changes {
+                    writeln!(f, "             {} = {}", c.field, c.declared)?;
+                }
+                continue;
+            }
             for c in &i.changes {
                 let note = if c.mutable {
                     ""
@@ -104,6 +114,17 @@ impl fmt::Display for Plan {
             }
         }
         let count = |a: Action| self.items.iter().filter(|i| i.action == a).count();
+        if self.applied {
+            return write!(
+                f,
+                "{} created, {} updated, {} replaced, {} deleted, {} unchanged",
+                count(Action::Create),
+                count(Action::Update),
+                count(Action::Replace),
+                count(Action::Delete),
+                count(Action::Unchanged)
+            );
+        }
         write!(
             f,
             "{} to create, {} to update, {} to replace, {} to delete, {} unchanged",
@@ -140,8 +161,9 @@ fn declared_metadata(
     declared: &BTreeMap<String, String>,
     live: &std::collections::HashMap<String, String>,
 ) -> std::collections::HashMap<String, String> {
+    // The server's own keys and those mes-events records (a replay) stay.
     live.iter()
-        .filter(|(k, _)| k.starts_with("_nats."))
+        .filter(|(k, _)| k.starts_with("_nats.") || k.starts_with("mes-events."))
         .chain(declared)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
@@ -376,16 +398,12 @@ pub fn consumer_changes(name: &str, d: &ConsumerDecl, live: &consumer::Config) -
         live.description.clone().unwrap_or_default(),
         true,
     );
-    // A replay moves the start point on purpose: not drift.
-    let replayed = live
-        .metadata
-        .contains_key(crate::read::replay::REPLAYED_FROM);
+    // A replay moves the start point on purpose: not drift. The declared policy is compared
+    // with the one the consumer had before its first replay.
     cmp(
         "deliver",
-        d.deliver
-            .filter(|_| !replayed)
-            .map(|_| deliver_text(&deliver_policy(d))),
-        deliver_text(&live.deliver_policy),
+        d.deliver.map(|_| deliver_text(&deliver_policy(d))),
+        deliver_text(&declared_deliver(live)),
         false,
     );
     cmp(
@@ -443,6 +461,20 @@ pub fn deliver_policy(d: &ConsumerDecl) -> consumer::DeliverPolicy {
     }
 }
 
+/// The deliver policy a consumer has by declaration: its own, or, after a replay, the one it
+/// had before (a replay of a consumer from an older version recorded none: its start point is
+/// then taken as declared).
+pub fn declared_deliver(live: &consumer::Config) -> consumer::DeliverPolicy {
+    use crate::read::replay::{DELIVER_BEFORE_REPLAY, REPLAYED_FROM};
+    if !live.metadata.contains_key(REPLAYED_FROM) {
+        return live.deliver_policy;
+    }
+    live.metadata
+        .get(DELIVER_BEFORE_REPLAY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(live.deliver_policy)
+}
+
 fn deliver_text(p: &consumer::DeliverPolicy) -> String {
     use consumer::DeliverPolicy as P;
     match p {
@@ -472,7 +504,9 @@ pub fn consumer_config(name: &str, d: &ConsumerDecl, mut c: consumer::Config) ->
     if let Some(v) = &d.description {
         c.description = Some(v.clone());
     }
-    if d.deliver.is_some() {
+    // A replayed consumer keeps its start point while the declared policy is the one it had
+    // before the replay (the server cannot change it in place anyway).
+    if d.deliver.is_some() && deliver_policy(d) != declared_deliver(&c) {
         c.deliver_policy = deliver_policy(d);
     }
     if let Some(v) = d.ack_wait {

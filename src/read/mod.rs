@@ -9,3 +9,17 @@ pub mod consume;
 pub mod deadletter;
 pub mod replay;
 pub mod tail;
+
+/// Whether the server says the consumer (or its stream) does not exist.
+pub(crate) fn consumer_missing(e: &async_nats::jetstream::context::ConsumerInfoError) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as K;
+    use async_nats::jetstream::ErrorCode;
+    match e.kind() {
+        K::NotFound | K::StreamNotFound | K::InvalidName => true,
+        K::JetStream(je) => {
+            je.error_code() == ErrorCode::CONSUMER_NOT_FOUND
+                || je.error_code() == ErrorCode::STREAM_NOT_FOUND
+        }
+        _ => false,
+    }
+}

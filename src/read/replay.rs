@@ -12,6 +12,9 @@ use chrono::{DateTime, Utc};
 
 /// Metadata key recording a replay on the consumer.
 pub const REPLAYED_FROM: &str = "mes-events.replayed-from";
+/// Metadata key keeping the consumer's deliver policy from before its first replay (JSON, as
+/// the server writes it), so that `provision plan` still compares the declared one with it.
+pub const DELIVER_BEFORE_REPLAY: &str = "mes-events.deliver-before-replay";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {
@@ -25,10 +28,34 @@ impl std::str::FromStr for From {
         if let Ok(n) = s.parse::<u64>() {
             return Ok(From::Sequence(n.max(1)));
         }
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| From::Time(t.with_timezone(&Utc)))
-            .map_err(|_| format!("{s:?} is neither a stream sequence (a whole number) nor an RFC 3339 time (2026-11-23T08:00:00Z)"))
+        parse_time(s).map(From::Time).map_err(|e| {
+            format!("{s:?} is neither a stream sequence (a whole number) nor a time: {e}")
+        })
     }
+}
+
+/// An RFC 3339 time, which must say its time zone; one without is refused by name rather than
+/// guessed.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let local = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ];
+    if local
+        .iter()
+        .any(|f| chrono::NaiveDateTime::parse_from_str(s, f).is_ok())
+    {
+        return Err(format!(
+            "{s:?} has no time zone: add Z for UTC ({s}Z) or the offset of the plant's time (e.g. {s}+01:00)"
+        ));
+    }
+    Err(format!(
+        "{s:?} is not an RFC 3339 time with a time zone, e.g. 2026-11-23T08:00:00Z"
+    ))
 }
 
 impl std::fmt::Display for From {
@@ -48,9 +75,17 @@ pub struct Plan {
     pub from: String,
     /// Events matching the consumer's filters from that point on: all redelivered.
     pub redeliver: u64,
+    /// Events it has not acknowledged yet that come before the start point: never delivered
+    /// (or never again) once it starts there.
+    pub skip: u64,
     /// Where the consumer is now.
     pub acked_up_to: u64,
     pub pending_now: u64,
+    /// The stream's last sequence now.
+    pub stream_last_seq: u64,
+    /// Why this start point would silently skip events, if it would: a sequence beyond the
+    /// stream's last, or a time in the future. Refused unless the caller allows it.
+    pub beyond_the_tail: Option<String>,
     #[serde(skip)]
     config: consumer::Config,
     #[serde(skip)]
@@ -59,6 +94,8 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    #[error("consumer {consumer} does not exist on stream {stream} (see `mes-events provision status`; --stream names the stream)")]
+    NotFound { stream: String, consumer: String },
     #[error("consumer {consumer} on stream {stream}: {message}")]
     Consumer {
         stream: String,
@@ -88,10 +125,23 @@ pub async fn plan(js: &Context, stream: &str, name: &str, from: From) -> Result<
         .get_stream_no_info(stream)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let info = s
-        .consumer_info(name)
+    let info = s.consumer_info(name).await.map_err(|e| {
+        if super::consumer_missing(&e) {
+            ReplayError::NotFound {
+                stream: stream.to_owned(),
+                consumer: name.to_owned(),
+            }
+        } else {
+            err(e.to_string())
+        }
+    })?;
+    let last = js
+        .get_stream(stream)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.to_string()))?
+        .cached_info()
+        .state
+        .last_sequence;
     let cfg = info.config.clone();
     let probe = s
         .create_consumer(consumer::pull::OrderedConfig {
@@ -110,16 +160,47 @@ pub async fn plan(js: &Context, stream: &str, name: &str, from: From) -> Result<
         .num_pending;
     let probe_name = probe.cached_info().name.clone();
     let _ = s.delete_consumer(&probe_name).await;
+    let acked_up_to = info.ack_floor.stream_sequence;
+    let unacked = info.num_pending + info.num_ack_pending as u64;
     Ok(Plan {
         stream: stream.to_owned(),
         consumer: name.to_owned(),
         from: from.to_string(),
         redeliver: count,
-        acked_up_to: info.ack_floor.stream_sequence,
+        skip: skipped(from, acked_up_to, unacked, count),
+        acked_up_to,
         pending_now: info.num_pending,
+        stream_last_seq: last,
+        beyond_the_tail: beyond_the_tail(from, last, Utc::now()),
         config: cfg,
         policy: policy(from),
     })
+}
+
+/// Unacknowledged events a start point leaves behind (pure): none when it starts at or before
+/// the first unacknowledged one (everything after the ack floor is delivered again), else the
+/// unacknowledged events minus those from the start point on.
+pub fn skipped(from: From, acked_up_to: u64, unacked: u64, from_start_point: u64) -> u64 {
+    match from {
+        From::Sequence(n) if n <= acked_up_to + 1 => 0,
+        _ => unacked.saturating_sub(from_start_point),
+    }
+}
+
+/// Why a start point lies beyond what exists (pure): a sequence past the stream's last, or a
+/// time in the future. The consumer would wait there, skipping every event until then.
+pub fn beyond_the_tail(from: From, last: u64, now: DateTime<Utc>) -> Option<String> {
+    match from {
+        From::Sequence(n) if n > last => Some(format!(
+            "stream sequence {n} is beyond the stream's last ({last}): the consumer would skip the next {} event(s) of the stream",
+            n - last - 1
+        )),
+        From::Time(t) if t > now => Some(format!(
+            "{} is in the future: the consumer would skip every event until then",
+            t.to_rfc3339()
+        )),
+        _ => None,
+    }
 }
 
 /// Recreates the consumer at the planned point, same configuration otherwise.
@@ -137,6 +218,12 @@ pub async fn apply(js: &Context, plan: &Plan) -> Result<(), ReplayError> {
     cfg.deliver_policy = plan.policy;
     cfg.metadata.retain(|k, _| !k.starts_with("_nats."));
     cfg.metadata.insert(REPLAYED_FROM.into(), plan.from.clone());
+    // The policy the declaration set, kept across replays (the first one's is the declared one).
+    if !cfg.metadata.contains_key(DELIVER_BEFORE_REPLAY) {
+        if let Ok(before) = serde_json::to_string(&plan.config.deliver_policy) {
+            cfg.metadata.insert(DELIVER_BEFORE_REPLAY.into(), before);
+        }
+    }
     s.delete_consumer(&plan.consumer)
         .await
         .map_err(|e| err(e.to_string()))?;
@@ -144,4 +231,51 @@ pub async fn apply(js: &Context, plan: &Plan) -> Result<(), ReplayError> {
         .await
         .map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_beyond_the_tail_or_in_the_future_is_named() {
+        let now = Utc::now();
+        assert!(beyond_the_tail(From::Sequence(6), 6, now).is_none());
+        let far = beyond_the_tail(From::Sequence(999), 6, now).unwrap();
+        assert!(
+            far.contains("beyond the stream's last (6)") && far.contains("skip the next 992"),
+            "{far}"
+        );
+        assert!(beyond_the_tail(From::Time(now - chrono::Duration::hours(1)), 6, now).is_none());
+        let future = beyond_the_tail(From::Time(now + chrono::Duration::hours(1)), 6, now).unwrap();
+        assert!(future.contains("in the future"), "{future}");
+    }
+
+    #[test]
+    fn a_time_without_a_zone_is_refused_by_name() {
+        let e = parse_time("2026-11-30T10:00:00").unwrap_err();
+        assert!(
+            e.contains("no time zone") && e.contains("2026-11-30T10:00:00Z"),
+            "{e}"
+        );
+        assert!(parse_time("2026-11-30T10:00:00+01:00").is_ok());
+        assert!(parse_time("tomorrow").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn skipped_counts_only_unacknowledged_events_before_the_start() {
+        // Acked up to 10, 5 unacknowledged (11..=15).
+        assert_eq!(
+            skipped(From::Sequence(3), 10, 5, 13),
+            0,
+            "back: nothing skipped"
+        );
+        assert_eq!(skipped(From::Sequence(11), 10, 5, 5), 0);
+        assert_eq!(
+            skipped(From::Sequence(14), 10, 5, 2),
+            3,
+            "forward past 11..=13"
+        );
+        assert_eq!(skipped(From::Sequence(999), 10, 5, 0), 5);
+    }
 }

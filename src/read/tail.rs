@@ -23,6 +23,8 @@ pub enum Source {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
+    #[error("consumer {consumer} does not exist on stream {stream} (see `mes-events provision status`; --stream names the stream)")]
+    NotFound { stream: String, consumer: String },
     #[error("NATS: {0}")]
     Nats(String),
     #[error("writing output: {0}")]
@@ -101,7 +103,16 @@ pub async fn run(
         }
         Source::Consumer { stream, name } => {
             let s = js.get_stream_no_info(stream).await.map_err(nats)?;
-            let info = s.consumer_info(name).await.map_err(nats)?;
+            let info = s.consumer_info(name).await.map_err(|e| {
+                if super::consumer_missing(&e) {
+                    TailError::NotFound {
+                        stream: stream.to_string(),
+                        consumer: name.to_string(),
+                    }
+                } else {
+                    nats(e)
+                }
+            })?;
             let ordered = s
                 .create_consumer(consumer::pull::OrderedConfig {
                     filter_subject: info.config.filter_subject.clone(),

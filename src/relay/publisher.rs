@@ -383,6 +383,9 @@ impl<'a> Publisher<'a> {
     /// before the message leaves (building it takes most of the time: a process frozen in
     /// between must not send it when it wakes on an old lease's word).
     pub async fn publish(&mut self, row: &Row, may_send: impl Fn() -> bool) -> Publish {
+        if row.traceparent.is_some() && !event::outbound::traced(row) {
+            warn!(id = row.id, traceparent = ?row.traceparent, "not a W3C traceparent: the event goes out without it (and its tracestate)");
+        }
         let out = match event::outbound(&self.profile, self.catalog, row) {
             Ok(out) => out,
             Err(e) => return Publish::Refused(e.rejection()),

@@ -164,6 +164,8 @@ pub struct RejectedRow {
     pub retries: i32,
     /// Later rows of the same key waiting behind this one.
     pub waiting: i64,
+    /// The row's data as written (to fix it: `outbox retry ID --data @fixed.json`).
+    pub data: serde_json::Value,
 }
 
 /// Every rejected row that still holds its key, oldest first.
@@ -176,7 +178,8 @@ pub async fn rejected(
                     r.reject_rule, r.reject_reason, r.retries,
                     (select count(*) from mes_events.outbox w
                       where w.key = r.key and w.id > r.id and w.stream_seq is null
-                        and w.rejected_at is null and w.discarded_at is null)
+                        and w.rejected_at is null and w.discarded_at is null),
+                    r.data
                from mes_events.outbox r
               where r.rejected_at is not null and r.discarded_at is null
               order by r.id",
@@ -197,6 +200,52 @@ pub async fn rejected(
             reason: r.get(8),
             retries: r.get(9),
             waiting: r.get(10),
+            data: r.get(11),
+        })
+        .collect())
+}
+
+/// A row an operator discarded on purpose: who, when, why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiscardedRow {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub key: String,
+    pub recorded_at: DateTime<Utc>,
+    pub reject_reason: Option<String>,
+    pub discarded_at: DateTime<Utc>,
+    pub discarded_by: Option<String>,
+    pub discard_reason: Option<String>,
+    pub data: serde_json::Value,
+}
+
+/// Discarded rows, oldest first (they stay in the outbox as the record of the decision).
+pub async fn discarded(
+    client: &impl GenericClient,
+) -> Result<Vec<DiscardedRow>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select id, type, key, recorded_at, reject_reason, discarded_at, discarded_by,
+                    discard_reason, data
+               from mes_events.outbox
+              where discarded_at is not null
+              order by id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DiscardedRow {
+            id: r.get(0),
+            ty: r.get(1),
+            key: r.get(2),
+            recorded_at: r.get(3),
+            reject_reason: r.get(4),
+            discarded_at: r.get(5),
+            discarded_by: r.get(6),
+            discard_reason: r.get(7),
+            data: r.get(8),
         })
         .collect())
 }

@@ -40,3 +40,5 @@ pub async fn emit(
         .await?
         .get(0))
 }
+
+pub use crate::event::check_traceparent;

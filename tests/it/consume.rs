@@ -185,13 +185,19 @@ async fn a_consumer_offline_while_5000_events_are_published_gets_them_all_in_ord
     assert_each_key_in_order_once(&log, 50, 100);
 }
 
-/// Servers up, the shipped streams (with MES_DEAD_LETTERS) and one system provisioned.
-async fn provisioned(system: &str) -> Env {
-    let env = Env::without_streams().await;
+/// A declaration folder: the shipped streams and one system.
+fn decl_dir_with(system: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/streams.toml");
     std::fs::copy(shipped, dir.path().join("streams.toml")).unwrap();
     std::fs::write(dir.path().join("system.toml"), system).unwrap();
+    dir
+}
+
+/// Servers up, the shipped streams (with MES_DEAD_LETTERS) and one system provisioned.
+async fn provisioned(system: &str) -> Env {
+    let env = Env::without_streams().await;
+    let dir = decl_dir_with(system);
     let decl = mes_events::provision::load_dir(dir.path()).unwrap();
     mes_events::provision::apply(&env.js().await, &decl, Default::default())
         .await
@@ -384,13 +390,7 @@ async fn replay_from_a_timestamp_redelivers_exactly_the_events_from_then_on() {
     );
     relay.stop().await;
     // Provisioning does not call the replayed consumer's start point drift.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/streams.toml"),
-        dir.path().join("streams.toml"),
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("system.toml"), ORDERS).unwrap();
+    let dir = decl_dir_with(ORDERS);
     let decl = mes_events::provision::load_dir(dir.path()).unwrap();
     let plan = mes_events::provision::plan(&js, &decl, Default::default())
         .await
@@ -645,4 +645,121 @@ async fn the_consumer_library_survives_a_server_restart() {
     // Acks lost in the restart mean redeliveries: handled again only if not yet done, so each
     // key still sees each event once, in order.
     assert_each_key_in_order_once(&log.lock().unwrap(), 10, 100);
+}
+
+/// `mes-events ARGS` against `env`'s NATS server, from a folder that is not the repository.
+fn cli(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("MES_EVENTS_NATS__URL", env.nats.url())
+        .env("MES_EVENTS_DATABASE__URL", &env.cfg.database.url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replay_refuses_a_start_beyond_the_tail_or_in_the_future_and_names_what_it_skips() {
+    let env = provisioned(ORDERS).await;
+    let relay = env.spawn_relay().await;
+    let js = env.js().await;
+    for i in 0..6 {
+        emit_one(&env.db, &format!("R{i}")).await;
+    }
+    env.drained(Duration::from_secs(30), "published").await;
+    relay.stop().await;
+    let position = || async {
+        let i = js
+            .get_stream("MES_EVENTS")
+            .await
+            .unwrap()
+            .consumer_info("orders")
+            .await
+            .unwrap();
+        (
+            i.num_pending,
+            i.ack_floor.stream_sequence,
+            i.delivered.stream_sequence,
+            i.config.deliver_policy,
+        )
+    };
+    let before = position().await;
+    assert_eq!(before.0, 6);
+
+    // Beyond the tail, and in the future: refused (exit 2), nothing changed.
+    let future = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    for (from, says) in [
+        ("999", "stream sequence 999 is beyond the stream's last (6)"),
+        (future.as_str(), "is in the future"),
+    ] {
+        let o = cli(&env, &["replay", "orders", "--from", from, "--yes"]);
+        let text = output_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        assert!(
+            text.contains(says) && text.contains("--allow-skip"),
+            "{text}"
+        );
+        assert_eq!(position().await, before, "nothing changed: {text}");
+    }
+    // Forward within the stream: what is skipped is said before it happens.
+    let o = cli(&env, &["replay", "orders", "--from", "5", "--yes"]);
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("2 event(s) will be delivered to it again; 4 event(s) it has not acknowledged will be skipped"),
+        "{text}"
+    );
+    // Beyond the tail with the flag: allowed, and the skip named.
+    let o = cli(
+        &env,
+        &["replay", "orders", "--from", "999", "--yes", "--allow-skip"],
+    );
+    let text = output_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("0 event(s) will be delivered to it again; 2 event(s) it has not acknowledged will be skipped")
+            && text.contains("allowed (--allow-skip)"),
+        "{text}"
+    );
+
+    // After the replay, a change of the declared deliver policy shows in plan, and apply
+    // refuses it with exit 5, naming what it applied (a new system's consumer) and what not.
+    let dir = decl_dir_with(ORDERS);
+    let d = dir.path().to_str().unwrap();
+    let o = cli(&env, &["provision", "plan", "--dir", d]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the replay alone is no drift: {}",
+        output_text(&o)
+    );
+    let changed = ORDERS
+        .replace("deliver = \"all\"", "deliver = \"new\"")
+        .replace(
+            "[[consumer]]",
+            "[[consumer]]\ndescription = \"orders, new only\"",
+        );
+    std::fs::write(dir.path().join("system.toml"), changed).unwrap();
+    std::fs::write(
+        dir.path().join("audit.toml"),
+        ORDERS.replace("name = \"orders\"", "name = \"audit\""),
+    )
+    .unwrap();
+    let o = cli(&env, &["provision", "plan", "--dir", d]);
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(4), "{text}");
+    assert!(text.contains("deliver") && text.contains("new"), "{text}");
+    let o = cli(&env, &["provision", "apply", "--dir", d]);
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(5), "{text}");
+    assert!(
+        text.contains("refused: consumer MES_EVENTS/orders: deliver (all -> new)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("applied: create consumer MES_EVENTS/audit"),
+        "{text}"
+    );
 }

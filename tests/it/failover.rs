@@ -160,7 +160,11 @@ async fn a_frozen_active_relay_is_replaced_within_the_lease_timeout_and_stays_qu
     );
     // And nothing once it stands by.
     tokio::time::sleep(Duration::from_secs(2)).await; // a span to observe, not a wait for a state
-    assert_eq!(messages_sent_by(monitoring, &a), after, "the standby sent messages");
+    assert_eq!(
+        messages_sent_by(monitoring, &a),
+        after,
+        "the standby sent messages"
+    );
     assert!(b.terminate().await.success());
     assert!(a.terminate().await.success());
     env.assert_published_exactly_once(&committed).await;

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("event", 0),
     ("host", 0),
     ("metrics", 0),
+    ("secret", 0),
     ("http", 2),
     ("config", 1),
     ("store", 2),

@@ -9,6 +9,7 @@ mod compose;
 mod consume;
 mod demo;
 mod examples;
+mod exits;
 mod failover;
 mod interop;
 mod layout;

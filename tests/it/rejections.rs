@@ -122,7 +122,7 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
         ("key_mismatch", Some("/orderId"), Some("key"), 0)
     );
 
-    // The operator's listing shows them too, one JSON object per line.
+    // The operator's listing shows them too, with their data, as one JSON array.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
         .args(["outbox", "rejected", "--json"])
         .env("MES_EVENTS_DATABASE__URL", &env.db.url)
@@ -130,7 +130,9 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 5);
+    assert!(listed.iter().all(|r| r["data"].is_object()), "{listed:?}");
 
     // Retry with fixed data: A's held events follow, in order.
     let mut admin = env.db.client().await;
