@@ -125,6 +125,10 @@ pub struct EventsConfig {
     /// CloudEvents mode on the wire: `binary` (attributes in `ce-*` headers, body = data) or
     /// `structured` (body = JSON event format, `Content-Type: application/cloudevents+json`).
     pub mode: crate::event::binding::Mode,
+    /// A site catalog folder extending the shipped event catalog (types, categories, new minor
+    /// versions); unset: the shipped catalog alone. Checked whole at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<PathBuf>,
 }
 
 /// What the relay does with a row that cannot become a valid event.
@@ -201,6 +205,7 @@ impl Default for Config {
                 site: "site".into(),
                 subject_prefix: "mes".into(),
                 mode: crate::event::binding::Mode::Binary,
+                catalog: None,
             },
             relay: RelayConfig {
                 streams: vec!["MES_EVENTS".into(), "MES_PV".into()],

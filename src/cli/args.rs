@@ -16,6 +16,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// A site catalog folder extending the shipped event catalog (overrides events.catalog,
+    /// MES_EVENTS_EVENTS__CATALOG).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub catalog: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -46,9 +51,41 @@ pub enum Command {
     Tail(TailArgs),
     /// Move a system's consumer back (or forward) to a time or stream sequence.
     Replay(ReplayArgs),
+    /// The event catalog: list, show a type, check a site catalog folder, compare schemas.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Every type of the active catalog: version, key field, stream, subject.
+    List {
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One type: its schema, key, stream, subject and wildcard recipes.
+    Show {
+        /// The event type, e.g. io.mesevents.mes.processorder.statuschanged.v1
+        #[arg(value_name = "TYPE")]
+        ty: String,
+    },
+    /// Check a site catalog folder as the relay will (exit 0 valid, 2 invalid).
+    Check {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+    /// Compare two versions of a schema: exit 0 compatible (a new minor will do), 4 breaking
+    /// (a new major is needed), 2 when a file is not JSON.
+    Diff {
+        #[arg(value_name = "OLD")]
+        old: std::path::PathBuf,
+        #[arg(value_name = "NEW")]
+        new: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]

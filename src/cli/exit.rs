@@ -3,6 +3,7 @@
 
 use mes_events::config::ConfigError;
 use mes_events::demo::DemoError;
+use mes_events::event::catalog::CatalogError;
 use mes_events::nats::ConnectError;
 use mes_events::read::deadletter::DeadLetterError;
 use mes_events::read::replay::ReplayError;
@@ -54,6 +55,13 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
             if r.is_setup() {
                 return NOT_READY;
             }
+            // A broken (site) catalog is the operator's input: fix it.
+            if let RelayError::Catalog(_) = r {
+                return USAGE;
+            }
+        }
+        if cause.is::<CatalogError>() {
+            return USAGE;
         }
         if let Some(MigrateError::Behind { .. } | MigrateError::Newer { .. }) =
             cause.downcast_ref::<MigrateError>()

@@ -3,6 +3,7 @@
 //! ([`exit`]). Commands call the library and say what happened; `anyhow` lives here only.
 
 mod args;
+mod catalog;
 mod exit;
 mod operate;
 mod output;
@@ -22,7 +23,14 @@ use args::{Cli, Command, RelayCommand};
 /// happened into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let catalog = cli.catalog.clone();
     let result = Config::load(cli.config.as_deref())
+        .map(|mut cfg| {
+            if catalog.is_some() {
+                cfg.events.catalog = catalog;
+            }
+            cfg
+        })
         .map_err(anyhow::Error::from)
         .inspect(|cfg| init_logging(cfg.log.format))
         .and_then(|cfg| {
@@ -85,5 +93,6 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         },
         Command::Ready => operate::ready(&cfg).await,
         Command::Demo(args) => operate::demo(&cfg, args).await,
+        Command::Catalog(cmd) => catalog::run(&cfg, cmd),
     }
 }

@@ -7,6 +7,8 @@ use std::io::Read;
 
 use anyhow::Context as _;
 use mes_events::config::Config;
+use mes_events::event::catalog::Catalog;
+use mes_events::event::outbound;
 use mes_events::store::migrate;
 use mes_events::store::operator;
 use mes_events::store::session::{self, Session};
@@ -48,6 +50,10 @@ pub async fn emit(cfg: &Config, args: EmitArgs) -> anyhow::Result<u8> {
     if let Some(tp) = &args.traceparent {
         write::check_traceparent(tp).map_err(|e| Usage(format!("--traceparent: {e}")))?;
     }
+    // As the relay will check it, before anything is written.
+    let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
+    outbound::validate(&catalog, &args.ty, &args.key, &text)
+        .map_err(|e| Usage(format!("{e}; nothing was written")))?;
     let session = connect(cfg, "mes-events emit").await?;
     let opts = write::EmitOptions {
         occurred_at: args.time,
@@ -70,6 +76,15 @@ pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
         }
         OutboxCommand::Retry { id, data } => {
             let data = data.as_deref().map(read_data).transpose()?;
+            // New data is checked as the relay will check it, before the row is touched.
+            if let Some(text) = &data {
+                if let Some((ty, key)) = operator::type_and_key(&session.client, id).await? {
+                    let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
+                    outbound::validate(&catalog, &ty, &key, text).map_err(|e| {
+                        Usage(format!("outbox row {id}: {e}; the row was left as it is"))
+                    })?;
+                }
+            }
             operator::retry(&mut session.client, id, data.as_deref()).await?;
             println!("outbox row {id} queued again; the relay picks it up now");
         }

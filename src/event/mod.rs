@@ -9,6 +9,7 @@
 
 pub mod binding;
 pub mod catalog;
+pub mod compat;
 pub mod id;
 pub mod outbound;
 pub mod row;

@@ -71,7 +71,7 @@ pub enum EventError {
         #[source]
         source: TypeError,
     },
-    #[error("type {0} is not in the event catalog (schemas/catalog.json): fix the type, or add the event to the catalog")]
+    #[error("type {0} is not in the event catalog: fix the type, or add the event to a site catalog (events.catalog, see `mes-events catalog list`)")]
     UnknownType(String),
     #[error("data is not JSON: {0}")]
     Json(String),
@@ -112,6 +112,42 @@ impl EventError {
     }
 }
 
+/// Checks an event against the catalog as the relay will (type known, data valid under its
+/// schema, key equal to the data's key field), with the messages the relay would record: what
+/// `emit` and `outbox retry --data` ask before writing anything.
+pub fn validate(catalog: &Catalog, ty: &str, key: &str, data: &str) -> Result<(), EventError> {
+    validated(catalog, ty, key, data).map(drop)
+}
+
+fn validated<'c>(
+    catalog: &'c Catalog,
+    ty: &str,
+    key: &str,
+    data: &str,
+) -> Result<(EventType, &'c Entry, Value), EventError> {
+    let parsed = EventType::parse(ty).map_err(|source| EventError::InvalidType {
+        ty: ty.to_owned(),
+        source,
+    })?;
+    let entry = catalog
+        .get(ty)
+        .ok_or_else(|| EventError::UnknownType(ty.to_owned()))?;
+    let data: Value = serde_json::from_str(data).map_err(|e| EventError::Json(e.to_string()))?;
+    entry.validate(&data).map_err(EventError::Schema)?;
+    let field = &entry.decl.key;
+    match data.get(field) {
+        Some(Value::String(k)) if *k == key => {}
+        other => {
+            return Err(EventError::KeyMismatch {
+                field: field.clone(),
+                found: other.map_or("missing".to_owned(), |v| v.to_string()),
+                key: key.to_owned(),
+            })
+        }
+    }
+    Ok((parsed, entry, data))
+}
+
 /// Checks a row against the catalog (type known, data valid, key matching the data's key field)
 /// and works out the subject it goes to.
 fn check<'c>(
@@ -119,27 +155,7 @@ fn check<'c>(
     catalog: &'c Catalog,
     row: &Row,
 ) -> Result<(&'c Entry, String), EventError> {
-    let ty = EventType::parse(&row.ty).map_err(|source| EventError::InvalidType {
-        ty: row.ty.clone(),
-        source,
-    })?;
-    let entry = catalog
-        .get(&row.ty)
-        .ok_or_else(|| EventError::UnknownType(row.ty.clone()))?;
-    let data: Value =
-        serde_json::from_str(&row.data).map_err(|e| EventError::Json(e.to_string()))?;
-    entry.validate(&data).map_err(EventError::Schema)?;
-    let field = &entry.decl.key;
-    match data.get(field) {
-        Some(Value::String(k)) if *k == row.key => {}
-        other => {
-            return Err(EventError::KeyMismatch {
-                field: field.clone(),
-                found: other.map_or("missing".to_owned(), |v| v.to_string()),
-                key: row.key.clone(),
-            })
-        }
-    }
+    let (ty, entry, data) = validated(catalog, &row.ty, &row.key, &row.data)?;
     let location = location(&data);
     let nats_subject = subject::subject(
         &profile.subject_prefix,

@@ -18,7 +18,7 @@ pub enum RelayError {
     /// None of the relay's streams exists (one missing among others only holds its own rows).
     #[error("JetStream stream(s) {stream} do not exist on the NATS server: create them with `mes-events provision apply` (or correct relay.streams)")]
     StreamMissing { stream: String },
-    #[error("the built-in event catalog is broken: {0}")]
+    #[error("the event catalog is broken, so no row was read: {0}")]
     Catalog(#[from] CatalogError),
     #[error("outbox row {id} rejected ({reason}) and relay.on_invalid = \"stop\": fix it with `mes-events outbox retry {id} --data @fixed.json`, or `mes-events outbox discard {id} --reason …`, then restart")]
     Rejected { id: i64, reason: String },

@@ -76,7 +76,7 @@ use leader::Leader;
 /// Runs until `shutdown` is cancelled (then returns `Ok` after recording what is in flight) or a
 /// setup error makes going on pointless.
 pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Result<(), RelayError> {
-    let catalog = Catalog::embedded()?;
+    let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
     let mut backoff = Backoff::new(cfg.relay.max_backoff);
     // A stream missing at start is held like one that vanishes later: the others go on.
     let mut told = false;

@@ -148,6 +148,20 @@ pub async fn relays(client: &impl GenericClient) -> Result<Relays, tokio_postgre
     })
 }
 
+/// An outbox row's type and key, if the row exists.
+pub async fn type_and_key(
+    client: &impl GenericClient,
+    id: i64,
+) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+    Ok(client
+        .query_opt(
+            "select type, key from mes_events.outbox where id = $1",
+            &[&id],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
 /// A rejected row as operators see it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RejectedRow {

@@ -190,3 +190,286 @@ fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
         _ => v,
     }
 }
+
+/// The site catalog shipped as an example (`examples/site-catalog`): one added type,
+/// `equipment.statechanged`, in a new category of MES_EVENTS.
+fn site_catalog() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/site-catalog")
+}
+
+const EQUIPMENT: &str = "io.mesevents.mes.equipment.statechanged.v1";
+
+/// A copy of the example site catalog to break.
+fn site_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("equipment")).unwrap();
+    for f in [
+        "catalog.json",
+        "equipment/statechanged.v1.0.json",
+        "equipment/statechanged.v1.examples.json",
+    ] {
+        std::fs::copy(site_catalog().join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_example_site_catalog_extends_the_shipped_one() {
+    let c = Catalog::with_site(&site_catalog()).unwrap();
+    assert!(c.get(EQUIPMENT).is_some());
+    assert!(c
+        .get("io.mesevents.mes.processorder.statuschanged.v1")
+        .is_some());
+    assert!(c.file.streams["MES_EVENTS"]
+        .categories
+        .contains(&"equipment".to_owned()));
+}
+
+#[tokio::test]
+async fn a_relay_with_a_site_catalog_publishes_its_type_and_rejects_an_invalid_one() {
+    use crate::support::*;
+    let env = Env::without_streams().await;
+    let js = env.js().await;
+    let mut subjects = catalog_subjects("MES_EVENTS");
+    subjects.push("mes.*.*.*.*.equipment.>".into());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "MES_EVENTS".into(),
+        subjects,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    create_streams_named(&js, &["MES_PV"]).await;
+    let site = site_catalog();
+    let mut relay = RelayProcess::spawn(
+        &env.cfg,
+        &[("MES_EVENTS_EVENTS__CATALOG", site.to_str().unwrap())],
+    );
+    let c = env.db.client().await;
+    let good = serde_json::json!({
+        "equipmentId": "dryer1", "state": "down", "previousState": "running",
+        "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2", "workUnit": "dryer1"}
+    });
+    let bad = serde_json::json!({"equipmentId": "dryer2", "state": "exploded", "hierarchyScope": {"site": "bsl"}});
+    mes_events::store::write::emit(
+        &c,
+        EQUIPMENT,
+        "dryer1",
+        &good.to_string(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    mes_events::store::write::emit(
+        &c,
+        EQUIPMENT,
+        "dryer2",
+        &bad.to_string(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    env.drained(std::time::Duration::from_secs(30), "both rows dealt with")
+        .await;
+    let got = read_stream(&js, "MES_EVENTS").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        got[0].subject,
+        "mes.bsl.gran.line2.dryer1.equipment.statechanged.v1.dryer1"
+    );
+    let rejected = mes_events::store::operator::rejected(&c).await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].key, "dryer2");
+    assert_eq!(rejected[0].path.as_deref(), Some("/state"));
+    assert_eq!(rejected[0].rule.as_deref(), Some("enum"));
+    assert!(relay.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_broken_site_catalog_stops_start_up_with_exit_2_naming_file_and_place() {
+    use crate::support::*;
+    let env = Env::new().await;
+    // A row waiting: no broken catalog may reject it.
+    let c = env.db.client().await;
+    emit_order(&c, "PO-1").await;
+    let edit = |dir: &std::path::Path, file: &str, f: &dyn Fn(String) -> String| {
+        let p = dir.join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, f(text)).unwrap();
+    };
+    type Break = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Break, &str, &str)> = vec![
+        (
+            "invalid JSON",
+            Box::new(move |d| {
+                edit(d, "equipment/statechanged.v1.0.json", &|t| {
+                    t.replacen('{', "{,", 1)
+                })
+            }),
+            "equipment/statechanged.v1.0.json at line 1 column",
+            "valid JSON",
+        ),
+        (
+            "invalid schema",
+            Box::new(move |d| {
+                edit(d, "equipment/statechanged.v1.0.json", &|t| {
+                    t.replace("\"type\": \"object\"", "\"type\": 12")
+                })
+            }),
+            "catalog.json at /events/0",
+            "does not compile",
+        ),
+        (
+            "$id mismatch",
+            Box::new(move |d| {
+                edit(d, "equipment/statechanged.v1.0.json", &|t| {
+                    t.replace(
+                        "schemas/equipment/statechanged.v1.0.json",
+                        "schemas/equipment/other.json",
+                    )
+                })
+            }),
+            "equipment/statechanged.v1.0.json",
+            "\"$id\" is",
+        ),
+        (
+            "an example that fails",
+            Box::new(move |d| {
+                edit(d, "equipment/statechanged.v1.examples.json", &|t| {
+                    t.replacen("\"state\": \"down\"", "\"state\": \"asleep\"", 1)
+                })
+            }),
+            "statechanged.v1.examples.json at /valid/0/data/state",
+            "enum",
+        ),
+        (
+            "a duplicate type",
+            Box::new(move |d| {
+                edit(d, "catalog.json", &|t| {
+                    t.replace(
+                        "\"type\": \"io.mesevents.mes.equipment.statechanged.v1\"",
+                        "\"type\": \"io.mesevents.mes.processorder.statuschanged.v1\"",
+                    )
+                    .replace(
+                        "\"category\": \"equipment\"",
+                        "\"category\": \"processorder\"",
+                    )
+                    .replace(
+                        "\"event\": \"statechanged\"",
+                        "\"event\": \"statuschanged\"",
+                    )
+                })
+            }),
+            "catalog.json at /events/0/type",
+            "already in the catalog",
+        ),
+        (
+            "an ambiguous subject",
+            Box::new(move |d| {
+                edit(d, "catalog.json", &|t| {
+                    t.replace(
+                        "equipment.statechanged.v1.{key}",
+                        "processorder.statuschanged.v1.{key}",
+                    )
+                })
+            }),
+            "catalog.json at /events/0/subject",
+            "unambiguous subject",
+        ),
+    ];
+    for (class, break_it, where_, says) in cases {
+        let dir = site_copy();
+        break_it(dir.path());
+        let mut relay = RelayProcess::spawn(
+            &env.cfg,
+            &[("MES_EVENTS_EVENTS__CATALOG", dir.path().to_str().unwrap())],
+        );
+        let status = relay.wait_exit(class).await;
+        let err = relay.stderr();
+        assert_eq!(status.code(), Some(2), "{class}: {err}");
+        assert!(
+            err.contains(where_) && err.contains(says),
+            "{class}: expected {where_:?} and {says:?} in\n{err}"
+        );
+    }
+    let counts = mes_events::store::operator::counts(&c).await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.rejected),
+        (1, 0),
+        "no row rejected because of it"
+    );
+}
+
+/// `mes-events ARGS` from a folder that is not the repository.
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args(args)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_catalog_command_lists_shows_checks_and_compares() {
+    let site = site_catalog();
+    let site = site.to_str().unwrap();
+    let o = cli(&["--catalog", site, "catalog", "list"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains(EQUIPMENT), "{text}");
+    let o = cli(&["--catalog", site, "catalog", "show", EQUIPMENT]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && text.contains("mes.*.*.*.*.equipment.statechanged.v1.<key>"),
+        "{text}"
+    );
+    assert_eq!(cli(&["catalog", "check", site]).status.code(), Some(0));
+    let broken = site_copy();
+    std::fs::write(broken.path().join("equipment/statechanged.v1.0.json"), "{").unwrap();
+    let o = cli(&["catalog", "check", broken.path().to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // diff: 0 compatible, 4 breaking, 2 not JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let old = site_catalog().join("equipment/statechanged.v1.0.json");
+    let mut schema: Value = serde_json::from_str(&std::fs::read_to_string(&old).unwrap()).unwrap();
+    schema["properties"]["shift"] = serde_json::json!({"type": "string"});
+    let widened = dir.path().join("v1.1.json");
+    std::fs::write(&widened, schema.to_string()).unwrap();
+    schema["required"]
+        .as_array_mut()
+        .unwrap()
+        .push("shift".into());
+    let required = dir.path().join("v1.2.json");
+    std::fs::write(&required, schema.to_string()).unwrap();
+    let old = old.to_str().unwrap();
+    let o = cli(&["catalog", "diff", old, widened.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = cli(&["catalog", "diff", old, required.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains("BREAKING") && text.contains("/properties/shift"),
+        "{text}"
+    );
+    let o = cli(&[
+        "catalog",
+        "diff",
+        old,
+        broken
+            .path()
+            .join("equipment/statechanged.v1.0.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}

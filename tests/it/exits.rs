@@ -53,6 +53,8 @@ async fn every_exit_code_of_the_readme_table_for_every_command_family() {
     );
     std::fs::write(changed.path().join("streams.toml"), text).unwrap();
     let changed = changed.path().to_str().unwrap().to_owned();
+    let valid = order_data("k");
+    let valid = valid.as_str();
     let (no_db, no_nats, no_http, changed) = (
         no_db.as_str(),
         no_nats.as_str(),
@@ -69,7 +71,7 @@ async fn every_exit_code_of_the_readme_table_for_every_command_family() {
         ("dead-letters", vec!["dead-letters", "list"], both.to_vec(), 0),
         // 1: runtime failure (a server unreachable, not healthy)
         ("outbox", vec!["outbox", "status"], vec![("MES_EVENTS_DATABASE__URL", no_db)], 1),
-        ("emit", vec!["emit", "--type", ORDER_TYPE, "--key", "k", "--data", "{}"], vec![("MES_EVENTS_DATABASE__URL", no_db)], 1),
+        ("emit", vec!["emit", "--type", ORDER_TYPE, "--key", "k", "--data", valid], vec![("MES_EVENTS_DATABASE__URL", no_db)], 1),
         ("provision", vec!["provision", "status", "--dir", nats_dir], vec![("MES_EVENTS_NATS__URL", no_nats)], 1),
         ("tail", vec!["tail", "--consumer", "erp"], vec![("MES_EVENTS_NATS__URL", no_nats)], 1),
         ("ready", vec!["ready"], vec![("MES_EVENTS_HTTP__ADDRESS", no_http)], 1),
@@ -77,6 +79,8 @@ async fn every_exit_code_of_the_readme_table_for_every_command_family() {
         // 2: usage or configuration
         ("emit", vec!["emit", "--type", ORDER_TYPE, "--key", "k", "--data", "@/nonexistent/data.json"], both.to_vec(), 2),
         ("emit", vec!["emit", "--type", "bogus", "--key", "k", "--data", "{}"], both.to_vec(), 2),
+        ("emit", vec!["emit", "--type", ORDER_TYPE, "--key", "k", "--data", "{}"], both.to_vec(), 2),
+        ("config", vec!["relay"], vec![("MES_EVENTS_DATABASE__URL", db), ("MES_EVENTS_NATS__URL", nats.as_str()), ("MES_EVENTS_EVENTS__CATALOG", "/nonexistent/schemas")], 2),
         ("config", vec!["outbox", "status"], vec![("DATABASE_URL", "not-a-url")], 2),
         ("config", vec!["provision", "status", "--dir", nats_dir], vec![("MES_EVENTS_NATS__URL", nats.as_str()), ("MES_EVENTS_NATS__NKEY", "/nonexistent/relay.nk")], 2),
         ("provision", vec!["provision", "plan", "--dir", "/nonexistent/nats"], both.to_vec(), 2),

@@ -79,7 +79,7 @@ async fn relay_refuses_an_unmigrated_database_with_the_command_to_run() {
             "--key",
             "k",
             "--data",
-            "{}",
+            &crate::support::order_data("k"),
         ])
         .env("MES_EVENTS_DATABASE__URL", &db.url)
         .current_dir(std::env::temp_dir())

@@ -134,6 +134,40 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
     assert_eq!(listed.len(), 5);
     assert!(listed.iter().all(|r| r["data"].is_object()), "{listed:?}");
 
+    // Retry with data that is still invalid: refused before the row is touched.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args([
+            "outbox",
+            "retry",
+            &a2.to_string(),
+            "--data",
+            r#"{"orderId":"A"}"#,
+        ])
+        .env("MES_EVENTS_DATABASE__URL", &env.db.url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("breaks `required`") && err.contains("left as it is"),
+        "{err}"
+    );
+    let still: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(["outbox", "rejected", "--json"])
+            .env("MES_EVENTS_DATABASE__URL", &env.db.url)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        still.iter().any(|r| r["id"] == a2 && r["retries"] == 0),
+        "{still:?}"
+    );
+
     // Retry with fixed data: A's held events follow, in order.
     let mut admin = env.db.client().await;
     operator::retry(&mut admin, a2, Some(&order_data("A")))

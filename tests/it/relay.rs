@@ -450,9 +450,12 @@ async fn emit_command_reads_data_from_a_file_and_rejects_bad_json() {
     let env = Env::new().await;
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("event.json");
-    std::fs::write(&good, r#"{"orderId":"4711","status":"released"}"#).unwrap();
+    std::fs::write(&good, order_data("4711")).unwrap();
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{not json").unwrap();
+    // JSON, but not what the schema asks (no status): refused as the relay would refuse it.
+    let invalid = dir.path().join("invalid.json");
+    std::fs::write(&invalid, r#"{"orderId":"4711","previousStatus":null}"#).unwrap();
     let run = |data: String| {
         std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
             .args([
@@ -472,6 +475,13 @@ async fn emit_command_reads_data_from_a_file_and_rejects_bad_json() {
     let out = run(format!("@{}", bad.display()));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json"));
+    let out = run(format!("@{}", invalid.display()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("breaks `required`") && err.contains("nothing was written"),
+        "{err}"
+    );
     assert_eq!(pending(&env.db).await, 1);
 }
 
