@@ -60,11 +60,17 @@ pub(crate) async fn routes(js: &Context, names: &[String]) -> Result<Vec<Route>,
     for name in names {
         match js.get_stream(name).await {
             Ok(s) => routes.push(Route::of(name, &s.cached_info().config)),
-            Err(e) if is_not_found(&e) => routes.push(Route {
-                stream: name.clone(),
-                subjects: Vec::new(),
-                max_msg_size: None,
-            }),
+            // Missing, or there but not answering while NATS does: held like a missing one.
+            Err(e) if is_not_found(&e) || connected(js) => {
+                if !is_not_found(&e) {
+                    warn!(stream = %name, error = %e, "stream does not answer; its events wait");
+                }
+                routes.push(Route {
+                    stream: name.clone(),
+                    subjects: Vec::new(),
+                    max_msg_size: None,
+                })
+            }
             Err(e) => {
                 return Err(NatsError::GetStream {
                     stream: name.clone(),
@@ -75,6 +81,11 @@ pub(crate) async fn routes(js: &Context, names: &[String]) -> Result<Vec<Route>,
         }
     }
     Ok(routes)
+}
+
+/// Whether the NATS connection is up (a failure is then the stream's, not NATS's).
+pub(crate) fn connected(js: &Context) -> bool {
+    js.client().connection_state() == async_nats::connection::State::Connected
 }
 
 /// Whether the server says the stream does not exist.
@@ -161,7 +172,7 @@ struct Down {
 
 /// A down stream due to be tried again, for the caller to act on.
 pub(crate) enum Due {
-    /// Missing: ask the server whether it is back (then reconcile it).
+    /// Missing or unavailable: ask the server whether it is back (then reconcile it).
     Missing(usize),
     /// Refusing: read its held rows again and send them; the first ack tells.
     Retry,
@@ -172,6 +183,9 @@ pub(crate) enum Due {
 pub(crate) enum Refusal {
     /// The stream does not exist.
     Missing,
+    /// The stream exists but cannot be read back while NATS is reachable (its leader lost, the
+    /// server holding it down): it is reconciled before anything is sent to it again.
+    Unavailable,
     /// The server answered with a limit: what it said, and what to change.
     Limit { said: String, fix: &'static str },
     /// No answer in time: NATS unreachable, a leader being elected, or a server that cannot
@@ -265,12 +279,21 @@ impl<'a> Publisher<'a> {
             .iter_mut()
             .filter(|(_, d)| !d.trying && d.retry_at <= now)
             .min_by_key(|(_, d)| d.retry_at)?;
-        if d.why == Refusal::Missing {
+        if matches!(d.why, Refusal::Missing | Refusal::Unavailable) {
             return Some(Due::Missing(i));
         }
         d.trying = true;
         d.tried = false;
         Some(Due::Retry)
+    }
+
+    /// After a reconciliation (every row that landed recorded, reading starts again from the
+    /// oldest pending row): what was sent to a stream being tried has been accounted for, so
+    /// only what is sent from here on tells whether it takes messages.
+    pub fn reconciled(&mut self) {
+        for d in self.down.values_mut().filter(|d| d.trying) {
+            d.tried = false;
+        }
     }
 
     /// The reader reached the end of the outbox: a stream being tried that no row was sent to
@@ -307,6 +330,10 @@ impl<'a> Publisher<'a> {
         d.why = why;
         if !told {
             match &d.why {
+                Refusal::Unavailable => error!(
+                    %stream,
+                    "stream does not answer while NATS does (its leader lost, or the server holding it down): the events routed to it wait (the other streams' go on) until it can be read back"
+                ),
                 Refusal::Missing => error!(
                     %stream,
                     "stream missing: the events routed to it wait (the other streams' go on); create it with `mes-events provision apply`"
@@ -326,7 +353,9 @@ impl<'a> Publisher<'a> {
 
     /// Whether route `i`'s stream was missing when last looked at.
     pub fn is_missing(&self, i: usize) -> bool {
-        self.down.get(&i).is_some_and(|d| d.why == Refusal::Missing)
+        self.down
+            .get(&i)
+            .is_some_and(|d| matches!(d.why, Refusal::Missing | Refusal::Unavailable))
     }
 
     /// Route `i` as the server describes it now (its subjects or limits may have changed).
@@ -398,11 +427,8 @@ impl<'a> Publisher<'a> {
             let streams: Vec<&str> = self.routes.iter().map(|r| r.stream.as_str()).collect();
             return Publish::Refused(Rejection::unroutable(&out.subject, &streams));
         };
-        if let Some(d) = self.down.get_mut(&route) {
-            if !d.trying {
-                return Publish::Held;
-            }
-            d.tried = true;
+        if self.down.get(&route).is_some_and(|d| !d.trying) {
+            return Publish::Held;
         }
         let size = out.wire_size();
         let limit = [Some(self.max_payload), self.routes[route].max_msg_size]
@@ -430,6 +456,10 @@ impl<'a> Publisher<'a> {
         };
         match self.js.send_publish(out.subject, msg).await {
             Ok(ack) => {
+                // A stream being tried has had something sent: its answer tells.
+                if let Some(d) = self.down.get_mut(&route) {
+                    d.tried = true;
+                }
                 self.tails[route] = seq;
                 self.in_flight
                     .push_back(async move { (sent, ack.await) }.boxed());

@@ -45,17 +45,29 @@ pub(crate) async fn reconcile(
                 continue;
             }
             Err(source) => {
-                return Err(NatsError::GetStream {
+                let e = NatsError::GetStream {
                     stream: name.clone(),
                     source,
+                };
+                if unavailable(js, publisher, i, &e) {
+                    continue;
                 }
-                .into())
+                return Err(e.into());
             }
         };
-        let info = stream.info().await.map_err(|source| NatsError::Info {
-            stream: name.clone(),
-            source,
-        })?;
+        let info = match stream.info().await {
+            Ok(info) => info.clone(),
+            Err(source) => {
+                let e = NatsError::Info {
+                    stream: name.clone(),
+                    source,
+                };
+                if unavailable(js, publisher, i, &e) {
+                    continue;
+                }
+                return Err(e.into());
+            }
+        };
         // Its subjects and limits as they are now (a stream created again, or changed).
         let route = Route::of(name, &info.config);
         if publisher.is_missing(i) {
@@ -79,7 +91,12 @@ pub(crate) async fn reconcile(
             None => first,
         };
         if from <= last {
-            let n = read_back(lead, publisher.source(), &stream, name, (from, last)).await?;
+            let n = match read_back(lead, publisher.source(), &stream, name, (from, last)).await {
+                Ok(n) => n,
+                // What was read is recorded; the rest is read again once it answers.
+                Err(Interrupt::Nats(e)) if unavailable(js, publisher, i, &e) => continue,
+                Err(e) => return Err(e),
+            };
             info!(stream = %name, from, to = last, recorded = n, "reconciled with the stream");
             crate::metrics::get().reconciled_rows.inc_by(n);
         }
@@ -89,7 +106,20 @@ pub(crate) async fn reconcile(
         publisher.tails[i] = last;
     }
     publisher.suspect = false;
+    publisher.reconciled();
     Ok(())
+}
+
+/// A stream that cannot be read back while NATS is reachable holds only its own rows: it is
+/// marked unavailable (and reconciled before anything is sent to it again); the others are
+/// reconciled now. With NATS away the whole reconciliation waits instead.
+fn unavailable(js: &Context, publisher: &mut Publisher<'_>, i: usize, e: &NatsError) -> bool {
+    if !super::publisher::connected(js) {
+        return false;
+    }
+    debug!(error = %super::error::chain(e), "stream cannot be read back");
+    publisher.went_down(i, Refusal::Unavailable);
+    true
 }
 
 /// Reads sequences `from..=to` of a stream and marks the rows this outbox (`source`) sent there.

@@ -181,3 +181,90 @@ async fn a_three_node_cluster_losing_its_stream_leader_twice_and_the_relays_node
     };
     assert_exactly_once_in_order(&db, &published, &committed).await;
 }
+
+#[tokio::test]
+async fn a_stream_whose_only_server_is_down_holds_only_its_own_events() {
+    // MES_EVENTS replicated on three nodes, MES_PV on one: the node holding MES_PV dies. The
+    // relay keeps publishing MES_EVENTS; MES_PV's events wait, and go out once it is back, once.
+    init_tracing();
+    let mut cluster = NatsCluster::start().await;
+    let db = TestDb::new().await;
+    let urls = cluster.urls();
+    let client = async_nats::ConnectOptions::new()
+        .connect(mes_events::nats::servers(&urls).unwrap())
+        .await
+        .unwrap();
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client);
+    for (name, replicas) in [("MES_EVENTS", 3), ("MES_PV", 1)] {
+        eventually(Duration::from_secs(60), "the stream created", || async {
+            js.create_stream(jetstream::stream::Config {
+                name: name.into(),
+                subjects: catalog_subjects(name),
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+        })
+        .await;
+    }
+    let pv_node = eventually_value(Duration::from_secs(30), "MES_PV's node", || async {
+        let mut s = js.get_stream("MES_PV").await.ok()?;
+        let leader = s.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
+        Some(cluster.index_of(&leader))
+    })
+    .await;
+    let cfg = config_for(&db, &urls);
+    let mut relay = RelayProcess::spawn(&cfg, &[("RUST_LOG", "info")]);
+    let c = db.client().await;
+    emit_pv(&c, "before").await;
+    emit_order(&c, "PO-before").await;
+    eventually(Duration::from_secs(30), "both published", || async {
+        pending(&db).await == 0
+    })
+    .await;
+
+    cluster.nodes[pv_node].kill();
+    let mut waiting = Vec::new();
+    for i in 0..5 {
+        waiting.push(emit_pv(&c, &format!("pv-{i}")).await);
+    }
+    let mut orders = Vec::new();
+    for i in 0..20 {
+        orders.push(emit_order(&c, &format!("PO-{i}")).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &orders {
+        while !recorded(&db, *id).await {
+            assert!(
+                Instant::now() < deadline,
+                "MES_EVENTS stopped while MES_PV's node is down; the relay said:\n{}",
+                relay.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    for id in &waiting {
+        assert!(
+            !recorded(&db, *id).await,
+            "MES_PV's event {id} cannot have landed"
+        );
+    }
+
+    cluster.nodes[pv_node]
+        .restart()
+        .expect("restarting the node");
+    eventually(
+        Duration::from_secs(90),
+        "MES_PV's events published",
+        || async { pending(&db).await == 0 },
+    )
+    .await;
+    let pv = read_stream(&js, "MES_PV").await;
+    let ids: Vec<i64> = pv.iter().map(|p| p.outbox_id).collect();
+    assert_eq!(ids.len(), 6, "each once: {ids:?}");
+    assert_eq!(&ids[1..], &waiting[..], "in the order written");
+    assert!(relay.terminate().await.success());
+}
