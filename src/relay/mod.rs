@@ -80,7 +80,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
     let mut backoff = Backoff::new(cfg.relay.max_backoff);
     // A stream missing at start is held like one that vanishes later: the others go on.
     let mut told = false;
-    let routes = loop {
+    let mut routes = loop {
         match publisher::routes(&js, &cfg.relay.streams).await {
             Ok(r) => break r,
             Err(Interrupt::Fatal(e)) => return Err(e),
@@ -140,6 +140,13 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
                 reconnect.reset();
                 metrics.epoch.set(lead.epoch);
                 metrics.active.set(1);
+                // The streams as they are now (one missing at start may have come since); as
+                // last read while NATS is away.
+                if publisher::connected(&js) {
+                    if let Ok(now) = publisher::routes(&js, &cfg.relay.streams).await {
+                        routes = now;
+                    }
+                }
                 let done = Active::new(cfg, &js, &catalog, &routes, &lead, &shutdown)
                     .run(&mut backoff)
                     .await;
