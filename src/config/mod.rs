@@ -9,9 +9,9 @@
 //! to its source and every struct here denies unknown fields (no `#[serde(flatten)]`, which would
 //! break that attribution).
 //!
-//! It stays one file of about 510 lines: the keys, their defaults, their validation and the way
-//! errors name them are one contract with the README's Configuration section; a quarter of the
-//! file is tests of that contract.
+//! The keys, their defaults and their validation are here; how an error names the key, its
+//! source and what is accepted is in [`error`]; the tests of that contract with the README's
+//! Configuration section are in `tests.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +20,9 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+
+mod error;
+pub use error::ConfigError;
 
 /// File read from the working directory when `--config` is not given (it may be absent).
 pub const DEFAULT_FILE: &str = "mes-events.toml";
@@ -236,23 +239,6 @@ impl Default for Config {
     }
 }
 
-/// Why the configuration could not be used. Each variant's message names the key and source.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path} does not exist (given with --config); create it or drop the flag")]
-    MissingFile { path: PathBuf },
-    #[error("invalid configuration:{}", describe(.0))]
-    Invalid(#[from] Box<figment::Error>),
-    #[error("invalid configuration: key `{key}` = {value:?}: {expected}")]
-    Value {
-        key: &'static str,
-        value: String,
-        expected: &'static str,
-    },
-    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
-    Several(Vec<ConfigError>),
-}
-
 impl NatsConfig {
     /// The inbox prefix this client uses: see [`NatsConfig::inbox_prefix`].
     pub fn inbox_prefix(&self) -> String {
@@ -444,38 +430,6 @@ impl Config {
     }
 }
 
-/// The known key nearest to an unknown one, if it is near enough to be a typo.
-fn did_you_mean<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// A deserializer's words for what it expected, in a user's words (no Rust type names).
-fn in_user_words(said: &str) -> String {
-    let mut s = said.to_owned();
-    for (rust, user) in [
-        ("expected usize", "expected a whole number (0 or more)"),
-        ("expected u64", "expected a whole number (0 or more)"),
-        ("expected u32", "expected a whole number (0 or more)"),
-        ("expected u16", "expected a whole number (0 or more)"),
-        ("expected i64", "expected a whole number"),
-        ("expected i32", "expected a whole number"),
-        ("expected f64", "expected a number"),
-        (
-            "expected a sequence",
-            "expected a list (TOML: [\"A\", \"B\"]; environment: A,B)",
-        ),
-        ("expected a boolean", "expected true or false"),
-    ] {
-        s = s.replace(rust, user);
-    }
-    s.replace("expected one of `", "expected one of: `")
-}
-
 /// A list, or one string of comma-separated items (as a list is written in an environment
 /// variable: `MES_EVENTS_RELAY__STREAMS=MES_EVENTS,MES_PV`).
 fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -496,268 +450,5 @@ fn list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     })
 }
 
-/// One line per problem: the key path, where the value came from, what is wrong, what is accepted.
-fn describe(errors: &figment::Error) -> String {
-    let mut out = String::new();
-    for e in errors.clone() {
-        let key = e.path.join(".").to_lowercase();
-        let origin = match (&e.metadata, e.path.is_empty()) {
-            (Some(m), false) if m.name.contains(ENV_PREFIX) => format!(
-                "environment variable {ENV_PREFIX}{}",
-                e.path.join("__").to_uppercase()
-            ),
-            (Some(m), false) if m.name.contains("environment") => match key.as_str() {
-                "database.url" => "environment variable DATABASE_URL".to_owned(),
-                "nats.url" => "environment variable NATS_URL".to_owned(),
-                _ => m.name.to_string(),
-            },
-            (Some(m), _) => match &m.source {
-                Some(figment::Source::File(f)) => format!("file {}", f.display()),
-                Some(other) => other.to_string(),
-                None => m.name.to_string(),
-            },
-            (None, _) => "defaults".to_owned(),
-        };
-        let mut what = in_user_words(&e.kind.to_string());
-        if what.contains("expected a duration") {
-            what.push_str(" (write it like 250ms, 30s, 5m, 7d)");
-        }
-        if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
-            what = format!(
-                "unknown key{}; expected one of: {}",
-                did_you_mean(field, expected)
-                    .map(|k| format!(" (did you mean `{k}`?)"))
-                    .unwrap_or_default(),
-                expected.join(", ")
-            );
-            if origin.starts_with("environment variable") && field.contains('_') {
-                what.push_str(&format!(
-                    ". In the environment, levels join with a double underscore: {ENV_PREFIX}RELAY__BATCH_SIZE is relay.batch_size"
-                ));
-            }
-        }
-        if key.is_empty() {
-            out.push_str(&format!("\n  in {origin}: {what}"));
-        } else if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-            // The path may already end with the unknown field: name it once.
-            let full = if e.path.last().is_some_and(|l| l.eq_ignore_ascii_case(field)) {
-                key.clone()
-            } else {
-                format!("{key}.{field}")
-            };
-            out.push_str(&format!("\n  key `{full}` in {origin}: {what}"));
-        } else {
-            out.push_str(&format!("\n  key `{key}` in {origin}: {what}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
-#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
-mod tests {
-    use super::*;
-    use figment::Jail;
-
-    #[test]
-    fn inbox_prefix_follows_the_identity_of_the_seed() {
-        let mut n = Config::default().nats;
-        assert_eq!(n.inbox_prefix(), "_INBOX");
-        n.nkey = Some("/creds/relay.nk".into());
-        assert_eq!(n.inbox_prefix(), "_INBOX_relay");
-        n.nkey = Some("/creds/scada-dashboard.nk".into());
-        assert_eq!(n.inbox_prefix(), "_INBOX_scada-dashboard");
-        n.nkey = Some("/creds/seed.txt".into());
-        assert_eq!(n.inbox_prefix(), "_INBOX");
-        n.inbox_prefix = Some("_INBOX_ops".into());
-        assert_eq!(n.inbox_prefix(), "_INBOX_ops");
-        let mut c = Config::default();
-        c.nats.inbox_prefix = Some("_INBOX.>".into());
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("nats.inbox_prefix"));
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        Config::default().validate().unwrap();
-    }
-
-    #[test]
-    fn precedence_file_then_url_vars_then_prefixed_env() {
-        Jail::expect_with(|jail| {
-            jail.create_file(
-                DEFAULT_FILE,
-                r#"
-                [database]
-                url = "postgresql://file/db"
-                [relay]
-                batch_size = 10
-                poll_interval = "250ms"
-                "#,
-            )?;
-            let c = Config::load(None).unwrap();
-            assert_eq!(c.database.url, "postgresql://file/db");
-            assert_eq!(c.relay.batch_size, 10);
-            assert_eq!(c.relay.poll_interval, Duration::from_millis(250));
-
-            jail.set_env("DATABASE_URL", "postgresql://env/db");
-            jail.set_env("NATS_URL", "nats://env:4222");
-            let c = Config::load(None).unwrap();
-            assert_eq!(c.database.url, "postgresql://env/db");
-            assert_eq!(c.nats.url, "nats://env:4222");
-
-            jail.set_env("MES_EVENTS_DATABASE__URL", "postgresql://prefixed/db");
-            jail.set_env("MES_EVENTS_RELAY__BATCH_SIZE", "7");
-            let c = Config::load(None).unwrap();
-            assert_eq!(c.database.url, "postgresql://prefixed/db");
-            assert_eq!(c.relay.batch_size, 7);
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn unknown_key_names_key_and_file() {
-        Jail::expect_with(|jail| {
-            jail.create_file("x.toml", "[relay]\nbatch_sise = 3\n")?;
-            let err = Config::load(Some(Path::new("x.toml"))).unwrap_err();
-            let ConfigError::Invalid(e) = &err else {
-                panic!("{err:?}")
-            };
-            assert!(
-                matches!(e.kind, figment::error::Kind::UnknownField(ref f, _) if f == "batch_sise")
-            );
-            let text = err.to_string();
-            assert!(
-                text.contains("batch_sise") && text.contains("x.toml"),
-                "{text}"
-            );
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn bad_duration_names_key_and_env_var() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_RELAY__POLL_INTERVAL", "soon");
-            let err = Config::load(None).unwrap_err();
-            let text = err.to_string();
-            assert!(text.contains("poll_interval"), "{text}");
-            assert!(text.contains("MES_EVENTS_RELAY__POLL_INTERVAL"), "{text}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn bad_value_names_key_and_accepted_values() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_EVENTS__SITE", "Basel Site");
-            let err = Config::load(None).unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    ConfigError::Value {
-                        key: "events.site",
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn bad_enum_value_lists_the_accepted_ones() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_RELAY__ON_INVALID", "ignore");
-            let text = Config::load(None).unwrap_err().to_string();
-            assert!(
-                text.contains("relay.on_invalid")
-                    && text.contains("reject")
-                    && text.contains("stop"),
-                "{text}"
-            );
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn a_key_is_named_once_with_a_suggestion_and_the_double_underscore_rule() {
-        Jail::expect_with(|jail| {
-            jail.create_file("x.toml", "[relay]\nbatch_sise = 3\n")?;
-            let text = Config::load(Some(Path::new("x.toml")))
-                .unwrap_err()
-                .to_string();
-            assert!(text.contains("key `relay.batch_sise`"), "{text}");
-            assert!(!text.contains("batch_sise.batch_sise"), "{text}");
-            assert!(text.contains("did you mean `batch_size`?"), "{text}");
-            Ok(())
-        });
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_DATABASE_URL", "postgresql://x@h/db");
-            let text = Config::load(None).unwrap_err().to_string();
-            assert!(text.contains("key `database_url`"), "{text}");
-            assert!(!text.contains("database_url.database_url"), "{text}");
-            assert!(text.contains("double underscore"), "{text}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn accepted_values_are_in_user_words() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_RELAY__BATCH_SIZE", "many");
-            let text = Config::load(None).unwrap_err().to_string();
-            assert!(
-                text.contains("relay.batch_size") && text.contains("a whole number"),
-                "{text}"
-            );
-            assert!(!text.contains("usize"), "{text}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn a_list_from_the_environment_is_comma_separated() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_RELAY__STREAMS", "MES_EVENTS, MES_PV");
-            assert_eq!(
-                Config::load(None).unwrap().relay.streams,
-                ["MES_EVENTS", "MES_PV"]
-            );
-            jail.set_env("MES_EVENTS_RELAY__STREAMS", "[MES_EVENTS,MES_PV]");
-            assert_eq!(
-                Config::load(None).unwrap().relay.streams,
-                ["MES_EVENTS", "MES_PV"]
-            );
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn every_bad_value_is_told_at_once() {
-        Jail::expect_with(|jail| {
-            jail.set_env("MES_EVENTS_EVENTS__SITE", "Basel Site");
-            jail.set_env("MES_EVENTS_RELAY__BATCH_SIZE", "0");
-            jail.set_env("DATABASE_URL", "not a url");
-            let text = Config::load(None).unwrap_err().to_string();
-            for key in ["events.site", "relay.batch_size", "database.url"] {
-                assert_eq!(
-                    text.matches(&format!("`{key}`")).count(),
-                    1,
-                    "{key} once in {text}"
-                );
-            }
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn explicit_missing_file_is_an_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/mes.toml"))).unwrap_err();
-        assert!(matches!(err, ConfigError::MissingFile { .. }));
-    }
-}
+mod tests;
