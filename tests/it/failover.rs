@@ -104,13 +104,7 @@ async fn a_frozen_active_relay_is_replaced_within_the_lease_timeout_and_stays_qu
     // A server with monitoring, to count what the frozen relay sends once it wakes.
     let monitoring = free_port();
     let nats = NatsServer::start_with_config(&format!("http: \"127.0.0.1:{monitoring}\"")).await;
-    let db = TestDb::new().await;
-    let env = Env {
-        cfg: config(&db, &nats),
-        nats,
-        db,
-    };
-    create_streams(&env.js().await, Duration::from_secs(120)).await;
+    let env = Env::on(nats).await;
     let (mut a, mut b) = active_and_standby(&env, &env.cfg).await;
     let writer = write_events_paced(&env.db, 5_000, 40, Duration::from_millis(20));
     let fault = async {

@@ -692,13 +692,7 @@ async fn a_disk_that_fills_up_under_the_stream_is_named_and_nothing_is_lost() {
         dir.path().display()
     ))
     .await;
-    let db = TestDb::new().await;
-    let env = Env {
-        cfg: config(&db, &nats),
-        nats,
-        db,
-    };
-    create_streams(&env.js().await, Duration::from_secs(120)).await;
+    let env = Env::on(nats).await;
     let mut relay = RelayProcess::spawn(&env.cfg, &[("RUST_LOG", "info")]);
 
     // About 20 MiB of events (3 KiB each, 50 keys): more than the disk holds.

@@ -85,7 +85,18 @@ impl Env {
     /// Servers up and schema migrated; the test creates the streams it needs.
     pub async fn without_streams() -> Env {
         init_tracing();
-        let nats = NatsServer::start().await;
+        Self::bare(NatsServer::start().await).await
+    }
+
+    /// On a NATS server the test configured itself (monitoring, a store limit): schema
+    /// migrated, streams created as by [`Env::new`].
+    pub async fn on(nats: NatsServer) -> Env {
+        let env = Self::bare(nats).await;
+        create_streams(&env.js().await, Duration::from_secs(120)).await;
+        env
+    }
+
+    async fn bare(nats: NatsServer) -> Env {
         let db = TestDb::new().await;
         let cfg = config(&db, &nats);
         Env { nats, db, cfg }
