@@ -262,7 +262,11 @@ async fn a_stream_whose_only_server_is_down_holds_only_its_own_events() {
         || async { pending(&db).await == 0 },
     )
     .await;
-    let pv = read_stream(&js, "MES_PV").await;
+    // The node just came back: its stream may need a moment before it answers a read.
+    let pv = eventually_value(Duration::from_secs(30), "MES_PV readable", || async {
+        try_read_stream(&js, "MES_PV").await.ok()
+    })
+    .await;
     let ids: Vec<i64> = pv.iter().map(|p| p.outbox_id).collect();
     assert_eq!(ids.len(), 6, "each once: {ids:?}");
     assert_eq!(&ids[1..], &waiting[..], "in the order written");
