@@ -12,7 +12,7 @@ if ! python3 -c 'import cloudevents.core, nats, nkeys, jsonschema, referencing, 
     -r tests/interop/requirements.txt -r examples/python/requirements.txt >&2
 fi
 for dir in tests/interop examples/javascript; do
-  if [ ! -d "$dir/node_modules" ]; then
+  if [ ! -d "$dir/node_modules" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
     echo "test: installing $dir's npm packages" >&2
     npm ci --prefix "$dir" --no-audit --no-fund --silent >&2
   fi

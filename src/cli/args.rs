@@ -51,7 +51,8 @@ pub enum Command {
     Tail(TailArgs),
     /// Move a system's consumer back (or forward) to a time or stream sequence.
     Replay(ReplayArgs),
-    /// The event catalog: list, show a type, check a site catalog folder, compare schemas.
+    /// The event catalog: list, show a type, check a site catalog folder, compare schemas, its
+    /// AsyncAPI document.
     #[command(subcommand)]
     Catalog(CatalogCommand),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
@@ -78,6 +79,9 @@ pub enum CatalogCommand {
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
     },
+    /// The AsyncAPI 3 document of the active catalog (standalone: every schema inside), on
+    /// standard output.
+    Asyncapi,
     /// Compare two versions of a schema: exit 0 compatible (a new minor will do), 4 breaking
     /// (a new major is needed), 2 when a file is not JSON.
     Diff {

@@ -1,11 +1,12 @@
 //! `mes-events catalog`: the active event catalog (shipped, extended by `events.catalog`),
-//! listed and shown, a site catalog folder checked, and two versions of a schema compared.
+//! listed and shown, a site catalog folder checked, two versions of a schema compared, and its
+//! AsyncAPI document written.
 
 use std::path::Path;
 
 use mes_events::config::Config;
 use mes_events::event::catalog::Catalog;
-use mes_events::event::compat;
+use mes_events::event::{asyncapi, compat};
 
 use super::args::CatalogCommand;
 use super::exit::{self, Usage};
@@ -65,6 +66,11 @@ pub fn run(cfg: &Config, cmd: CatalogCommand) -> anyhow::Result<u8> {
                 dir.display(),
                 c.entries().count()
             );
+            Ok(exit::OK)
+        }
+        CatalogCommand::Asyncapi => {
+            let c = Catalog::load(cfg.events.catalog.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&asyncapi::document(&c))?);
             Ok(exit::OK)
         }
         CatalogCommand::Diff { old, new } => {

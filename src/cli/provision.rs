@@ -1,10 +1,13 @@
 //! `provision plan | apply | status | credentials`.
 //!
-//! Never calls a server before the whole declaration is valid, and never prints a seed.
+//! Never calls a server before the whole declaration and the active catalog are valid, and
+//! never prints a seed. `plan` and `apply` cover the schema bucket too ([`schemas`]).
 
 use mes_events::config::Config;
+use mes_events::event::catalog::Catalog;
 use mes_events::nats;
 use mes_events::provision::auth::{self, AuthError, SeedFate};
+use mes_events::provision::schemas;
 use mes_events::provision::{self, DeclError, Declaration, Options, ProvisionError};
 
 use super::args::ProvisionCommand;
@@ -39,6 +42,11 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
     if let ProvisionCommand::Credentials { out, rotate, .. } = &cmd {
         return credentials(&decl, out, rotate.as_deref());
     }
+    // The active catalog goes on the bus with the streams: checked before any call too.
+    let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
+    for w in schemas::uncovered(&decl, &catalog, &cfg.events.subject_prefix) {
+        eprintln!("warning: {w}");
+    }
     let client = nats::connect(&cfg.nats, "mes-events provision", false).await?;
     let js = nats::jetstream(client, &cfg.nats, 256);
     match cmd {
@@ -48,12 +56,16 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
                 allow_recreate: false,
             };
             let plan = provision::plan(&js, &decl, options).await?;
+            let schemas = schemas::plan(&js, &catalog).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
+                let mut v = serde_json::to_value(&plan)?;
+                v["schemas"] = serde_json::to_value(&schemas)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("{plan}");
+                println!("{schemas}");
             }
-            Ok(if plan.pending() {
+            Ok(if plan.pending() || schemas.pending() {
                 exit::CHANGES
             } else {
                 exit::OK
@@ -68,15 +80,21 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
                 prune,
                 allow_recreate,
             };
-            match provision::apply(&js, &decl, options).await {
-                Ok(plan) => {
-                    println!("{plan}");
-                    Ok(exit::OK)
-                }
-                Err(ProvisionError::Refused { refused, applied }) => {
-                    Err(Refused { refused, applied }.into())
-                }
-                Err(e) => Err(e.into()),
+            // Streams and consumers first (the bucket's replicas follow the streams'), then
+            // the schemas; a refusal of one does not keep the other from being applied.
+            let (mut refused, mut applied) = (Vec::new(), Vec::new());
+            let streams = provision::apply(&js, &decl, options)
+                .await
+                .map(|p| p.to_string());
+            print_or_keep(streams, &mut refused, &mut applied)?;
+            let bucket = schemas::apply(&js, &decl, &catalog)
+                .await
+                .map(|p| p.to_string());
+            print_or_keep(bucket, &mut refused, &mut applied)?;
+            if refused.is_empty() {
+                Ok(exit::OK)
+            } else {
+                Err(Refused { refused, applied }.into())
             }
         }
         ProvisionCommand::Status { json, .. } => {
@@ -86,6 +104,26 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
         }
         ProvisionCommand::Credentials { .. } => unreachable!("handled above"),
     }
+}
+
+/// A part of `apply` done: its summary printed, or its refusals kept for the end.
+fn print_or_keep(
+    done: Result<String, ProvisionError>,
+    refused: &mut Vec<String>,
+    applied: &mut Vec<String>,
+) -> Result<(), ProvisionError> {
+    match done {
+        Ok(summary) => println!("{summary}"),
+        Err(ProvisionError::Refused {
+            refused: r,
+            applied: a,
+        }) => {
+            refused.extend(r);
+            applied.extend(a);
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }
 
 fn credentials(

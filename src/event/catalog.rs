@@ -80,6 +80,9 @@ impl std::fmt::Debug for Entry {
 pub struct Catalog {
     pub file: CatalogFile,
     entries: HashMap<String, Entry>,
+    /// Every schema document (the types' and those they refer to), by path under the schema
+    /// base: what `dataschema` and `$ref` name, and what goes on the bus.
+    documents: BTreeMap<String, Value>,
 }
 
 /// `catalog.json` of a site folder: what it adds to the shipped catalog.
@@ -161,7 +164,7 @@ impl Catalog {
         let file: CatalogFile = serde_json::from_str(catalog_text)
             .map_err(|e| file_err("catalog.json", e.to_string()))?;
 
-        let mut schemas: HashMap<&str, Value> = HashMap::new();
+        let mut schemas: BTreeMap<&str, Value> = BTreeMap::new();
         let mut registry = Registry::new();
         for (path, text) in files.iter().filter(|(p, _)| *p != "catalog.json") {
             let v: Value = serde_json::from_str(text).map_err(|e| file_err(path, e.to_string()))?;
@@ -243,7 +246,15 @@ impl Catalog {
                 return Err(entry_err("listed twice".into()));
             }
         }
-        Ok(Catalog { file, entries })
+        let documents = schemas
+            .into_iter()
+            .map(|(path, v)| (path.to_owned(), v))
+            .collect();
+        Ok(Catalog {
+            file,
+            entries,
+            documents,
+        })
     }
 
     /// The embedded catalog, or the embedded one extended by the site folder `site`.
@@ -463,6 +474,20 @@ impl Catalog {
 
     pub fn get(&self, ty: &str) -> Option<&Entry> {
         self.entries.get(ty)
+    }
+
+    /// Every schema document by its path under the schema base (`processorder/statuschanged.v1.0.json`,
+    /// `common.v1.0.json`).
+    pub fn documents(&self) -> &BTreeMap<String, Value> {
+        &self.documents
+    }
+
+    /// The path under the schema base that a `dataschema` (or any schema `$id`) names, if it is
+    /// one of this catalog's documents.
+    pub fn path_of<'a>(&self, dataschema: &'a str) -> Option<&'a str> {
+        dataschema
+            .strip_prefix(self.file.schema_base.as_str())
+            .filter(|p| self.documents.contains_key(*p))
     }
 
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {

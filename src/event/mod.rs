@@ -2,11 +2,13 @@
 //! outbox row to the CloudEvent and NATS message the relay publishes, and back.
 //!
 //! Owns rows and rejections ([`row`]), ids ([`id`]), subjects ([`subject`]), the catalog of
-//! event types and their schemas ([`catalog`]), the CloudEvents NATS binding ([`binding`]) and
+//! event types and their schemas ([`catalog`]), its AsyncAPI document ([`asyncapi`]) and
+//! schema compatibility ([`compat`]), the CloudEvents NATS binding ([`binding`]) and
 //! row → message ([`outbound`]). Never talks to PostgreSQL or NATS, never reads configuration:
 //! everything above may import it, it imports nothing of this crate outside this folder.
 //! Inside, the order is row, id → subject, catalog → binding → outbound.
 
+pub mod asyncapi;
 pub mod binding;
 pub mod catalog;
 pub mod compat;

@@ -79,7 +79,10 @@ struct Live {
     undeclared: Vec<(String, String)>,
 }
 
-async fn stream_info(js: &Context, name: &str) -> Result<Option<stream::Info>, ProvisionError> {
+pub(super) async fn stream_info(
+    js: &Context,
+    name: &str,
+) -> Result<Option<stream::Info>, ProvisionError> {
     match js.get_stream(name).await {
         Ok(s) => Ok(Some(s.cached_info().clone())),
         Err(e) => match e.kind() {

@@ -3,7 +3,8 @@
 //! **Accounts first, permissions second.** JetStream lives in one account,
 //! [`JETSTREAM_ACCOUNT`], with the admin and the relay. Every external system has an account of
 //! its own, without JetStream, into which the JetStream account exports exactly the subjects of
-//! its consumers as services (and its `live` patterns as streams). Inside its account each
+//! its consumers as services (and its `live` patterns as streams), plus a direct get of the
+//! schema bucket ([`schema_grant`]). Inside its account each
 //! identity is also an NKey user with publish and subscribe permissions on those same subjects
 //! and its own inbox prefix (`_INBOX_<name>`).
 //!
@@ -159,6 +160,14 @@ pub fn consumer_grants(scope: &Scope, stream: &str, consumer: &str) -> Vec<Impor
     ]
 }
 
+/// What every system may request to read the schema bucket: a direct get of a key, the key
+/// in the subject (`$JS.API.DIRECT.GET.KV_MES_SCHEMAS.$KV.MES_SCHEMAS.<key>`), never the
+/// request-body form on the bare `$JS.API.DIRECT.GET.KV_MES_SCHEMAS`. The stream name token is
+/// pinned, so no other stream's direct get is reachable.
+pub fn schema_grant() -> String {
+    super::schemas::direct_get_subject(">")
+}
+
 /// The streams the relay writes: those whose subjects are events (not `$JS.…` advisories, such
 /// as the dead letters' stream).
 pub fn event_streams(d: &Declaration) -> impl Iterator<Item = &super::decl::StreamDecl> {
@@ -214,6 +223,13 @@ pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
         for (consumer, c) in &sys.consumers {
             imports.extend(consumer_grants(scope, c.stream.get_ref(), consumer));
         }
+        // Reading the catalog's schemas: a direct get of one key of the schema bucket, served
+        // by the bucket's own stream (so across accounts, as pulls are). Read-only: a direct
+        // get changes nothing, and its answer, whatever reply subject it names, lands in this
+        // account.
+        imports.push(Import::Service {
+            subject: schema_grant(),
+        });
         // Its inbox (pull responses, heartbeats, API answers), then what it may watch live:
         // validation keeps those patterns inside the event streams' subjects.
         let mut subscribe = vec![format!("{}.>", inbox_prefix(name))];
@@ -412,6 +428,23 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
                         );
                     }
                 }
+                if *g == schema_grant() {
+                    // The one read outside its consumers: the schema bucket, nothing else.
+                    for s in [
+                        "$JS.API.DIRECT.GET.MES_EVENTS.>",
+                        "$JS.API.DIRECT.GET.MES_EVENTS",
+                        "$JS.API.DIRECT.GET.KV_MES_SCHEMAS",
+                        "$JS.API.STREAM.>",
+                        "$KV.>",
+                    ] {
+                        assert!(
+                            !overlap(g, s),
+                            "{} may publish {g}, which reaches {s}",
+                            u.name
+                        );
+                    }
+                    continue;
+                }
                 if u.name != RELAY {
                     for s in everything_else {
                         assert!(!overlap(g, s), "{} may publish {g}, inside {s}", u.name);
@@ -468,6 +501,7 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
             .publish
             .contains(&"$JS.API.STREAM.MSG.GET.MES_PV".to_string()));
         assert!(!relay.publish.iter().any(|g| g.contains("MES_DEAD_LETTERS")));
+        assert!(!relay.publish.iter().any(|g| g.contains("SCHEMAS")));
         let scada = &users[4];
         assert_eq!(scada.subscribe, ["_INBOX_scada.>"]);
         let hash = account_hash(JETSTREAM_ACCOUNT);
@@ -480,6 +514,7 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
                 "$JS.API.CONSUMER.MSG.NEXT.MES_PV.scada-pv".into(),
                 "$JS.ACK.MES_PV.scada-pv.*.*.*.*.*".into(),
                 format!("$JS.ACK._.{hash}.MES_PV.scada-pv.*.*.*.*.*"),
+                "$JS.API.DIRECT.GET.KV_MES_SCHEMAS.$KV.MES_SCHEMAS.>".into(),
             ]
         );
         assert_eq!(

@@ -7,6 +7,8 @@
 //! - [`apply`]: reading live state, applying a plan, consumer status.
 //! - [`auth`]: NATS server accounts and permissions generated from the same declaration.
 //! - [`seeds`]: the identities' seed files and `auth.conf` on disk.
+//! - [`schemas`]: the active catalog's schemas in the `MES_SCHEMAS` bucket, for every system to
+//!   read.
 //!
 //! Never deletes or recreates a stream; never deletes a consumer unless asked (`--prune`,
 //! `--allow-recreate`).
@@ -16,6 +18,7 @@ pub mod auth;
 pub mod decl;
 pub mod load;
 pub mod plan;
+pub mod schemas;
 pub mod seeds;
 
 pub use apply::{apply, plan, status, Options, ProvisionError};

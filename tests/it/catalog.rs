@@ -1,10 +1,12 @@
 //! The event catalog under schemas/: every example validates as stated, every event round-trips
-//! through both binding modes, and the AsyncAPI document says the same as catalog.json.
+//! through both binding modes, and the AsyncAPI document is generated from the active catalog
+//! and parses with the AsyncAPI parser.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use chrono::{TimeZone, Utc};
+use mes_events::event::asyncapi;
 use mes_events::event::binding::{self, Mode, Rule};
 use mes_events::event::catalog::Catalog;
 use mes_events::event::Row;
@@ -140,55 +142,60 @@ fn every_valid_example_round_trips_through_both_modes() {
 }
 
 #[test]
-fn asyncapi_describes_exactly_the_catalog() {
-    let catalog = read_json("catalog.json");
-    let asyncapi = read_json("asyncapi.json");
+fn the_checked_in_asyncapi_document_is_the_one_generated_from_the_catalog() {
+    let generated = asyncapi::document(&Catalog::embedded().unwrap());
     assert!(
-        asyncapi["asyncapi"].as_str().unwrap().starts_with("3."),
-        "AsyncAPI 3"
-    );
-    let from_catalog: BTreeSet<(String, String, String)> = catalog["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["type"].as_str().unwrap().to_owned(),
-                e["subject"].as_str().unwrap().to_owned(),
-                e["schema"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    let mut from_asyncapi = BTreeSet::new();
-    for (id, channel) in asyncapi["channels"].as_object().unwrap() {
-        let address = channel["address"].as_str().unwrap().to_owned();
-        let messages = channel["messages"].as_object().unwrap();
-        assert_eq!(messages.len(), 1, "channel {id}: one message per channel");
-        for message in messages.values() {
-            let message = resolve(&asyncapi, message);
-            from_asyncapi.insert((
-                message["name"].as_str().unwrap().to_owned(),
-                address.clone(),
-                message["payload"]["$ref"].as_str().unwrap().to_owned(),
-            ));
-        }
-    }
-    let only_catalog: Vec<_> = from_catalog.difference(&from_asyncapi).collect();
-    let only_asyncapi: Vec<_> = from_asyncapi.difference(&from_catalog).collect();
-    assert!(
-        only_catalog.is_empty() && only_asyncapi.is_empty(),
-        "catalog.json and asyncapi.json drifted:\n only in catalog: {only_catalog:?}\n only in asyncapi: {only_asyncapi:?}"
+        read_json("asyncapi.json") == generated,
+        "schemas/asyncapi.json is not what the catalog generates: run \
+         `cargo run -- catalog asyncapi > schemas/asyncapi.json`"
     );
 }
 
-/// Follows a local `$ref` (`#/components/messages/...`).
-fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
-    match v.get("$ref").and_then(Value::as_str) {
-        Some(r) if r.starts_with("#/") => doc
-            .pointer(&r[1..])
-            .unwrap_or_else(|| panic!("dangling $ref {r}")),
-        _ => v,
-    }
+#[test]
+fn the_asyncapi_document_of_a_site_catalog_parses_with_the_asyncapi_parser_and_lists_its_type() {
+    let site = site_catalog();
+    let o = cli(&["--catalog", site.to_str().unwrap(), "catalog", "asyncapi"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("asyncapi.json");
+    std::fs::write(&doc, &o.stdout).unwrap();
+    // The AsyncAPI Initiative's parser (@asyncapi/parser), from tests/interop.
+    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let parsed = std::process::Command::new("node")
+        .arg(interop.join("parse_asyncapi.mjs"))
+        .arg(&doc)
+        .current_dir(&interop)
+        .output()
+        .expect("node runs the AsyncAPI parser (scripts/test.sh installs it)");
+    let out: Value = serde_json::from_slice(&parsed.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&parsed.stdout),
+            String::from_utf8_lossy(&parsed.stderr)
+        )
+    });
+    assert!(parsed.status.success(), "{out:#}");
+    assert_eq!(out["errors"], serde_json::json!([]), "{out:#}");
+    assert_eq!(out["warnings"], serde_json::json!([]), "{out:#}");
+    assert_eq!(out["version"], "3.0.0");
+    let messages: BTreeSet<&str> = out["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let catalog = Catalog::with_site(&site).unwrap();
+    let types: BTreeSet<&str> = catalog.entries().map(|e| e.decl.ty.as_str()).collect();
+    assert_eq!(
+        messages, types,
+        "one message per type of the active catalog"
+    );
+    assert!(messages.contains(EQUIPMENT), "{out:#}");
+    assert!(
+        out["channels"].as_array().unwrap().iter().any(|c| c
+            == "{prefix}.{site}.{area}.{workcenter}.{workunit}.equipment.statechanged.v1.{key}"),
+        "{out:#}"
+    );
 }
 
 /// The site catalog shipped as an example (`examples/site-catalog`): one added type,

@@ -114,6 +114,10 @@ async fn the_demo_on_an_installations_server_leaves_its_streams_and_consumers_ex
     mes_events::provision::apply(&js, &decl, Default::default())
         .await
         .unwrap();
+    let catalog = mes_events::event::catalog::Catalog::embedded().unwrap();
+    mes_events::provision::schemas::apply(&js, &decl, &catalog)
+        .await
+        .unwrap();
     let relay = env.spawn_relay().await;
     let c = env.db.client().await;
     for i in 0..9 {
@@ -211,8 +215,15 @@ async fn ctrl_c_in_a_terminal_stops_the_demo_with_its_summary_and_nothing_left()
     let admin_url = std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".into());
     let bin = env!("CARGO_BIN_EXE_mes-events");
+    // `script` runs `$SHELL -c COMMAND`; dash (Debian's /bin/sh) stays as the parent and dies of
+    // the Ctrl-C itself, so `exec` puts the demo in the shell's place whatever the shell.
     let mut child = Command::new("script")
-        .args(["-qefc", &format!("{bin} demo --duration 120s"), "/dev/null"])
+        .args([
+            "-qefc",
+            &format!("exec {bin} demo --duration 120s"),
+            "/dev/null",
+        ])
+        .env("SHELL", "/bin/sh")
         .env("DATABASE_URL", &admin_url)
         .env("RUST_LOG", "warn")
         .env("TERM", "xterm")

@@ -98,16 +98,7 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
     .await
     .unwrap();
     cfg.nats.nkey = Some(creds.path().join("relay.nk"));
-    let client = mes_events::nats::connect(&cfg.nats, "test relay", true)
-        .await
-        .unwrap();
-    let js = mes_events::nats::jetstream(client, &cfg.nats, 256);
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn({
-        let (cfg, shutdown) = (cfg.clone(), shutdown.clone());
-        async move { mes_events::relay::run(&cfg, js, shutdown).await }
-    });
-
+    let relay = spawn_relay_as(cfg.clone()).await;
     let c = db.client().await;
     let mut published = BTreeSet::new();
     for i in 0..20 {
@@ -119,8 +110,7 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
         pending(&db).await == 0
     })
     .await;
-    shutdown.cancel();
-    relay.await.unwrap().unwrap();
+    relay.stop().await;
 
     let common = |system: &str, max: usize| {
         vec![

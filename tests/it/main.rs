@@ -19,4 +19,5 @@ mod permissions;
 mod provision;
 mod rejections;
 mod relay;
+mod schemas;
 mod status;

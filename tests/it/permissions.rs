@@ -1,12 +1,15 @@
 //! The generated accounts and permissions, loaded into a real nats-server and tried as a hostile
 //! integrator would: every identity speaks the wire protocol itself and tries the whole
-//! JetStream surface against every other system's consumer and every stream. Each attempt must
+//! JetStream surface against every other system's consumer and every stream, the schema bucket's
+//! included. Each attempt must
 //! be refused by the server, and the victims' consumers must not have moved. Then what
 //! permissions cannot refuse: requests a system *may* make (pull, ack, `+NXT` on its own
-//! consumer) whose reply subject names a stream's purge or delete, another consumer, an event
-//! subject, a dead-letter advisory or someone else's inbox; the answers must stay in the
+//! consumer, a schema read) whose reply subject names a stream's purge or delete, another
+//! consumer, an event subject, a schema's key, a dead-letter advisory or someone else's inbox;
+//! the answers must stay in the
 //! attacker's own account. Then the positive side: each system can do its whole job (pull, ack,
-//! nak, in progress, terminate, next, live), with v1 and v2 ack subjects; the reserved names and
+//! nak, in progress, terminate, next, live, read schemas), with v1 and v2 ack subjects; the
+//! reserved names and
 //! exposed seeds are refused; one seed rotates alone.
 //!
 //! It stays one file of about 1,100 lines: the probes, the world they run in and the positive side
@@ -85,7 +88,15 @@ max_deliver = 2
 
 const SYSTEMS: [&str; 3] = ["erp", "quality", "scada-dashboard"];
 const EVENT_STREAMS: [&str; 2] = ["MES_EVENTS", "MES_PV"];
-const ALL_STREAMS: [&str; 3] = ["MES_EVENTS", "MES_PV", "MES_DEAD_LETTERS"];
+/// Every stream on the server, the schema bucket's (written by `provision apply`) included.
+const ALL_STREAMS: [&str; 4] = ["MES_EVENTS", "MES_PV", "MES_DEAD_LETTERS", "KV_MES_SCHEMAS"];
+/// A schema every system may read from the bucket, and nobody but the admin may write.
+const SCHEMA_KEY: &str = "processorder/statuschanged.v1.0.json";
+
+/// The read of the schema bucket every system may make.
+fn schema_read(key: &str) -> String {
+    format!("$JS.API.DIRECT.GET.KV_MES_SCHEMAS.$KV.MES_SCHEMAS.{key}")
+}
 
 /// (owner, stream, durable) of every declared consumer.
 const CONSUMERS: [(&str, &str, &str); 4] = [
@@ -491,6 +502,22 @@ fn against_everything_else(me: &str) -> Vec<Probe> {
         publish("$SYS.REQ.SERVER.PING", ""),
         publish("$SYS.REQ.ACCOUNT.$G.CONNZ", "{}"),
         publish("$KV.x.y", ""),
+        // Writing the schema bucket: a key, with a rollup, or a key-value client's delete.
+        publish(
+            format!("$KV.MES_SCHEMAS.{SCHEMA_KEY}"),
+            "{\"type\":\"object\"}",
+        ),
+        Probe::Publish {
+            subject: format!("$KV.MES_SCHEMAS.{SCHEMA_KEY}"),
+            payload: "{}".into(),
+            headers: Some("Nats-Rollup: sub".into()),
+        },
+        Probe::Publish {
+            subject: "$KV.MES_SCHEMAS.catalog.json".into(),
+            payload: String::new(),
+            headers: Some("KV-Operation: PURGE".into()),
+        },
+        subscribe("$KV.MES_SCHEMAS.>"),
         publish("_INBOX.x", ""),
         subscribe(">"),
         subscribe("*.>"),
@@ -710,6 +737,8 @@ fn reply_targets(me: &str, replies: &BTreeMap<&str, Vec<String>>) -> Vec<String>
     }
     v.push("mes.bsl.gran.line1._.processorder.statuschanged.v1.forged".into());
     v.push("mes.bsl.gran.line2.dryer1.processvariable.changed.v1.forged".into());
+    // A schema overwritten by an answer (a pulled event, a schema read) stored at its key.
+    v.push(format!("$KV.MES_SCHEMAS.{SCHEMA_KEY}"));
     for other in [auth::ADMIN, auth::RELAY]
         .into_iter()
         .chain(SYSTEMS)
@@ -777,10 +806,12 @@ async fn answers_to_allowed_requests_cannot_be_aimed_at_others_streams_consumers
             // Its own unacked messages, whose ack subjects it may publish on.
             let own = take_unacked(&w, me, stream, name, 2 * targets.len().min(10)).await;
             let mut own = own.into_iter().cycle();
+            let read = schema_read("common.v1.0.json");
             for target in &targets {
                 let next = format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}");
                 let ack = own.next().unwrap();
                 for (subject, body) in [
+                    (read.as_str(), ""),
                     (next.as_str(), "{\"batch\":1,\"no_wait\":true}"),
                     (next.as_str(), "{\"batch\":1,\"expires\":100000000}"),
                     (ack.as_str(), "+NXT {\"batch\":1,\"no_wait\":true}"),
@@ -844,10 +875,12 @@ async fn answers_to_allowed_requests_cannot_be_aimed_at_others_streams_consumers
     for target in reply_targets(auth::RELAY, &replies) {
         if target.starts_with("mes.")
             || target.starts_with("mes-redeliver.")
+            || target.starts_with("$KV.")
             || target.starts_with("$JS.EVENT.")
             || target.starts_with("_INBOX")
         {
-            continue; // writable by design (events) or the stated limit (advisories, inboxes)
+            continue; // writable by design (events) or the stated limit (advisories, inboxes, the
+                      // schema bucket: the relay's seed is as sensitive as the admin's)
         }
         for (subject, body) in [
             ("mes.bsl.gran.line1._.stock.moved.v1.relay", "{}"),
@@ -874,7 +907,7 @@ async fn answers_to_allowed_requests_cannot_be_aimed_at_others_streams_consumers
         "the relay's answers moved a consumer"
     );
     let after = stream_tails(&admin).await;
-    for s in ["MES_PV", "MES_DEAD_LETTERS"] {
+    for s in ["MES_PV", "MES_DEAD_LETTERS", "KV_MES_SCHEMAS"] {
         assert_eq!(after[s], tails[s], "the relay's answers changed {s}");
     }
     let (Ok(b), Ok(a)) = (&tails["MES_EVENTS"], &after["MES_EVENTS"]) else {
@@ -1040,6 +1073,23 @@ async fn every_system_does_its_whole_job_with_v1_and_v2_ack_subjects_and_watches
             .expect("a live event within 5 s")
             .unwrap();
         assert!(m.subject.starts_with("mes.bsl.gran.line2."));
+        // Every system reads the catalog's schemas from the bucket, by the path `dataschema`
+        // names, from its own account.
+        for who in SYSTEMS {
+            let m = w
+                .client(who)
+                .await
+                .request(schema_read(SCHEMA_KEY), "".into())
+                .await
+                .unwrap_or_else(|e| panic!("{who} reads a schema: {e}"));
+            let schema: serde_json::Value = serde_json::from_slice(&m.payload)
+                .unwrap_or_else(|e| panic!("{who}: {e}: {:?}", m));
+            assert_eq!(
+                schema["$id"],
+                format!("https://mesevents.io/schemas/{SCHEMA_KEY}"),
+                "{who}"
+            );
+        }
         // The relay reads what it needs of its own streams.
         let relay = w.js(auth::RELAY).await;
         for s in EVENT_STREAMS {

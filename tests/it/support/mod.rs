@@ -218,11 +218,24 @@ pub async fn spawn_relay(cfg: Config, url: &str) -> RelayTask {
         .connect(url)
         .await
         .unwrap();
+    relay_on(cfg, client)
+}
+
+fn relay_on(cfg: Config, client: async_nats::Client) -> RelayTask {
     let js = mes_events::nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let join = tokio::spawn(async move { mes_events::relay::run(&cfg, js, token).await });
     RelayTask { shutdown, join }
+}
+
+/// A relay running in this process with the identity `cfg` names (its NKey seed), as
+/// `mes-events relay` connects.
+pub async fn spawn_relay_as(cfg: Config) -> RelayTask {
+    let client = mes_events::nats::connect(&cfg.nats, "test relay", true)
+        .await
+        .unwrap();
+    relay_on(cfg, client)
 }
 
 /// `mes-events relay` as a child process, configured through the environment.
