@@ -20,6 +20,8 @@
 //!   publisher, recorder, reconcile).
 //! - [`read`]: the read side: consume, tail, replay, dead letters.
 //! - [`provision`]: streams, consumers and permissions declared under `nats/`.
+//! - [`push`]: signed CloudEvents webhooks for the systems that cannot pull, from their own
+//!   durable consumers.
 //! - [`demo`]: the whole pipeline on one machine (plant simulator, systems and view, a local
 //!   nats-server), set up and removed by itself.
 //!
@@ -33,6 +35,7 @@ pub mod http;
 pub mod metrics;
 pub mod nats;
 pub mod provision;
+pub mod push;
 pub mod read;
 pub mod relay;
 pub mod secret;

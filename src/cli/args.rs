@@ -55,6 +55,9 @@ pub enum Command {
     /// AsyncAPI document.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Deliver the events of every system with a `[push]` table to its HTTP endpoint, signed
+    /// (Standard Webhooks), in order per key, until SIGTERM or Ctrl-C.
+    Push(PushArgs),
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
@@ -90,6 +93,16 @@ pub enum CatalogCommand {
         #[arg(value_name = "NEW")]
         new: std::path::PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    #[command(flatten)]
+    pub decl: DeclArgs,
+    /// Folder of the identities' seeds (`provision credentials --out`): each system's consumer
+    /// is read with its own seed; default: push.credentials (MES_EVENTS_PUSH__CREDENTIALS).
+    #[arg(long, value_name = "DIR")]
+    pub credentials: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

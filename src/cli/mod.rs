@@ -92,6 +92,7 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
             Some(RelayCommand::Status { json }) => operate::status(&cfg, json).await,
         },
         Command::Ready => operate::ready(&cfg).await,
+        Command::Push(args) => operate::push(&cfg, args).await,
         Command::Demo(args) => operate::demo(&cfg, args).await,
         Command::Catalog(cmd) => catalog::run(&cfg, cmd),
     }

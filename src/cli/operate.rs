@@ -1,4 +1,4 @@
-//! The long-running commands: `relay`, and `demo`.
+//! The long-running commands: `relay`, `push` and `demo`.
 //!
 //! Never holds state of its own: the relay and the demo own their loops; this wires the
 //! signals and prints the outcome.
@@ -6,7 +6,7 @@
 use mes_events::config::Config;
 use mes_events::{demo, nats, relay};
 
-use super::args::DemoArgs;
+use super::args::{DemoArgs, PushArgs};
 use super::exit;
 use super::signal::Shutdown;
 
@@ -44,6 +44,59 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     let client = nats::connect(&cfg.nats, &name, true).await?;
     let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     relay::run(cfg, js, shutdown.token.clone()).await?;
+    Ok(exit::OK)
+}
+
+/// `push`: every pushed system of the declaration until a signal. A declaration, secret or
+/// credential problem stops it before anything is sent (exit 2), every problem at once.
+pub async fn push(cfg: &Config, args: PushArgs) -> anyhow::Result<u8> {
+    let shutdown = Shutdown::on_signal();
+    let dir = args.decl.dir.unwrap_or_else(|| cfg.provision.dir.clone());
+    let decl = mes_events::provision::load_dir(&dir).map_err(|errors| {
+        exit::Usage(format!(
+            "{}
+{} problem(s) in the declaration under {}; nothing was sent",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\nerror: "),
+            errors.len(),
+            dir.display()
+        ))
+    })?;
+    let credentials = args.credentials.or_else(|| cfg.push.credentials.clone());
+    let targets = mes_events::push::targets(&decl, &shutdown.token).map_err(|e| {
+        exit::Usage(format!(
+            "{e}
+nothing was sent (declaration {})",
+            dir.display()
+        ))
+    })?;
+    if let Some(dir) = &credentials {
+        let missing: Vec<String> = targets
+            .iter()
+            .map(|t| dir.join(format!("{}.nk", t.endpoint.system)))
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(exit::Usage(format!(
+                "no seed for {}: run `mes-events provision credentials --out {}` (nothing was sent)",
+                missing.join(", "),
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        nats = %nats::redact(&cfg.nats.url),
+        credentials = ?credentials,
+        systems = ?targets.iter().map(|t| t.endpoint.system.as_str()).collect::<Vec<_>>(),
+        "mes-events push starting"
+    );
+    mes_events::push::run(cfg, targets, credentials.as_deref(), shutdown.token.clone()).await?;
     Ok(exit::OK)
 }
 

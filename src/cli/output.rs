@@ -104,6 +104,9 @@ pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
                 "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  {event}",
                 d.id, d.reason, d.stream, d.consumer, d.stream_seq, d.deliveries
             );
+            if let Some(why) = &d.why {
+                println!("{:>6}  why: {why}", "");
+            }
         }
     }
     Ok(())

@@ -40,6 +40,18 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub provision: ProvisionConfig,
+    pub push: PushConfig,
+}
+
+/// `mes-events push`: where it finds each pushed system's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// The folder `mes-events provision credentials` wrote: each pushed system's consumer is
+    /// read with that system's own seed (`<system>.nk`), so the push service holds exactly the
+    /// permissions the system would. Unset: every system's consumer is read with `nats.*`'s
+    /// identity (a development server without authorization, or the admin's).
+    pub credentials: Option<PathBuf>,
 }
 
 /// Where the declaration of streams, consumers and systems is read from.
@@ -235,6 +247,7 @@ impl Default for Config {
             provision: ProvisionConfig {
                 dir: PathBuf::from("nats"),
             },
+            push: PushConfig { credentials: None },
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The declaration's file format under nats/: streams, and per external system a durable pull
-//! consumer and what it may watch live; parsing one file, with every error located (file, line,
+//! consumer, what it may watch live and, for a system that cannot pull, its HTTP endpoint; parsing one file, with every error located (file, line,
 //! key path) and saying what to do. What no single file can check is [`super::load`]'s.
 //!
 //! Never calls a server.
@@ -27,6 +27,113 @@ pub struct File {
     pub system: Option<SystemDecl>,
     #[serde(default)]
     pub consumer: Vec<ConsumerDecl>,
+    /// The system cannot pull: `mes-events push` delivers its consumers' events to it over HTTP.
+    pub push: Option<PushDecl>,
+}
+
+/// What to do with an event after its last attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterLast {
+    /// It becomes a dead letter (listed and resent like any other) and its key goes on.
+    DeadLetter,
+    /// Its key waits: the event is tried again at the last interval until it succeeds.
+    Hold,
+}
+
+/// How an event travels in the HTTP request (the CloudEvents HTTP binding's modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushMode {
+    /// Attributes as `ce-*` headers, `Content-Type` = datacontenttype, body = data.
+    #[default]
+    Binary,
+    /// Body = the JSON event format, `Content-Type: application/cloudevents+json`.
+    Structured,
+}
+
+/// A system's HTTP endpoint: where `mes-events push` POSTs its events, signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushDecl {
+    pub url: Spanned<String>,
+    /// File holding the signing secret (`whsec_` + base64), e.g. a mounted secret.
+    pub secret_file: Option<Spanned<PathBuf>>,
+    /// Environment variable holding the signing secret.
+    pub secret_env: Option<Spanned<String>>,
+    /// Per request; default 10 s.
+    #[serde(default, with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+    /// Requests in flight at once, each for another key; default 16.
+    pub concurrency: Option<Spanned<usize>>,
+    /// Delays between attempts; default `["5s", "30s", "2m", "10m", "1h"]`.
+    pub retry: Option<Spanned<Vec<Dur>>>,
+    /// After the last attempt: `dead_letter` (default) or `hold`.
+    pub after_last: Option<AfterLast>,
+    /// Requests per second at most; unset: no limit.
+    pub rate_limit: Option<Spanned<f64>>,
+    /// Failures in a row (across keys) after which the endpoint is paused; default 10.
+    pub pause_after: Option<Spanned<u32>>,
+    /// The first pause (it doubles while the endpoint keeps failing, up to 10 minutes);
+    /// default 30 s.
+    #[serde(default, with = "humantime_serde::option")]
+    pub pause: Option<Duration>,
+    /// Extra headers on every request (not secrets: the declaration is not a secret store).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: PushMode,
+}
+
+impl PushDecl {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_CONCURRENCY: usize = 16;
+    /// A pushed system's consumer's `ack_wait` unless declared: an event in the hands of a
+    /// push service that died comes back this soon (a running attempt is kept in progress
+    /// however long it takes).
+    pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
+
+    pub fn pause_after(&self) -> u32 {
+        self.pause_after.as_ref().map_or(10, |p| *p.get_ref())
+    }
+
+    pub fn pause(&self) -> Duration {
+        self.pause.unwrap_or(Duration::from_secs(30))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+            .as_ref()
+            .map_or(Self::DEFAULT_CONCURRENCY, |c| *c.get_ref())
+    }
+
+    /// The delays between attempts.
+    pub fn retry(&self) -> Vec<Duration> {
+        match &self.retry {
+            Some(r) => r.get_ref().iter().map(|d| d.0).collect(),
+            None => [5, 30, 120, 600, 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+        }
+    }
+
+    pub fn after_last(&self) -> AfterLast {
+        self.after_last.unwrap_or(AfterLast::DeadLetter)
+    }
+
+    /// The consumer's `max_deliver` this asks for: every attempt is a delivery (the first and
+    /// one per retry); `-1` (no limit) when the key holds.
+    pub fn max_deliver(&self) -> i64 {
+        match self.after_last() {
+            AfterLast::DeadLetter => self.retry().len() as i64 + 1,
+            AfterLast::Hold => -1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use super::decl::{
-    line_of, parse, ConsumerDecl, DeclError, Deliver, Source, StreamDecl, SystemDecl, RESERVED,
+    line_of, parse, ConsumerDecl, DeclError, Deliver, PushDecl, Source, StreamDecl, SystemDecl,
+    RESERVED,
 };
 
 /// Everything declared, validated.
@@ -22,6 +23,8 @@ pub struct Declaration {
 pub struct System {
     pub decl: SystemDecl,
     pub consumers: Vec<(String, ConsumerDecl)>,
+    /// Its HTTP endpoint, when `mes-events push` delivers to it.
+    pub push: Option<PushDecl>,
     pub file: PathBuf,
 }
 
@@ -165,6 +168,14 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
     for src in &sources {
         let f = &src.file;
         let Some(sys) = &f.system else {
+            if let Some(p) = &f.push {
+                errors.push(err(
+                    src,
+                    p.url.span(),
+                    "push".into(),
+                    "a push endpoint belongs to a system: add a [system] table with its name to this file".into(),
+                ));
+            }
             if let Some(c) = f.consumer.first() {
                 errors.push(err(
                     src,
@@ -334,11 +345,34 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
                     errors.push(err(src, c.stream.span(), key("backoff"), format!("{} backoff steps but max_deliver = {m}: the server refuses more steps than deliveries", b.len())));
                 }
             }
-            consumers.push((name, c.clone()));
+            let mut c = c.clone();
+            if let Some(p) = &f.push {
+                // Push times its own attempts: each is one delivery of the consumer.
+                let wanted = p.max_deliver();
+                match c.max_deliver {
+                    Some(m) if m != wanted => errors.push(err(src, c.stream.span(), key("max_deliver"), format!(
+                        "this system is pushed to: its consumer delivers once per attempt, so max_deliver is {wanted} (1 + the {} retries{}); drop max_deliver, or change [push] retry",
+                        p.retry().len(),
+                        if wanted < 0 { ", and after_last = \"hold\" never gives up" } else { "" }
+                    ))),
+                    _ => c.max_deliver = Some(wanted),
+                }
+                if c.ack_wait.is_none() {
+                    c.ack_wait = Some(PushDecl::DEFAULT_ACK_WAIT);
+                }
+                if c.backoff.is_some() {
+                    errors.push(err(src, c.stream.span(), key("backoff"), "this system is pushed to: [push] retry sets the delays between attempts; drop backoff".into()));
+                }
+            }
+            consumers.push((name, c));
+        }
+        if let Some(p) = &f.push {
+            errors.extend(check_push(src, p, !consumers.is_empty()));
         }
         systems.push(System {
             decl: sys.clone(),
             consumers,
+            push: f.push.clone(),
             file: src.path.clone(),
         });
     }
@@ -350,6 +384,109 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
     } else {
         Err(errors)
     }
+}
+
+/// A push endpoint's own rules: a URL that is http(s) and carries no credentials, one secret
+/// source, sane retry, concurrency, rate and headers.
+fn check_push(src: &Source, p: &PushDecl, has_consumer: bool) -> Vec<DeclError> {
+    let mut out = Vec::new();
+    let mut e = |span: std::ops::Range<usize>, key: &str, message: String| {
+        out.push(DeclError {
+            file: src.path.display().to_string(),
+            line: line_of(&src.text, span.start),
+            key: format!("push.{key}"),
+            message,
+        })
+    };
+    match url::Url::parse(p.url.get_ref()) {
+        Err(why) => e(p.url.span(), "url", format!("{:?} is not a URL ({why}): write it like \"https://workflow.example.com/hooks/mes\"", crate::secret::redact(p.url.get_ref()))),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => e(p.url.span(), "url", format!("{:?}: only http and https endpoints can be pushed to", crate::secret::redact(p.url.get_ref()))),
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => e(p.url.span(), "url", "a user or password in the URL would be printed in logs and status: remove it; the receiver authenticates each request by its webhook-signature".into()),
+        Ok(_) => {}
+    }
+    match (&p.secret_file, &p.secret_env) {
+        (Some(_), Some(env)) => e(env.span(), "secret_env", "give the signing secret one way: secret_file or secret_env, not both".into()),
+        (None, None) => e(p.url.span(), "secret_file", "a push endpoint needs its signing secret (whsec_…): secret_file = \"/run/secrets/<system>.whsec\" or secret_env = \"<VARIABLE>\" (never the secret itself in this file)".into()),
+        _ => {}
+    }
+    if let Some(r) = &p.retry {
+        if r.get_ref().is_empty() || r.get_ref().iter().any(|d| d.0.is_zero()) {
+            e(r.span(), "retry", "retry is the delays between attempts, each above zero, e.g. [\"5s\", \"30s\", \"2m\", \"10m\", \"1h\"]".into());
+        }
+    }
+    if let Some(c) = &p.concurrency {
+        if *c.get_ref() == 0 {
+            e(
+                c.span(),
+                "concurrency",
+                "concurrency is how many keys are delivered at once: 1 or more".into(),
+            );
+        }
+    }
+    if let Some(r) = &p.rate_limit {
+        if !r.get_ref().is_finite() || *r.get_ref() <= 0.0 {
+            e(
+                r.span(),
+                "rate_limit",
+                "rate_limit is requests per second, above zero (leave it out for no limit)".into(),
+            );
+        }
+    }
+    if p.pause_after.as_ref().is_some_and(|n| *n.get_ref() == 0) {
+        e(
+            p.url.span(),
+            "pause_after",
+            "pause_after is failures in a row before the endpoint is paused: 1 or more".into(),
+        );
+    }
+    if p.pause.is_some_and(|t| t.is_zero()) {
+        e(
+            p.url.span(),
+            "pause",
+            "pause must be above zero, e.g. \"30s\"".into(),
+        );
+    }
+    if p.timeout.is_some_and(|t| t.is_zero()) {
+        e(
+            p.url.span(),
+            "timeout",
+            "timeout must be above zero, e.g. \"10s\"".into(),
+        );
+    }
+    for name in p.headers.keys() {
+        let lower = name.to_ascii_lowercase();
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            e(
+                p.url.span(),
+                "headers",
+                format!("{name:?} is not an HTTP header name"),
+            );
+        } else if lower.starts_with("ce-")
+            || lower.starts_with("webhook-")
+            || [
+                "content-type",
+                "content-length",
+                "host",
+                "transfer-encoding",
+                "connection",
+            ]
+            .contains(&lower.as_str())
+        {
+            e(p.url.span(), "headers", format!("{name} is set by the push service itself (the event, its signature or the transport)"));
+        }
+    }
+    if !has_consumer {
+        e(
+            p.url.span(),
+            "url",
+            "a pushed system needs a [[consumer]] to deliver from".into(),
+        );
+    }
+    out
 }
 
 /// `n` with every character that is not safe in a name replaced by `-`.
@@ -414,6 +551,120 @@ pub fn overlap(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The declaration of one pushed system (`push` = its `[push]` table's lines, `consumer` =
+    /// extra lines of its consumer), or every error, one line each.
+    fn pushed(push: &str, consumer: &str) -> Result<Declaration, String> {
+        let streams = "[[stream]]\nname = \"MES_EVENTS\"\nsubjects = [\"mes.>\"]\n";
+        let system = format!(
+            "[system]\nname = \"workflow\"\n[[consumer]]\nstream = \"MES_EVENTS\"\n{consumer}\n[push]\n{push}\n"
+        );
+        let sources = vec![
+            parse(Path::new("streams.toml"), streams).unwrap(),
+            parse(Path::new("systems/workflow.toml"), &system).map_err(|e| e.to_string())?,
+        ];
+        validate(sources).map_err(|e| {
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    #[test]
+    fn a_pushed_systems_consumer_delivers_once_per_attempt() {
+        let url = "url = \"https://wf.example/hook\"\nsecret_env = \"WF_SECRET\"";
+        let d = pushed(&format!("{url}\nretry = [\"1s\", \"2s\"]"), "").unwrap();
+        let c = &d.systems[0].consumers[0].1;
+        assert_eq!(c.max_deliver, Some(3));
+        assert_eq!(
+            c.ack_wait,
+            Some(crate::provision::decl::PushDecl::DEFAULT_ACK_WAIT)
+        );
+        let d = pushed(&format!("{url}\nafter_last = \"hold\""), "").unwrap();
+        assert_eq!(d.systems[0].consumers[0].1.max_deliver, Some(-1));
+        assert_eq!(d.systems[0].push.as_ref().unwrap().retry().len(), 5);
+    }
+
+    #[test]
+    fn every_push_mistake_is_named_with_its_key() {
+        let ok = "url = \"https://wf.example/hook\"\nsecret_env = \"WF_SECRET\"";
+        for (push, consumer, key, words) in [
+            (
+                "url = \"https://wf.example/hook\"",
+                "",
+                "push.secret_file",
+                "needs its signing secret",
+            ),
+            (
+                "url = \"https://wf.example/hook\"\nsecret_env = \"A\"\nsecret_file = \"/s\"",
+                "",
+                "push.secret_env",
+                "not both",
+            ),
+            (
+                "url = \"https://user:pw@wf.example/hook\"\nsecret_env = \"A\"",
+                "",
+                "push.url",
+                "would be printed",
+            ),
+            (
+                "url = \"ftp://wf.example/hook\"\nsecret_env = \"A\"",
+                "",
+                "push.url",
+                "only http and https",
+            ),
+            (
+                "url = \"not a url\"\nsecret_env = \"A\"",
+                "",
+                "push.url",
+                "is not a URL",
+            ),
+            (
+                &format!("{ok}\nretry = []"),
+                "",
+                "push.retry",
+                "each above zero",
+            ),
+            (
+                &format!("{ok}\nconcurrency = 0"),
+                "",
+                "push.concurrency",
+                "1 or more",
+            ),
+            (
+                &format!("{ok}\nrate_limit = 0.0"),
+                "",
+                "push.rate_limit",
+                "above zero",
+            ),
+            (
+                &format!("{ok}\nheaders = {{ \"webhook-id\" = \"x\" }}"),
+                "",
+                "push.headers",
+                "set by the push service",
+            ),
+            (
+                &format!("{ok}\nretry = [\"1s\"]"),
+                "max_deliver = 5",
+                "consumer[0].max_deliver",
+                "max_deliver is 2",
+            ),
+            (
+                ok,
+                "backoff = [\"1s\"]",
+                "consumer[0].backoff",
+                "drop backoff",
+            ),
+        ] {
+            let e = pushed(push, consumer).unwrap_err();
+            assert!(
+                e.contains(&format!(": {key}: ")) && e.contains(words),
+                "{push} / {consumer}: {e}"
+            );
+            assert!(!e.contains("pw@"), "{e}");
+        }
+    }
 
     #[test]
     fn cover_and_overlap() {

@@ -30,7 +30,8 @@ pub enum Outcome {
     Done,
     /// Failed for now: redeliver after this delay (the key waits).
     Retry(Duration),
-    /// Can never succeed: terminate it (it goes to the dead letters) and go on with the key.
+    /// Can never succeed: terminate it with this reason (it goes to the dead letters, whose
+    /// advisory carries the reason) and go on with the key.
     Poison(String),
 }
 
@@ -53,6 +54,12 @@ pub struct Options {
     pub concurrency: usize,
     /// Idle heartbeat of pull requests: a dead connection is noticed within twice this.
     pub heartbeat: Duration,
+    /// How long to only gather, at start, before the first handler runs. A run that replaces
+    /// one that died leaves events delivered to it and never acked; the server hands them out
+    /// again only after `ack_wait`, while newer events of the same keys come at once. Gathering
+    /// for a little more than `ack_wait` puts each key's events back in stream order before any
+    /// is handled. Zero: handle at once (a first run, or order across a crash does not matter).
+    pub settle: Duration,
     /// The consumer's `max_deliver` and `ack_wait` as declared, for an identity that may not read
     /// the consumer's info (a system in its own account, as `provision credentials` sets them
     /// up): then the consumer is bound by name without a lookup. `None`: read them from the
@@ -74,6 +81,7 @@ impl Default for Options {
             batch: 200,
             concurrency: 16,
             heartbeat: Duration::from_secs(5),
+            settle: Duration::ZERO,
             declared: None,
         }
     }
@@ -104,10 +112,31 @@ struct Key {
     queue: VecDeque<Held>,
     /// Stream sequence of the event whose handler is running, if any.
     running: Option<u64>,
+    /// Its ack subject: a handler may take longer than ack_wait (a slow or paused endpoint),
+    /// so it is kept in progress like the held ones.
+    running_ack: Option<async_nats::Subject>,
     /// Stream sequence of the naked event the key waits for.
     blocked_on: Option<u64>,
-    /// Highest stream sequence handled: a redelivery at or below it is a duplicate.
+    /// Highest stream sequence handled (or given up on) in this run.
     done: u64,
+    /// The last [`RECENT`] sequences dealt with in this run: a redelivery of one of them (its
+    /// ack was lost) is a duplicate. An older sequence that is not among them is an event a
+    /// previous run held and never acked, handed out again after ack_wait: it is handled, never
+    /// dropped, though after newer ones of its key unless `settle` gathered it first.
+    recent: VecDeque<u64>,
+}
+
+/// Sequences remembered per key to recognise a redelivery of one already dealt with.
+const RECENT: usize = 64;
+
+impl Key {
+    fn dealt_with(&mut self, seq: u64) {
+        self.done = self.done.max(seq);
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(seq);
+    }
 }
 
 struct Held {
@@ -190,6 +219,8 @@ where
     let mut stats = Stats::default();
     let mut progress = tokio::time::interval(ack_wait / 2);
     progress.tick().await;
+    let settled_at = tokio::time::Instant::now() + opts.settle;
+    let mut settled = opts.settle.is_zero();
 
     loop {
         tokio::select! {
@@ -207,9 +238,12 @@ where
                 let Some(held) = receive(msg).await else { continue };
                 let k = keys.entry(held.delivery.key.clone()).or_default();
                 let seq = held.delivery.stream_seq;
-                if seq <= k.done {
+                if k.recent.contains(&seq) {
                     stats.duplicates += 1;
                     let _ = held.msg.ack().await;
+                } else if seq < k.done {
+                    warn!(seq, key = %held.delivery.key, after = k.done, "an event a previous run held came back after newer ones of its key were handled: handled now, out of order (settle keeps order across restarts)");
+                    k.queue.push_front(held);
                 } else if k.running == Some(seq) {
                     stats.duplicates += 1; // redelivered while its handler runs: that one acks
                 } else if k.blocked_on == Some(seq) {
@@ -218,7 +252,10 @@ where
                 } else if k.queue.iter().any(|h| h.delivery.stream_seq == seq) {
                     stats.duplicates += 1; // redelivered while held: keep the one we hold
                 } else {
-                    k.queue.push_back(held);
+                    // In stream order: an older event handed out again (after its ack_wait)
+                    // goes before the newer ones of its key that wait here.
+                    let at = k.queue.partition_point(|h| h.delivery.stream_seq < seq);
+                    k.queue.insert(at, held);
                 }
             }
             Some(done) = tasks.join_next() => {
@@ -232,9 +269,10 @@ where
                 let d = &held.delivery;
                 let k = keys.entry(d.key.clone()).or_default();
                 k.running = None;
+                k.running_ack = None;
                 match outcome {
                     Outcome::Done => {
-                        k.done = d.stream_seq;
+                        k.dealt_with(d.stream_seq);
                         stats.handled += 1;
                         if let Err(e) = held.msg.double_ack().await {
                             warn!(error = %e, seq = d.stream_seq, "ack failed; the event may be redelivered (and skipped as a duplicate)");
@@ -243,7 +281,7 @@ where
                     Outcome::Retry(delay) if max_deliver > 0 && d.delivered >= max_deliver => {
                         // Last delivery: nak so the server gives up and announces it; go on.
                         warn!(seq = d.stream_seq, key = %d.key, "event failed on its last delivery: it goes to the dead letters");
-                        k.done = d.stream_seq;
+                        k.dealt_with(d.stream_seq);
                         stats.dead += 1;
                         let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
                     }
@@ -254,23 +292,31 @@ where
                     }
                     Outcome::Poison(reason) => {
                         warn!(seq = d.stream_seq, key = %d.key, %reason, "poison event terminated");
-                        k.done = d.stream_seq;
+                        k.dealt_with(d.stream_seq);
                         stats.poisoned += 1;
-                        let _ = held.msg.ack_with(AckKind::Term).await;
+                        terminate(&held.msg, &reason).await;
                     }
                 }
             }
+            _ = tokio::time::sleep_until(settled_at), if !settled => {
+                settled = true;
+            }
             _ = progress.tick() => {
-                // Held events wait on their key: keep them from being redelivered meanwhile.
+                // Held events wait on their key, running ones on their handler: keep them from
+                // being redelivered meanwhile.
+                let client = js.client();
                 for k in keys.values() {
                     for h in &k.queue {
                         let _ = h.msg.ack_with(AckKind::Progress).await;
+                    }
+                    if let Some(ack) = &k.running_ack {
+                        let _ = client.publish(ack.clone(), "+WPI".into()).await;
                     }
                 }
             }
         }
         // Start a handler for every key that is free, not blocked and has something queued.
-        for k in keys.values_mut() {
+        for k in keys.values_mut().filter(|_| settled) {
             if tasks.len() >= opts.concurrency {
                 break;
             }
@@ -279,6 +325,7 @@ where
             }
             if let Some(held) = k.queue.pop_front() {
                 k.running = Some(held.delivery.stream_seq);
+                k.running_ack = held.msg.reply.clone();
                 let handler = handler.clone();
                 tasks.spawn(async move {
                     let outcome = handler(held.delivery.clone()).await;
@@ -300,13 +347,35 @@ where
             Outcome::Retry(d) => {
                 let _ = held.msg.ack_with(AckKind::Nak(Some(d))).await;
             }
-            Outcome::Poison(_) => {
+            Outcome::Poison(reason) => {
                 stats.poisoned += 1;
-                let _ = held.msg.ack_with(AckKind::Term).await;
+                terminate(&held.msg, &reason).await;
             }
         }
     }
     Ok(stats)
+}
+
+/// `+TERM` with the reason, which the server puts in its terminated advisory (the dead letter)
+/// from 2.11 on; earlier servers terminate the same and drop the reason.
+async fn terminate(msg: &jetstream::Message, reason: &str) {
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(512)
+        .collect();
+    match &msg.reply {
+        Some(ack) => {
+            let _ = msg
+                .context
+                .client()
+                .publish(ack.clone(), format!("+TERM {reason}").into())
+                .await;
+        }
+        None => {
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+    }
 }
 
 /// Decodes a message; one that is not a valid CloudEvent is terminated (it can never succeed).

@@ -26,6 +26,9 @@ pub struct DeadLetter {
     pub consumer: String,
     pub stream_seq: u64,
     pub deliveries: u64,
+    /// What the consumer said when it terminated the event (e.g. the push service's last HTTP
+    /// status and response excerpt).
+    pub why: Option<String>,
     pub event_id: Option<String>,
     pub event_type: Option<String>,
     pub event_subject: Option<String>,
@@ -41,6 +44,9 @@ struct Advisory {
     consumer: String,
     stream_seq: u64,
     deliveries: u64,
+    /// A terminated event's reason (`+TERM <reason>`, nats-server 2.11 and later).
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +110,7 @@ pub async fn list(js: &Context, dlq_stream: &str) -> Result<Vec<DeadLetter>, Dea
             consumer: a.consumer.clone(),
             stream_seq: a.stream_seq,
             deliveries: a.deliveries,
+            why: a.reason.clone().filter(|r| !r.is_empty()),
             event_id: None,
             event_type: None,
             event_subject: None,

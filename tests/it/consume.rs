@@ -199,9 +199,7 @@ async fn provisioned(system: &str) -> Env {
     let env = Env::without_streams().await;
     let dir = decl_dir_with(system);
     let decl = mes_events::provision::load_dir(dir.path()).unwrap();
-    mes_events::provision::apply(&env.js().await, &decl, Default::default())
-        .await
-        .unwrap();
+    provision(&env.js().await, &decl).await;
     env
 }
 

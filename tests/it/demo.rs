@@ -111,13 +111,7 @@ async fn the_demo_on_an_installations_server_leaves_its_streams_and_consumers_ex
     let js = env.js().await;
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats");
     let decl = mes_events::provision::load_dir(&shipped).unwrap();
-    mes_events::provision::apply(&js, &decl, Default::default())
-        .await
-        .unwrap();
-    let catalog = mes_events::event::catalog::Catalog::embedded().unwrap();
-    mes_events::provision::schemas::apply(&js, &decl, &catalog)
-        .await
-        .unwrap();
+    crate::support::provision(&js, &decl).await;
     let relay = env.spawn_relay().await;
     let c = env.db.client().await;
     for i in 0..9 {

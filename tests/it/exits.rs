@@ -26,13 +26,7 @@ async fn every_exit_code_of_the_readme_table_for_every_command_family() {
     let env = Env::without_streams().await;
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats");
     let decl = mes_events::provision::load_dir(&shipped).unwrap();
-    mes_events::provision::apply(&env.js().await, &decl, Default::default())
-        .await
-        .unwrap();
-    let catalog = mes_events::event::catalog::Catalog::embedded().unwrap();
-    mes_events::provision::schemas::apply(&env.js().await, &decl, &catalog)
-        .await
-        .unwrap();
+    provision(&env.js().await, &decl).await;
     let unmigrated = TestDb::empty().await;
     let nats_dir = shipped.to_str().unwrap();
     let (db, nats) = (env.cfg.database.url.as_str(), env.nats.url());

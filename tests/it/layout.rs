@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("relay", 3),
     ("read", 3),
     ("provision", 4),
+    ("push", 5),
     ("demo", 5),
 ];
 

@@ -17,6 +17,7 @@ mod migrate;
 mod observe;
 mod permissions;
 mod provision;
+mod push;
 mod rejections;
 mod relay;
 mod schemas;

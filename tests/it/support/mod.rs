@@ -238,6 +238,18 @@ pub async fn spawn_relay_as(cfg: Config) -> RelayTask {
     relay_on(cfg, client)
 }
 
+/// What `mes-events provision apply` does with the shipped catalog: streams and consumers, then
+/// the schema bucket.
+pub async fn provision(js: &jetstream::Context, decl: &mes_events::provision::Declaration) {
+    mes_events::provision::apply(js, decl, Default::default())
+        .await
+        .unwrap();
+    let catalog = mes_events::event::catalog::Catalog::embedded().unwrap();
+    mes_events::provision::schemas::apply(js, decl, &catalog)
+        .await
+        .unwrap();
+}
+
 /// `mes-events relay` as a child process, configured through the environment.
 pub struct RelayProcess {
     pub child: Child,

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::nats::free_port;
+
 /// How `pg_ctl stop` ends the server.
 #[derive(Debug, Clone, Copy)]
 pub enum Stop {
@@ -183,12 +185,4 @@ fn postgres_ids() -> (u32, u32) {
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
     };
     (id("-u"), id("-g"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""A system that cannot pull, receiving mes-events webhooks, in Python.
+
+`mes-events push` POSTs each event as a CloudEvents HTTP request, signed as Standard Webhooks
+says. This receiver verifies the signature with the specification's own library
+(`standardwebhooks`), refusing a tampered body or a timestamp more than 5 minutes off (401),
+decodes the CloudEvent with the official SDK, skips an event it already has (the same
+`webhook-id` comes again when an answer was lost), handles it, and answers 204. Answer
+anything else and the event is sent again later, its key waiting meanwhile.
+
+    pip install -r requirements.txt
+    WEBHOOK_SECRET=whsec_... python receiver.py --port 8080
+
+Prints one JSON line per event handled (webhook id, id, type, subject, sequence).
+"""
+
+import argparse
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cloudevents.core.bindings.http import HTTPMessage, from_http
+from cloudevents.core.formats.json import JSONFormat
+from standardwebhooks import Webhook, WebhookVerificationError
+
+
+def handle(event) -> None:
+    """Your integration goes here. Raise to have the event sent again later."""
+    a = event.get_attributes()
+    print(json.dumps({"id": a["id"], "type": a["type"], "subject": a.get("subject"),
+                      "sequence": a.get("sequence")}), flush=True)
+
+
+class Receiver:
+    """Verifies, decodes and de-duplicates; `handle` does the work."""
+
+    def __init__(self, secret: str, handle=handle):
+        self.webhook = Webhook(secret)
+        self.handle = handle
+        self.seen = set()  # webhook ids handled (keep them in your database in production)
+        self.lock = threading.Lock()
+
+    def receive(self, headers: dict, body: bytes) -> int:
+        """The HTTP status to answer."""
+        try:
+            self.webhook.verify(body, headers, json_parse=False)
+        except WebhookVerificationError:
+            return 401
+        event = from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
+        webhook_id = headers.get("webhook-id")
+        with self.lock:
+            if webhook_id in self.seen:
+                return 204  # delivered again after a lost answer: already handled
+            self.handle(event)
+            self.seen.add(webhook_id)
+        return 204
+
+
+def serve(receiver: Receiver, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                status = receiver.receive(headers, body)
+            except Exception as e:
+                status = (500, str(e).encode())
+            # A status, or a status and a body saying why (the sender keeps an excerpt of it).
+            status, text = status if isinstance(status, tuple) else (status, b"")
+            self.send_response(status)
+            self.send_header("content-length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        def log_message(self, *args):
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=8080)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--secret-env", default="WEBHOOK_SECRET",
+                    help="environment variable holding the whsec_ secret")
+    args = ap.parse_args()
+    server = serve(Receiver(os.environ[args.secret_env]), args.port, args.host)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

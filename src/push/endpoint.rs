@@ -1,0 +1,306 @@
+//! One system's endpoint: sending an event there, and the endpoint's own state shared by every
+//! key's attempt: its rate limit, a wait it asked for (429 / `Retry-After`) and its circuit
+//! breaker. Waiting for the endpoint is never an attempt: the event stays in progress on its
+//! consumer, so an endpoint that is down or slow uses up no event's retries while it is paused.
+//!
+//! The circuit opens after `pause_after` failures in a row (10 unless declared), across keys:
+//! requests stop for a cool-down (`pause`, 30 s unless declared, doubling up to 10 minutes),
+//! then flow again; the first success closes it.
+//! Each change is logged once, at ERROR when it opens and INFO when it closes.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::request::{self, Signer, Verdict};
+use crate::provision::decl::PushDecl;
+use crate::read::consume::{Delivery, Outcome};
+
+const MAX_COOL_DOWN: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+struct State {
+    failures_in_a_row: u32,
+    /// Requests wait until then (circuit open, or the endpoint asked to wait).
+    paused_until: Option<Instant>,
+    circuit_open: bool,
+    cool_down: Duration,
+    /// The next request may start then (rate limit).
+    next_slot: Option<Instant>,
+}
+
+/// What the operator and the metrics see of an endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub paused: bool,
+    pub circuit_open: bool,
+    pub failures_in_a_row: u32,
+}
+
+pub struct Endpoint {
+    pub system: String,
+    url: String,
+    /// The URL fit for logs and dead letters: without its query, where endpoints such as
+    /// Azure Functions (`?code=`) carry a key.
+    shown: String,
+    client: reqwest::Client,
+    signer: Signer,
+    decl: PushDecl,
+    schedule: Vec<Duration>,
+    max_deliver: i64,
+    state: Mutex<State>,
+    shutdown: CancellationToken,
+}
+
+impl Endpoint {
+    pub fn new(
+        system: &str,
+        decl: PushDecl,
+        signer: Signer,
+        shutdown: CancellationToken,
+    ) -> Result<Endpoint, String> {
+        let client = reqwest::Client::builder()
+            .timeout(decl.timeout())
+            .connect_timeout(decl.timeout().min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("mes-events/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Endpoint {
+            system: system.to_owned(),
+            url: decl.url.get_ref().clone(),
+            shown: shown_url(decl.url.get_ref()),
+            schedule: decl.retry(),
+            max_deliver: decl.max_deliver(),
+            client,
+            signer,
+            decl,
+            state: Mutex::new(State::default()),
+            shutdown,
+        })
+    }
+
+    /// Keys delivered at once.
+    pub fn concurrency(&self) -> usize {
+        self.decl.concurrency()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.state.lock().unwrap();
+        Snapshot {
+            paused: s.paused_until.is_some_and(|t| t > Instant::now()),
+            circuit_open: s.circuit_open,
+            failures_in_a_row: s.failures_in_a_row,
+        }
+    }
+
+    /// One event: waits while the endpoint is paused, sends it, and says what to do with it.
+    pub async fn deliver(&self, d: Delivery) -> Outcome {
+        loop {
+            if !self.wait_turn().await {
+                // Stopping while waiting for the endpoint: hand the event back untried.
+                return Outcome::Retry(Duration::ZERO);
+            }
+            let now = chrono::Utc::now().timestamp();
+            let req = match request::build(
+                d.event.clone(),
+                self.decl.mode,
+                &self.decl.headers,
+                &self.signer,
+                now,
+            ) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
+            };
+            let verdict = self.send(req).await;
+            match verdict {
+                Verdict::Delivered => {
+                    self.succeeded();
+                    return Outcome::Done;
+                }
+                Verdict::Throttled(wait) => {
+                    warn!(system = %self.system, url = %self.shown, wait = %humantime::format_duration(wait), "the endpoint asks to wait; its events wait");
+                    self.pause_for(wait);
+                }
+                Verdict::Failed(reason) => {
+                    self.failed(&reason);
+                    let attempt = d.delivered;
+                    debug!(system = %self.system, url = %self.shown, seq = d.stream_seq, key = %d.key, attempt, %reason, "attempt failed");
+                    if self.max_deliver > 0 && attempt >= self.max_deliver {
+                        return Outcome::Poison(format!(
+                            "{reason} (POST {}, attempt {attempt} of {})",
+                            self.shown, self.max_deliver
+                        ));
+                    }
+                    return Outcome::Retry(request::delay(&self.schedule, attempt));
+                }
+            }
+        }
+    }
+
+    async fn send(&self, req: request::Request) -> Verdict {
+        let mut b = self.client.post(&self.url);
+        for (k, v) in &req.headers {
+            b = b.header(k, v);
+        }
+        match b.body(req.body).send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                // Enough of the body for the dead letter's excerpt; not the whole of it.
+                let body = read_prefix(resp, 1024).await;
+                request::verdict(status, retry_after.as_deref(), &body)
+            }
+            Err(e) => Verdict::Failed(transport_error(&e)),
+        }
+    }
+
+    /// Waits for the endpoint to take a request (circuit, asked wait, rate limit); false when
+    /// stopping.
+    async fn wait_turn(&self) -> bool {
+        loop {
+            let (wait, then_go) = match self.turn() {
+                Turn::Go => return !self.shutdown.is_cancelled(),
+                Turn::Paused(w) => (w, false),
+                Turn::SlotIn(w) => (w, true),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+            if then_go {
+                return true;
+            }
+        }
+    }
+
+    fn turn(&self) -> Turn {
+        let mut s = self.state.lock().unwrap();
+        let now = Instant::now();
+        if let Some(t) = s.paused_until.filter(|t| *t > now) {
+            return Turn::Paused(t - now);
+        }
+        let Some(rate) = self.decl.rate_limit.as_ref().map(|r| *r.get_ref()) else {
+            return Turn::Go;
+        };
+        // One slot per 1/rate seconds, taken in turn.
+        let slot = s.next_slot.filter(|t| *t > now).unwrap_or(now);
+        s.next_slot = Some(slot + Duration::from_secs_f64(1.0 / rate));
+        if slot > now {
+            Turn::SlotIn(slot - now)
+        } else {
+            Turn::Go
+        }
+    }
+
+    fn pause_for(&self, wait: Duration) {
+        let mut s = self.state.lock().unwrap();
+        let until = Instant::now() + wait;
+        s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
+    }
+
+    fn succeeded(&self) {
+        let mut s = self.state.lock().unwrap();
+        if s.circuit_open {
+            info!(system = %self.system, url = %self.shown, "endpoint answers again: deliveries resume");
+        }
+        s.failures_in_a_row = 0;
+        s.circuit_open = false;
+        s.cool_down = Duration::ZERO;
+    }
+
+    fn failed(&self, reason: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.failures_in_a_row += 1;
+        if s.failures_in_a_row >= self.decl.pause_after()
+            && s.paused_until.is_none_or(|t| t <= Instant::now())
+        {
+            s.cool_down = if s.cool_down.is_zero() {
+                self.decl.pause()
+            } else {
+                (s.cool_down * 2).min(MAX_COOL_DOWN.max(self.decl.pause()))
+            };
+            s.paused_until = Some(Instant::now() + s.cool_down);
+            if !s.circuit_open {
+                error!(system = %self.system, url = %self.shown, failures = s.failures_in_a_row, last_error = %reason,
+                    pause = %humantime::format_duration(s.cool_down),
+                    "endpoint paused after failures in a row: its events wait (none is lost); it is tried again after the pause");
+            }
+            s.circuit_open = true;
+        }
+    }
+}
+
+/// When a request may go.
+enum Turn {
+    Go,
+    /// The endpoint is paused: ask again after this.
+    Paused(Duration),
+    /// A rate-limit slot is reserved this far ahead: go then.
+    SlotIn(Duration),
+}
+
+/// `url` without its query and fragment (`?…` when it had one).
+pub fn shown_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let had_query = u.query().is_some();
+            u.set_query(None);
+            u.set_fragment(None);
+            let _ = u.set_password(None);
+            if had_query {
+                format!("{u}?…")
+            } else {
+                u.to_string()
+            }
+        }
+        Err(_) => "(an invalid URL)".into(),
+    }
+}
+
+/// What went wrong on the way, in the operator's words: the causes, never reqwest's own line
+/// (it holds the URL, query and all).
+fn transport_error(e: &reqwest::Error) -> String {
+    let mut causes = Vec::new();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        causes.push(c.to_string());
+        cur = c.source();
+    }
+    let causes = causes.join(": ");
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        format!("cannot connect: {causes}")
+    } else if causes.is_empty() {
+        "request failed".into()
+    } else {
+        format!("request failed: {causes}")
+    }
+}
+
+async fn read_prefix(mut resp: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match resp.chunk().await {
+            Ok(Some(c)) => out.extend_from_slice(&c[..c.len().min(limit - out.len())]),
+            _ => break,
+        }
+    }
+    out
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("system", &self.system)
+            .field("url", &self.shown)
+            .finish()
+    }
+}

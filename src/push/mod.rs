@@ -1,0 +1,192 @@
+//! Push: for systems that cannot pull. Each system with a `[push]` table in its declaration
+//! keeps its own durable consumer, exactly like a pulling system (so an endpoint that is down
+//! never touches another system, and nothing is lost while it is down); `mes-events push`
+//! pulls from it and POSTs each event to the endpoint as a signed CloudEvents HTTP request.
+//!
+//! - [`request`]: an event as a signed request, and what an answer means (pure).
+//! - [`endpoint`]: sending, the endpoint's rate limit, asked waits and circuit breaker.
+//!
+//! Order and retries are [`crate::read::consume`]'s: one event per key at a time, a failed one
+//! retried after the declared delay while its key waits and other keys flow, acked only after
+//! a 2xx. After the last attempt the event is terminated with its last status and response
+//! excerpt (a dead letter that `dead-letters list` shows and `resend` delivers again), or, with
+//! `after_last = "hold"`, tried on at the last interval while its key waits.
+//!
+//! Each system's consumer is read with that system's own identity (`push.credentials`): the
+//! push service holds no permission the system would not have.
+
+pub mod endpoint;
+pub mod request;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::provision::decl::PushDecl;
+use crate::provision::Declaration;
+use crate::read::consume::{self, Declared, Options};
+
+pub use endpoint::Endpoint;
+pub use request::Signer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// What must be fixed before anything is sent, every problem at once.
+    #[error("{}", .0.join("\n"))]
+    Setup(Vec<String>),
+    #[error("{0}")]
+    Nats(#[from] crate::nats::ConnectError),
+}
+
+/// A system to push to: its endpoint and the consumers it is delivered from.
+pub struct Target {
+    pub endpoint: Arc<Endpoint>,
+    /// (stream, durable name, what the declaration says of redelivery)
+    pub consumers: Vec<(String, String, Declared)>,
+}
+
+/// The signing secret of a system, from its file or environment variable. The error names
+/// where it was looked for and what is wrong, never the secret.
+pub fn secret(system: &str, p: &PushDecl) -> Result<Signer, String> {
+    let (text, from) = match (&p.secret_file, &p.secret_env) {
+        (Some(f), _) => {
+            let path = f.get_ref();
+            match std::fs::read_to_string(path) {
+                Ok(t) => (t, format!("file {}", path.display())),
+                Err(e) => {
+                    return Err(format!(
+                        "system {system}: cannot read its signing secret from {}: {e}",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        (None, Some(var)) => match std::env::var(var.get_ref()) {
+            Ok(t) => (t, format!("environment variable {}", var.get_ref())),
+            Err(_) => {
+                return Err(format!(
+                    "system {system}: its signing secret's environment variable {} is not set",
+                    var.get_ref()
+                ))
+            }
+        },
+        (None, None) => return Err(format!("system {system}: no signing secret declared")),
+    };
+    Signer::new(&text)
+        .map_err(|why| format!("system {system}: the signing secret in {from}: {why}"))
+}
+
+/// Every pushed system of the declaration, ready: secrets read and checked, HTTP clients
+/// built. Every problem at once.
+pub fn targets(d: &Declaration, shutdown: &CancellationToken) -> Result<Vec<Target>, PushError> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for sys in &d.systems {
+        let Some(p) = &sys.push else { continue };
+        let name = sys.decl.name.get_ref();
+        let signer = match secret(name, p) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(e);
+                continue;
+            }
+        };
+        let endpoint = match Endpoint::new(name, p.clone(), signer, shutdown.clone()) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(format!("system {name}: {e}"));
+                continue;
+            }
+        };
+        let consumers = sys
+            .consumers
+            .iter()
+            .map(|(durable, c)| {
+                (
+                    c.stream.get_ref().clone(),
+                    durable.clone(),
+                    Declared {
+                        max_deliver: c.max_deliver.unwrap_or(-1),
+                        ack_wait: c.ack_wait.unwrap_or(PushDecl::DEFAULT_ACK_WAIT),
+                    },
+                )
+            })
+            .collect();
+        out.push(Target {
+            endpoint: Arc::new(endpoint),
+            consumers,
+        });
+    }
+    if !problems.is_empty() {
+        return Err(PushError::Setup(problems));
+    }
+    if out.is_empty() {
+        return Err(PushError::Setup(vec![
+            "no system in the declaration has a [push] table: nothing to push".into(),
+        ]));
+    }
+    Ok(out)
+}
+
+/// Delivers every pushed system's events until `shutdown`. Each consumer is read with its
+/// system's identity when `credentials` names the folder of seeds.
+pub async fn run(
+    cfg: &Config,
+    targets: Vec<Target>,
+    credentials: Option<&Path>,
+    shutdown: CancellationToken,
+) -> Result<(), PushError> {
+    let mut tasks = JoinSet::new();
+    for t in targets {
+        let system = t.endpoint.system.clone();
+        let mut nats = cfg.nats.clone();
+        if let Some(dir) = credentials {
+            nats.nkey = Some(dir.join(format!("{system}.nk")));
+            nats.credentials = None;
+            nats.inbox_prefix = None;
+        }
+        let client =
+            crate::nats::connect(&nats, &format!("mes-events push {system}"), true).await?;
+        let js = crate::nats::jetstream(client, &nats, 256);
+        for (stream, durable, declared) in t.consumers {
+            let opts = Options {
+                concurrency: t.endpoint.concurrency(),
+                batch: t.endpoint.concurrency().max(16) * 4,
+                // Events a push service that died had in hand come back after ack_wait:
+                // gather until then, so each key's go out in order.
+                settle: declared.ack_wait + Duration::from_secs(1),
+                declared: Some(declared),
+                ..Options::default()
+            };
+            let endpoint = t.endpoint.clone();
+            let (js, shutdown) = (js.clone(), shutdown.clone());
+            info!(%system, %stream, consumer = %durable, "pushing");
+            let system = system.clone();
+            tasks.spawn(async move {
+                let handler = move |d: consume::Delivery| {
+                    let endpoint = endpoint.clone();
+                    async move { endpoint.deliver(d).await }
+                };
+                let done = consume::run(&js, &stream, &durable, opts, handler, shutdown).await;
+                (system, stream, durable, done)
+            });
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((system, stream, durable, Ok(stats))) => {
+                info!(%system, %stream, consumer = %durable, delivered = stats.handled, retried = stats.retried, dead = stats.poisoned + stats.dead, "stopped pushing");
+            }
+            Ok((system, stream, durable, Err(e))) => {
+                error!(%system, %stream, consumer = %durable, error = %e, "cannot push");
+            }
+            Err(e) => error!(error = %e, "a push task failed"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,600 @@
+//! Push, against a real nats-server, a real PostgreSQL and real HTTP receivers written with the
+//! official libraries (Standard Webhooks' `standardwebhooks`, CloudEvents' SDKs): every
+//! signature verifies and every event decodes, forgeries are refused; an endpoint that refuses
+//! connections, then fails, then times out gets everything in order while another one flows;
+//! a poison event becomes a dead letter with its status and is resent once; the push service
+//! killed at random moments loses nothing and keeps each key's order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::nats::free_port;
+use crate::support::*;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_owned()
+}
+
+/// A pushed system taking every order event, with `push` lines added to its `[push]` table.
+fn system(name: &str, port: u16, push: &str) -> String {
+    format!(
+        r#"
+[system]
+name = "{name}"
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.processorder.>"]
+ack_wait = "2s"
+[push]
+url = "http://127.0.0.1:{port}/hooks/mes"
+secret_env = "PUSH_SECRET"
+{push}
+"#
+    )
+}
+
+/// A provisioned installation: the shipped streams and the given systems, a relay running.
+struct World {
+    env: Env,
+    decl: tempfile::TempDir,
+    relay: Option<RelayTask>,
+}
+
+impl World {
+    async fn new(systems: &[(&str, String)]) -> World {
+        let env = Env::without_streams().await;
+        let decl = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            root().join("nats/streams.toml"),
+            decl.path().join("streams.toml"),
+        )
+        .unwrap();
+        std::fs::create_dir(decl.path().join("systems")).unwrap();
+        for (name, text) in systems {
+            std::fs::write(decl.path().join(format!("systems/{name}.toml")), text).unwrap();
+        }
+        let d = mes_events::provision::load_dir(decl.path()).unwrap();
+        mes_events::provision::apply(&env.js().await, &d, Default::default())
+            .await
+            .unwrap();
+        let relay = Some(env.spawn_relay().await);
+        World { env, decl, relay }
+    }
+
+    /// `mes-events push` as a child process, its log in a file.
+    fn push(&self) -> PushProcess {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .arg("push")
+            .arg("--dir")
+            .arg(self.decl.path())
+            .env("MES_EVENTS_NATS__URL", self.env.nats.url())
+            .env("PUSH_SECRET", SECRET)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .current_dir(std::env::temp_dir())
+            .spawn()
+            .expect("spawning mes-events push");
+        PushProcess { child, log }
+    }
+
+    /// `n` order events over `keys` keys (`PO-0`…), in turn; their outbox ids as sequences.
+    async fn emit(&self, n: usize, keys: usize, from: usize) -> Vec<(String, String)> {
+        let c = self.env.db.client().await;
+        let mut out = Vec::new();
+        for i in from..from + n {
+            let key = format!("PO-{}", i % keys);
+            let id = emit_order(&c, &key).await;
+            out.push((key, format!("{id:020}")));
+        }
+        out
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.relay.take() {
+            r.stop().await;
+        }
+    }
+}
+
+struct PushProcess {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl PushProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "push did not stop on SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PushProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A receiver process printing one JSON line per request (or per event handled).
+struct Receiver {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    control: tempfile::NamedTempFile,
+    name: String,
+}
+
+impl Receiver {
+    /// An example receiver as it is, printing one line per event handled.
+    fn spawn_plain(name: &str, cmd: Command) -> Receiver {
+        Self::start(name, cmd, false)
+    }
+
+    fn start(name: &str, mut cmd: Command, with_control: bool) -> Receiver {
+        let control = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(control.path(), "{}").unwrap();
+        if with_control {
+            cmd.arg("--control").arg(control.path());
+        }
+        let mut child = cmd
+            .env("PUSH_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{name}: {e} (run scripts/test.sh: it installs the receivers' packages)")
+            });
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        Receiver {
+            child,
+            lines,
+            control,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The tests' receiver (examples/push/receiver.py with faults to turn on).
+    async fn faulty(name: &str, port: u16) -> Receiver {
+        let mut c = Command::new("python3");
+        c.arg(root().join("tests/interop/push_receiver.py")).args([
+            "--port",
+            &port.to_string(),
+            "--secret-env",
+            "PUSH_SECRET",
+        ]);
+        let r = Receiver::start(name, c, true);
+        r.wait_lines(
+            |l| l.iter().any(|v| v["listening"].is_number()),
+            "listening",
+        )
+        .await;
+        r
+    }
+
+    fn set(&self, control: Value) {
+        let tmp = self.control.path().with_extension("new");
+        std::fs::write(&tmp, control.to_string()).unwrap();
+        std::fs::rename(&tmp, self.control.path()).unwrap();
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Requests that were handled (first time for their webhook id).
+    fn handled(&self) -> Vec<Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["handled"] == true)
+            .collect()
+    }
+
+    async fn wait_lines(&self, done: impl Fn(&[Value]) -> bool, what: &str) {
+        self.wait_lines_or(done, what, String::new).await
+    }
+
+    /// The same, saying `context()` too when it does not happen.
+    /// (Async: the relay runs on the test's own runtime and must go on meanwhile.)
+    async fn wait_lines_or(
+        &self,
+        done: impl Fn(&[Value]) -> bool,
+        what: &str,
+        context: impl Fn() -> String,
+    ) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if done(&self.lines()) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {what} did not happen within 90 s; it saw:\n{:#?}\n{}",
+                self.name,
+                self.lines(),
+                context()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_handled(&self, n: usize) {
+        let lines = self.lines.clone();
+        eventually(
+            Duration::from_secs(90),
+            &format!("{} handled {n} events", self.name),
+            || {
+                let lines = lines.clone();
+                async move {
+                    lines
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|l| l["handled"] == true)
+                        .count()
+                        >= n
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every event handled once, each key's in the order they were emitted; every request for one
+/// event carried the same webhook id.
+fn assert_once_in_order(who: &str, lines: &[Value], emitted: &[(String, String)]) {
+    let handled: Vec<&Value> = lines.iter().filter(|l| l["handled"] == true).collect();
+    let seqs: Vec<String> = handled
+        .iter()
+        .map(|l| l["sequence"].as_str().unwrap().to_owned())
+        .collect();
+    let distinct: BTreeSet<&String> = seqs.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        seqs.len(),
+        "{who}: an event handled twice: {seqs:?}"
+    );
+    let want: BTreeSet<&String> = emitted.iter().map(|(_, s)| s).collect();
+    assert_eq!(distinct, want, "{who}: not every event, or one too many");
+    let key_of: BTreeMap<&String, &String> = emitted.iter().map(|(k, s)| (s, k)).collect();
+    let mut last: BTreeMap<&String, &String> = BTreeMap::new();
+    for s in &seqs {
+        let k = key_of[s];
+        if let Some(prev) = last.insert(k, s) {
+            assert!(prev < s, "{who}: key {k}: {s} handled after {prev}");
+        }
+    }
+    let mut ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["id"].is_string()) {
+        ids.entry(l["id"].as_str().unwrap())
+            .or_default()
+            .insert(l["webhook_id"].as_str().unwrap_or("-"));
+    }
+    for (id, w) in ids {
+        assert_eq!(w.len(), 1, "{who}: event {id} came with webhook ids {w:?}");
+    }
+}
+
+#[tokio::test]
+async fn official_receivers_verify_every_signature_decode_every_event_and_refuse_forgeries() {
+    let (py_port, js_port) = (free_port(), free_port());
+    let w = World::new(&[
+        ("workflow-py", system("workflow-py", py_port, "")),
+        (
+            "workflow-js",
+            system("workflow-js", js_port, "mode = \"structured\""),
+        ),
+    ])
+    .await;
+    // The receivers to copy, as they are: examples/push/receiver.{py,mjs}.
+    let mut py = Command::new("python3");
+    py.arg(root().join("examples/push/receiver.py")).args([
+        "--port",
+        &py_port.to_string(),
+        "--secret-env",
+        "PUSH_SECRET",
+    ]);
+    let mut js = Command::new("node");
+    js.arg(root().join("examples/push/receiver.mjs"))
+        .args([
+            "--port",
+            &js_port.to_string(),
+            "--secret-env",
+            "PUSH_SECRET",
+        ])
+        .current_dir(root().join("examples/push"));
+    let py = Receiver::spawn_plain("python receiver", py);
+    let js = Receiver::spawn_plain("javascript receiver", js);
+    let mut push = w.push();
+    let emitted = w.emit(20, 4, 0).await;
+    for r in [&py, &js] {
+        r.wait_lines_or(|l| l.len() >= 20, "20 events", || push.log())
+            .await;
+        let lines: Vec<Value> = r
+            .lines()
+            .into_iter()
+            .map(|mut l| {
+                l["handled"] = true.into();
+                l
+            })
+            .collect();
+        assert_once_in_order(&r.name, &lines, &emitted);
+        for l in &lines {
+            assert_eq!(l["type"], "io.mesevents.mes.processorder.statuschanged.v1");
+        }
+    }
+    assert!(push.terminate().success(), "{}", push.log());
+
+    // Forgeries, sent as an attacker would: each receiver refuses them all (401) and takes the
+    // genuine request it is shown beside them.
+    let event = {
+        use cloudevents::{EventBuilder, EventBuilderV10};
+        EventBuilderV10::new()
+            .id("forgery-test-1")
+            .source("/mes/test/bsl")
+            .ty("io.mesevents.mes.processorder.statuschanged.v1")
+            .subject("PO-X")
+            .extension("sequence", "00000000000000009999")
+            .data("application/json", json!({"orderId": "PO-X"}))
+            .build()
+            .unwrap()
+    };
+    let signer = mes_events::push::Signer::new(SECRET).unwrap();
+    let other = mes_events::push::Signer::new("whsec_b3RoZXItc2VjcmV0LW9mLTMyLWJ5dGVzLWxvbmchIQ==")
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let build = |signer: &mes_events::push::Signer, ts: i64, mode| {
+        mes_events::push::request::build(event.clone(), mode, &Default::default(), signer, ts)
+            .unwrap()
+    };
+    use mes_events::provision::decl::PushMode;
+    let http = reqwest::Client::new();
+    for (port, mode) in [(py_port, PushMode::Binary), (js_port, PushMode::Structured)] {
+        let send = |r: mes_events::push::request::Request| {
+            let mut b = http.post(format!("http://127.0.0.1:{port}/hooks/mes"));
+            for (k, v) in &r.headers {
+                b = b.header(k, v);
+            }
+            b.body(r.body).send()
+        };
+        let genuine = build(&signer, now, mode);
+        let mut tampered = genuine.clone();
+        tampered.body = bytes::Bytes::from(
+            String::from_utf8(genuine.body.to_vec())
+                .unwrap()
+                .replace("PO-X", "PO-Y"),
+        );
+        let old = build(&signer, now - 600, mode);
+        let wrong_key = build(&other, now, mode);
+        let mut unsigned = genuine.clone();
+        unsigned.headers.retain(|(k, _)| k != "webhook-signature");
+        for (what, r) in [
+            ("a tampered body", tampered),
+            ("a timestamp 10 minutes old", old),
+            ("another key", wrong_key),
+            ("no signature", unsigned),
+        ] {
+            let status = send(r).await.unwrap().status().as_u16();
+            assert_eq!(status, 401, "port {port}: {what} was not refused");
+        }
+        let status = send(genuine).await.unwrap().status().as_u16();
+        assert!((200..300).contains(&status), "port {port}: genuine refused");
+    }
+    for r in [&py, &js] {
+        r.wait_lines(|l| l.len() == 21, "the genuine request").await;
+        assert_eq!(r.lines()[20]["subject"], "PO-X", "{}", r.name);
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_refusing_failing_then_timing_out_gets_everything_in_order_while_another_flows()
+{
+    let (flaky_port, healthy_port) = (free_port(), free_port());
+    let retry = r#"retry = ["200ms", "400ms", "800ms"]
+after_last = "hold"
+timeout = "1s"
+pause_after = 3
+pause = "1s""#;
+    let w = World::new(&[
+        ("flaky", system("flaky", flaky_port, retry)),
+        ("healthy", system("healthy", healthy_port, retry)),
+    ])
+    .await;
+    let healthy = Receiver::faulty("healthy", healthy_port).await;
+    let mut push = w.push();
+    // Down (connection refused): the healthy endpoint takes everything meanwhile.
+    let mut emitted = w.emit(12, 4, 0).await;
+    healthy.wait_handled(12).await;
+    // Up, but failing.
+    let flaky = Receiver::faulty("flaky", flaky_port).await;
+    flaky.set(json!({"status": 500}));
+    flaky
+        .wait_lines(
+            |l| l.iter().filter(|v| v["status"] == 500).count() >= 3,
+            "500s answered",
+        )
+        .await;
+    emitted.extend(w.emit(12, 4, 12).await);
+    healthy.wait_handled(24).await;
+    // Answering too late: the push service times out and sends the same events again.
+    flaky.set(json!({"sleep": 2}));
+    flaky
+        .wait_lines(
+            |l| l.iter().filter(|v| v["status"] == 204).count() >= 2,
+            "late answers",
+        )
+        .await;
+    // Well again.
+    flaky.set(json!({}));
+    flaky.wait_handled(24).await;
+    assert_once_in_order("flaky", &flaky.lines(), &emitted);
+    assert_once_in_order("healthy", &healthy.lines(), &emitted);
+    let log = push.log();
+    assert!(
+        log.contains("endpoint paused after failures in a row"),
+        "{log}"
+    );
+    assert!(!log.contains(SECRET.trim_start_matches("whsec_")), "{log}");
+    assert!(push.terminate().success(), "{}", push.log());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_resend_delivers_it_once(
+) {
+    let port = free_port();
+    let w = World::new(&[(
+        "erp-hook",
+        system("erp-hook", port, r#"retry = ["100ms", "200ms"]"#),
+    )])
+    .await;
+    let r = Receiver::faulty("erp-hook", port).await;
+    let emitted = w.emit(8, 4, 0).await;
+    // PO-1's first event is refused by the receiver, whatever happens.
+    let (_, poison) = emitted[1].clone();
+    r.set(json!({"poison": [poison]}));
+    let mut push = w.push();
+    r.wait_handled(7).await;
+    let handled: Vec<String> = r
+        .handled()
+        .iter()
+        .map(|l| l["sequence"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!handled.contains(&poison), "{handled:?}");
+    // Its key went on after it: PO-1's second event was delivered.
+    assert!(handled.contains(&emitted[5].1), "{handled:?}");
+    let attempts = r
+        .lines()
+        .iter()
+        .filter(|l| l["sequence"] == poison.as_str())
+        .count();
+    assert_eq!(attempts, 3, "1 + the 2 retries");
+
+    // A dead letter, with the status and the receiver's words.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(args)
+            .env("MES_EVENTS_NATS__URL", w.env.nats.url())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let list = eventually_value(Duration::from_secs(10), "the dead letter", || async {
+        let o = cli(&["dead-letters", "list", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        let a = v.as_array()?.clone();
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let dl = &list[0];
+    assert_eq!(dl["consumer"], "erp-hook");
+    assert_eq!(dl["reason"], "terminated");
+    let why = dl["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("HTTP 400") && why.contains("unknown order") && why.contains("attempt 3 of 3"),
+        "{dl}"
+    );
+    let text = String::from_utf8_lossy(&cli(&["dead-letters", "list"]).stdout).into_owned();
+    assert!(text.contains("why: HTTP 400"), "{text}");
+
+    // Fixed receiver: resent, delivered once.
+    r.set(json!({}));
+    let id = dl["id"].as_u64().unwrap().to_string();
+    let o = cli(&["dead-letters", "resend", &id]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    r.wait_handled(8).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // nothing more may come
+    let all: Vec<Value> = r.handled();
+    assert_eq!(
+        all.iter()
+            .filter(|l| l["sequence"] == poison.as_str())
+            .count(),
+        1,
+        "{all:?}"
+    );
+    assert!(push.terminate().success(), "{}", push.log());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn push_killed_at_random_moments_loses_nothing_and_keeps_each_keys_order() {
+    use rand::Rng;
+    let port = free_port();
+    let w = World::new(&[("crashy", system("crashy", port, ""))]).await;
+    let r = Receiver::faulty("crashy", port).await;
+    // A receiver taking 100 ms per event, so that every kill lands with requests in flight.
+    r.set(json!({"sleep": 0.1}));
+    let mut emitted = w.emit(30, 6, 0).await;
+    let mut push = w.push();
+    let mut rng = rand::rng();
+    for round in 1..=5 {
+        let before = r.handled().len();
+        r.wait_handled(before + 1).await; // delivering
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..400))).await;
+        push.kill9();
+        // Newer events of the same keys, there at once for the next process, while the ones
+        // the killed process held come back only after ack_wait.
+        emitted.extend(w.emit(30, 6, round * 30).await);
+        push = w.push();
+    }
+    r.set(json!({}));
+    r.wait_handled(emitted.len()).await;
+    assert_once_in_order("crashy", &r.lines(), &emitted);
+    let again = r.lines().iter().filter(|l| l["handled"] == false).count();
+    eprintln!(
+        "{} events, {again} delivered again after a kill",
+        emitted.len()
+    );
+    assert!(push.terminate().success(), "{}", push.log());
+    w.stop().await;
+}
