@@ -34,12 +34,10 @@ use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use chrono::Utc;
 use futures::StreamExt;
 use mes_events::config::Config;
-use mes_events::demo::local_nats::LocalNats;
 use mes_events::event::catalog::Catalog;
 use mes_events::event::Row;
 use mes_events::event::{self, Profile};
 use mes_events::store::write;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 const ORDER: &str = "io.mesevents.mes.processorder.statuschanged.v1";
@@ -52,7 +50,8 @@ const ROUNDS: usize = 3;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+mod common;
+use common::{machine, Res, Servers};
 
 /// About 1 KiB of valid order-status data for `key`.
 fn data(key: &str) -> String {
@@ -83,32 +82,15 @@ async fn main() -> Res<()> {
             .with_writer(std::io::stderr)
             .init();
     }
-    let admin_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".into());
-    let nats = LocalNats::start("")?;
-    let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
-    tokio::spawn(conn);
-    let dbname = format!("mes_bench_{}", std::process::id());
-    admin
-        .batch_execute(&format!("create database {dbname}"))
-        .await?;
-    let result = run(&admin_url, &dbname, &nats).await;
-    admin
-        .batch_execute(&format!("drop database if exists {dbname} with (force)"))
-        .await?;
+    let servers = Servers::start("mes_bench").await?;
+    let result = run(&servers).await;
+    servers.stop().await?;
     result
 }
 
-async fn run(admin_url: &str, dbname: &str, nats: &LocalNats) -> Res<()> {
-    let mut pg: tokio_postgres::Config = admin_url.parse()?;
-    pg.dbname(dbname);
-    let db_url = format!(
-        "host=127.0.0.1 port={} user={} dbname={dbname}",
-        pg.get_ports().first().copied().unwrap_or(5432),
-        pg.get_user().unwrap_or("postgres")
-    );
-    let mut session = mes_events::store::session::connect(&db_url, "bench").await?;
-    mes_events::store::migrate::migrate(&mut session.client).await?;
+async fn run(servers: &Servers) -> Res<()> {
+    let (nats, db_url) = (&servers.nats, servers.db_url.clone());
+    let session = servers.migrated().await?;
     let db = &session.client;
 
     let mut cfg = Config::default();
@@ -801,31 +783,6 @@ fn unsafe_sigterm(pid: u32) {
         .arg("-TERM")
         .arg(pid.to_string())
         .status();
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<u64>().ok())
-        })
-        .map_or("?".into(), |k| format!("{} GiB", k / 1024 / 1024));
-    format!("{cores} cores ({cpu}), {mem}, nats-server and PostgreSQL on the same machine")
 }
 
 fn table(r: &serde_json::Map<String, serde_json::Value>) -> String {

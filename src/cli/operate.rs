@@ -66,7 +66,8 @@ pub async fn push(cfg: &Config, args: PushArgs) -> anyhow::Result<u8> {
         ))
     })?;
     let credentials = args.credentials.or_else(|| cfg.push.credentials.clone());
-    let targets = mes_events::push::targets(&decl, &shutdown.token).map_err(|e| {
+    let liveness = mes_events::push::liveness_for(&decl);
+    let targets = mes_events::push::targets(&decl, &liveness, &shutdown.token).map_err(|e| {
         exit::Usage(format!(
             "{e}
 nothing was sent (declaration {})",
@@ -96,7 +97,14 @@ nothing was sent (declaration {})",
         systems = ?targets.iter().map(|t| t.endpoint.system.as_str()).collect::<Vec<_>>(),
         "mes-events push starting"
     );
-    mes_events::push::run(cfg, targets, credentials.as_deref(), shutdown.token.clone()).await?;
+    mes_events::push::run(
+        cfg,
+        targets,
+        liveness,
+        credentials.as_deref(),
+        shutdown.token.clone(),
+    )
+    .await?;
     Ok(exit::OK)
 }
 

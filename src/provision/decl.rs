@@ -78,6 +78,11 @@ pub struct PushDecl {
     /// default 30 s.
     #[serde(default, with = "humantime_serde::option")]
     pub pause: Option<Duration>,
+    /// Several `mes-events push` may run: one delivers, the others stand by. A standby takes
+    /// over this long after the active one stops pulling (killed, frozen, cut off); default
+    /// 3 s.
+    #[serde(default, with = "humantime_serde::option")]
+    pub takeover: Option<Duration>,
     /// Extra headers on every request (not secrets: the declaration is not a secret store).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -91,7 +96,13 @@ impl PushDecl {
     /// A pushed system's consumer's `ack_wait` unless declared: an event in the hands of a
     /// push service that died comes back this soon (a running attempt is kept in progress
     /// however long it takes).
-    pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(4);
+    /// The priority group every push instance pulls in.
+    pub const GROUP: &'static str = "push";
+
+    pub fn takeover(&self) -> Duration {
+        self.takeover.unwrap_or(Duration::from_secs(3))
+    }
 
     pub fn pause_after(&self) -> u32 {
         self.pause_after.as_ref().map_or(10, |p| *p.get_ref())
@@ -236,6 +247,10 @@ pub struct ConsumerDecl {
     pub backoff: Option<Vec<Dur>>,
     pub max_ack_pending: Option<i64>,
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Set by loading, for a pushed system's consumer: one puller at a time (a priority group
+    /// with a pinned client), the pin moving after this long without a pull.
+    #[serde(skip)]
+    pub pinned: Option<Duration>,
 }
 
 /// A duration written like `30s`, `2m`, `7d`.

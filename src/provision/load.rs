@@ -360,6 +360,7 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
                 if c.ack_wait.is_none() {
                     c.ack_wait = Some(PushDecl::DEFAULT_ACK_WAIT);
                 }
+                c.pinned = Some(p.takeover());
                 if c.backoff.is_some() {
                     errors.push(err(src, c.stream.span(), key("backoff"), "this system is pushed to: [push] retry sets the delays between attempts; drop backoff".into()));
                 }
@@ -444,6 +445,16 @@ fn check_push(src: &Source, p: &PushDecl, has_consumer: bool) -> Vec<DeclError> 
             p.url.span(),
             "pause",
             "pause must be above zero, e.g. \"30s\"".into(),
+        );
+    }
+    if p.takeover
+        .is_some_and(|t| t < std::time::Duration::from_secs(1))
+    {
+        e(
+            p.url.span(),
+            "takeover",
+            "takeover must be 1s or more (the server's pin timeout; pulls expire at half of it)"
+                .into(),
         );
     }
     if p.timeout.is_some_and(|t| t.is_zero()) {

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, stream};
 
-use super::decl::{Compression, ConsumerDecl, Deliver, Discard, Retention, Storage, StreamDecl};
+use super::decl::{
+    Compression, ConsumerDecl, Deliver, Discard, PushDecl, Retention, Storage, StreamDecl,
+};
 use crate::event::subject::REDELIVER_PREFIX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -442,6 +444,30 @@ pub fn consumer_changes(name: &str, d: &ConsumerDecl, live: &consumer::Config) -
         meta(&live_meta(&live.metadata)),
         true,
     );
+    // A pushed system's: one pinned puller at a time.
+    if let Some(t) = d.pinned {
+        cmp(
+            "priority_policy",
+            Some("pinned_client".into()),
+            serde_json::to_value(&live.priority_policy)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            true,
+        );
+        cmp(
+            "priority_groups",
+            Some(list(&[PushDecl::GROUP.to_owned()])),
+            list(&live.priority_groups),
+            true,
+        );
+        cmp(
+            "priority_timeout",
+            Some(dur(t)),
+            dur(live.priority_timeout),
+            true,
+        );
+    }
     out
 }
 
@@ -523,6 +549,11 @@ pub fn consumer_config(name: &str, d: &ConsumerDecl, mut c: consumer::Config) ->
     }
     if let Some(m) = &d.metadata {
         c.metadata = declared_metadata(m, &c.metadata);
+    }
+    if let Some(t) = d.pinned {
+        c.priority_policy = consumer::PriorityPolicy::PinnedClient;
+        c.priority_groups = vec![PushDecl::GROUP.to_owned()];
+        c.priority_timeout = t;
     }
     c
 }

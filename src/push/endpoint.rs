@@ -51,6 +51,7 @@ pub struct Endpoint {
     schedule: Vec<Duration>,
     max_deliver: i64,
     state: Mutex<State>,
+    liveness: std::sync::Arc<super::Liveness>,
     shutdown: CancellationToken,
 }
 
@@ -59,13 +60,20 @@ impl Endpoint {
         system: &str,
         decl: PushDecl,
         signer: Signer,
+        liveness: std::sync::Arc<super::Liveness>,
         shutdown: CancellationToken,
     ) -> Result<Endpoint, String> {
         let client = reqwest::Client::builder()
             .timeout(decl.timeout())
             .connect_timeout(decl.timeout().min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
-            .user_agent(concat!("mes-events/", env!("CARGO_PKG_VERSION")))
+            // Which instance sent it, for the receiver's logs.
+            .user_agent(format!(
+                "mes-events/{} push {}:{}",
+                env!("CARGO_PKG_VERSION"),
+                crate::host::name(),
+                std::process::id()
+            ))
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Endpoint {
@@ -78,6 +86,7 @@ impl Endpoint {
             signer,
             decl,
             state: Mutex::new(State::default()),
+            liveness,
             shutdown,
         })
     }
@@ -99,7 +108,7 @@ impl Endpoint {
     /// One event: waits while the endpoint is paused, sends it, and says what to do with it.
     pub async fn deliver(&self, d: Delivery) -> Outcome {
         loop {
-            if !self.wait_turn().await {
+            if !self.wait_turn().await || !self.liveness.fresh() {
                 // Stopping while waiting for the endpoint: hand the event back untried.
                 return Outcome::Retry(Duration::ZERO);
             }
@@ -114,6 +123,11 @@ impl Endpoint {
                 Ok(r) => r,
                 Err(e) => return Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
             };
+            // Right before sending: a process that was just frozen may have lost its pin and
+            // another instance may deliver this key now; it sends nothing more of what it held.
+            if !self.liveness.fresh() {
+                return Outcome::Retry(Duration::ZERO);
+            }
             let verdict = self.send(req).await;
             match verdict {
                 Verdict::Delivered => {

@@ -14,13 +14,22 @@
 //!
 //! Each system's consumer is read with that system's own identity (`push.credentials`): the
 //! push service holds no permission the system would not have.
+//!
+//! Several instances may run: each consumer is a priority group with a pinned client, so the
+//! server delivers to one instance at a time and moves the pin to a standby one `takeover`
+//! after the active one stops pulling. An instance that was pinned anew gathers for ack_wait
+//! and a second more first (the events the old one held come back then), so each key goes out
+//! in order.
+//! An instance that was frozen (SIGSTOP, a stalled VM) longer than half of `takeover` may have
+//! lost its pin while it held events: it sends nothing more of what it held ([`Liveness`] is
+//! checked right before every request) and starts its runs afresh.
 
 pub mod endpoint;
 pub mod request;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -43,11 +52,65 @@ pub enum PushError {
     Nats(#[from] crate::nats::ConnectError),
 }
 
+/// Whether this process has been running all along: a ticker notes the time every 100 ms; a
+/// gap longer than `limit` means the process was frozen (SIGSTOP, a stalled VM, a long GC of
+/// the host) and may have lost its pins meanwhile.
+#[derive(Debug)]
+pub struct Liveness {
+    last: Mutex<Instant>,
+    limit: Duration,
+    frozen: tokio::sync::watch::Sender<u64>,
+}
+
+impl Liveness {
+    pub fn new(limit: Duration) -> Arc<Liveness> {
+        Arc::new(Liveness {
+            last: Mutex::new(Instant::now()),
+            limit,
+            frozen: tokio::sync::watch::channel(0).0,
+        })
+    }
+
+    /// False when the ticker has not run for longer than the limit: right after a freeze,
+    /// before the ticker itself has run again.
+    pub fn fresh(&self) -> bool {
+        self.last.lock().unwrap().elapsed() <= self.limit
+    }
+
+    /// How many freezes so far (watch it to start afresh after one).
+    pub fn freezes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.frozen.subscribe()
+    }
+
+    /// Ticks until `shutdown`.
+    pub async fn tick(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let gap = {
+                let mut last = self.last.lock().unwrap();
+                let gap = last.elapsed();
+                *last = Instant::now();
+                gap
+            };
+            if gap > self.limit {
+                tracing::warn!(frozen = %humantime::format_duration(Duration::from_millis(gap.as_millis() as u64)),
+                    "this process did not run for a while: another instance may deliver now; it lets go of the events it held and pulls afresh");
+                self.frozen.send_modify(|n| *n += 1);
+            }
+        }
+    }
+}
+
 /// A system to push to: its endpoint and the consumers it is delivered from.
 pub struct Target {
     pub endpoint: Arc<Endpoint>,
-    /// (stream, durable name, what the declaration says of redelivery)
-    pub consumers: Vec<(String, String, Declared)>,
+    /// (stream, durable name, what the declaration says of redelivery, the pin's timeout)
+    pub consumers: Vec<(String, String, Declared, Duration)>,
 }
 
 /// The signing secret of a system, from its file or environment variable. The error names
@@ -83,7 +146,11 @@ pub fn secret(system: &str, p: &PushDecl) -> Result<Signer, String> {
 
 /// Every pushed system of the declaration, ready: secrets read and checked, HTTP clients
 /// built. Every problem at once.
-pub fn targets(d: &Declaration, shutdown: &CancellationToken) -> Result<Vec<Target>, PushError> {
+pub fn targets(
+    d: &Declaration,
+    liveness: &Arc<Liveness>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Target>, PushError> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for sys in &d.systems {
@@ -96,13 +163,14 @@ pub fn targets(d: &Declaration, shutdown: &CancellationToken) -> Result<Vec<Targ
                 continue;
             }
         };
-        let endpoint = match Endpoint::new(name, p.clone(), signer, shutdown.clone()) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(format!("system {name}: {e}"));
-                continue;
-            }
-        };
+        let endpoint =
+            match Endpoint::new(name, p.clone(), signer, liveness.clone(), shutdown.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    problems.push(format!("system {name}: {e}"));
+                    continue;
+                }
+            };
         let consumers = sys
             .consumers
             .iter()
@@ -114,6 +182,7 @@ pub fn targets(d: &Declaration, shutdown: &CancellationToken) -> Result<Vec<Targ
                         max_deliver: c.max_deliver.unwrap_or(-1),
                         ack_wait: c.ack_wait.unwrap_or(PushDecl::DEFAULT_ACK_WAIT),
                     },
+                    c.pinned.unwrap_or(p.takeover()),
                 )
             })
             .collect();
@@ -138,9 +207,11 @@ pub fn targets(d: &Declaration, shutdown: &CancellationToken) -> Result<Vec<Targ
 pub async fn run(
     cfg: &Config,
     targets: Vec<Target>,
+    liveness: Arc<Liveness>,
     credentials: Option<&Path>,
     shutdown: CancellationToken,
 ) -> Result<(), PushError> {
+    let ticker = tokio::spawn(liveness.clone().tick(shutdown.clone()));
     let mut tasks = JoinSet::new();
     for t in targets {
         let system = t.endpoint.system.clone();
@@ -153,27 +224,77 @@ pub async fn run(
         let client =
             crate::nats::connect(&nats, &format!("mes-events push {system}"), true).await?;
         let js = crate::nats::jetstream(client, &nats, 256);
-        for (stream, durable, declared) in t.consumers {
+        for (stream, durable, declared, takeover) in t.consumers {
             let opts = Options {
                 concurrency: t.endpoint.concurrency(),
                 batch: t.endpoint.concurrency().max(16) * 4,
-                // Events a push service that died had in hand come back after ack_wait:
-                // gather until then, so each key's go out in order.
+                // Events a push instance that died or froze had in hand come back after
+                // ack_wait: gather until then, each time this one is pinned.
                 settle: declared.ack_wait + Duration::from_secs(1),
+                group: Some(PushDecl::GROUP.to_owned()),
+                // Pull requests expire at half the pin's timeout (heartbeat × 3).
+                heartbeat: (takeover / 6).max(Duration::from_millis(100)),
+                alive: Some(consume::Alive({
+                    let l = liveness.clone();
+                    Arc::new(move || l.fresh())
+                })),
                 declared: Some(declared),
-                ..Options::default()
             };
             let endpoint = t.endpoint.clone();
             let (js, shutdown) = (js.clone(), shutdown.clone());
+            let mut freezes = liveness.freezes();
             info!(%system, %stream, consumer = %durable, "pushing");
             let system = system.clone();
             tasks.spawn(async move {
-                let handler = move |d: consume::Delivery| {
+                let mut stats = consume::Stats::default();
+                loop {
+                    // One run, until stopping or a freeze: then what it held is let go.
+                    let run = shutdown.child_token();
+                    let watch = {
+                        let run = run.clone();
+                        async move {
+                            tokio::select! {
+                                _ = freezes.changed() => run.cancel(),
+                                _ = run.cancelled() => {}
+                            }
+                            freezes
+                        }
+                    };
                     let endpoint = endpoint.clone();
-                    async move { endpoint.deliver(d).await }
-                };
-                let done = consume::run(&js, &stream, &durable, opts, handler, shutdown).await;
-                (system, stream, durable, done)
+                    let handler = move |d: consume::Delivery| {
+                        let endpoint = endpoint.clone();
+                        async move { endpoint.deliver(d).await }
+                    };
+                    let (done, back) = tokio::join!(
+                        async {
+                            let done = consume::run(
+                                &js,
+                                &stream,
+                                &durable,
+                                opts.clone(),
+                                handler,
+                                run.clone(),
+                            )
+                            .await;
+                            run.cancel();
+                            done
+                        },
+                        watch
+                    );
+                    freezes = back;
+                    match done {
+                        Ok(s) => {
+                            stats.handled += s.handled;
+                            stats.retried += s.retried;
+                            stats.poisoned += s.poisoned;
+                            stats.dead += s.dead;
+                        }
+                        Err(e) => return (system, stream, durable, Err(e)),
+                    }
+                    if shutdown.is_cancelled() {
+                        return (system, stream, durable, Ok(stats));
+                    }
+                }
             });
         }
     }
@@ -188,5 +309,19 @@ pub async fn run(
             Err(e) => error!(error = %e, "a push task failed"),
         }
     }
+    let _ = ticker.await;
     Ok(())
+}
+
+/// The liveness check for the declaration's pushed systems: frozen means longer than half the
+/// shortest `takeover` (a pin is lost after a whole one without pulls).
+pub fn liveness_for(d: &Declaration) -> Arc<Liveness> {
+    let takeover = d
+        .systems
+        .iter()
+        .filter_map(|s| s.push.as_ref())
+        .map(PushDecl::takeover)
+        .min()
+        .unwrap_or(Duration::from_secs(3));
+    Liveness::new(takeover / 2)
 }

@@ -60,11 +60,31 @@ pub struct Options {
     /// for a little more than `ack_wait` puts each key's events back in stream order before any
     /// is handled. Zero: handle at once (a first run, or order across a crash does not matter).
     pub settle: Duration,
+    /// The priority group to pull in, for a consumer whose policy is a pinned client: the
+    /// server delivers to one puller of the group at a time and moves the pin to another after
+    /// `priority_timeout` without pulls. Every time this run is pinned anew it settles again
+    /// (it takes over from a puller that died or froze). Pull requests then expire well within
+    /// the pin's timeout: `heartbeat` × 3.
+    pub group: Option<String>,
+    /// Asked before keeping events in progress: false when this process may have lost its pin
+    /// (it was frozen), so that what it held goes back to the server after ack_wait and not
+    /// later. Unset: always.
+    pub alive: Option<Alive>,
     /// The consumer's `max_deliver` and `ack_wait` as declared, for an identity that may not read
     /// the consumer's info (a system in its own account, as `provision credentials` sets them
     /// up): then the consumer is bound by name without a lookup. `None`: read them from the
     /// server.
     pub declared: Option<Declared>,
+}
+
+/// Whether the process is still fit to hold events (see [`Options::alive`]).
+#[derive(Clone)]
+pub struct Alive(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Alive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Alive(…)")
+    }
 }
 
 /// What a consumer's declaration says about redelivery.
@@ -82,6 +102,8 @@ impl Default for Options {
             concurrency: 16,
             heartbeat: Duration::from_secs(5),
             settle: Duration::ZERO,
+            group: None,
+            alive: None,
             declared: None,
         }
     }
@@ -150,10 +172,25 @@ struct Held {
 /// pull requests that never deliver. (nats.go `nats.Bind`, nats-py `pull_subscribe_bind`,
 /// nats.js `consumers.getConsumerFromInfo`, NATS.Net `new NatsJSConsumer(js, info)`.)
 pub fn bind_by_name(js: &Context, stream: &str, consumer: &str) -> PullConsumer {
-    let config = jetstream::consumer::pull::Config {
+    bind_in_group(js, stream, consumer, None)
+}
+
+/// The same, for a consumer with a pinned-client priority group (the client library tracks the
+/// pin only when it knows the policy).
+pub fn bind_in_group(
+    js: &Context,
+    stream: &str,
+    consumer: &str,
+    group: Option<&str>,
+) -> PullConsumer {
+    let mut config = jetstream::consumer::pull::Config {
         durable_name: Some(consumer.to_owned()),
         ..Default::default()
     };
+    if let Some(g) = group {
+        config.priority_policy = jetstream::consumer::PriorityPolicy::PinnedClient;
+        config.priority_groups = vec![g.to_owned()];
+    }
     let info: jetstream::consumer::Info = serde_json::from_value(serde_json::json!({
         "stream_name": stream,
         "name": consumer,
@@ -190,7 +227,7 @@ where
     };
     let (c, max_deliver, ack_wait) = match opts.declared {
         Some(d) => (
-            bind_by_name(js, stream, consumer),
+            bind_in_group(js, stream, consumer, opts.group.as_deref()),
             d.max_deliver,
             d.ack_wait,
         ),
@@ -205,22 +242,25 @@ where
         }
     };
     let ack_wait = ack_wait.max(Duration::from_secs(1));
-    let mut messages = c
+    let builder = c
         .stream()
         .max_messages_per_batch(opts.batch)
-        .heartbeat(opts.heartbeat)
-        .expires(opts.heartbeat * 6)
-        .messages()
-        .await
-        .map_err(|e| bind(e.to_string()))?;
+        .heartbeat(opts.heartbeat);
+    let builder = match &opts.group {
+        Some(g) => builder.expires(opts.heartbeat * 3).group(g.clone()),
+        None => builder.expires(opts.heartbeat * 6),
+    };
+    let mut messages = builder.messages().await.map_err(|e| bind(e.to_string()))?;
 
     let mut keys: HashMap<String, Key> = HashMap::new();
     let mut tasks: JoinSet<(Held, Outcome)> = JoinSet::new();
     let mut stats = Stats::default();
     let mut progress = tokio::time::interval(ack_wait / 2);
     progress.tick().await;
-    let settled_at = tokio::time::Instant::now() + opts.settle;
-    let mut settled = opts.settle.is_zero();
+    // Pinned in a group: settle from each new pin (this run takes over), not from the start.
+    let mut settled_at = tokio::time::Instant::now() + opts.settle;
+    let mut settled = opts.settle.is_zero() || opts.group.is_some();
+    let mut pin: Option<String> = None;
 
     loop {
         tokio::select! {
@@ -235,6 +275,19 @@ where
                     }
                     None => break,
                 };
+                if opts.group.is_some() && !opts.settle.is_zero() {
+                    let now_pinned = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get_last(async_nats::header::NATS_PIN_ID))
+                        .map(|v| v.as_str().to_owned());
+                    if now_pinned.is_some() && now_pinned != pin {
+                        debug!(pin = ?now_pinned, "pinned: this run delivers now; gathering first");
+                        pin = now_pinned;
+                        settled = false;
+                        settled_at = tokio::time::Instant::now() + opts.settle;
+                    }
+                }
                 let Some(held) = receive(msg).await else { continue };
                 let k = keys.entry(held.delivery.key.clone()).or_default();
                 let seq = held.delivery.stream_seq;
@@ -303,7 +356,10 @@ where
             }
             _ = progress.tick() => {
                 // Held events wait on their key, running ones on their handler: keep them from
-                // being redelivered meanwhile.
+                // being redelivered meanwhile (not after a freeze: they may be someone else's).
+                if opts.alive.as_ref().is_some_and(|a| !(a.0)()) {
+                    continue;
+                }
                 let client = js.client();
                 for k in keys.values() {
                     for h in &k.queue {

@@ -53,7 +53,8 @@ def main() -> None:
         if c.get("sleep"):
             time.sleep(c["sleep"])
         line = {"webhook_id": headers.get("webhook-id"), "id": headers.get("ce-id"),
-                "subject": headers.get("ce-subject"), "sequence": headers.get("ce-sequence")}
+                "subject": headers.get("ce-subject"), "sequence": headers.get("ce-sequence"),
+                "sender": headers.get("user-agent"), "at": time.time()}
         try:
             receiver.webhook.verify(body, headers, json_parse=False)
         except Exception:
