@@ -1,4 +1,4 @@
-//! What the relay tells Prometheus, and how healthy it says it is.
+//! What the relay and the push service tell Prometheus, and how healthy they say they are.
 //!
 //! Owns the process's metrics (one registry, as a process has one `/metrics`): names and units
 //! follow Prometheus conventions (`mes_events_` prefix, `_total` counters, base units, labels of
@@ -35,6 +35,22 @@ pub struct Published {
 pub struct Kind {
     pub kind: String,
 }
+
+/// A pushed system (its endpoint).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct System {
+    pub system: String,
+}
+
+/// A failed attempt: the system, and the class of failure (`4xx`, `5xx`, `timeout`,
+/// `connect`, `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushFailure {
+    pub system: String,
+    pub class: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -77,6 +93,22 @@ pub struct Metrics {
     pub postgres_up: Gauge,
     /// Times the relay lost its PostgreSQL session and connected again.
     pub postgres_reconnects: Counter,
+    /// Push: events delivered (2xx), by system.
+    pub push_delivered: Family<System, Counter>,
+    /// Push: failed attempts, by system and class of failure.
+    pub push_failed: Family<PushFailure, Counter>,
+    /// Push: events sent again later after a failed attempt.
+    pub push_retries: Family<System, Counter>,
+    /// Push: events given up on after their last attempt (dead letters).
+    pub push_dead_letters: Family<System, Counter>,
+    /// Push: times the endpoint asked to wait (429, 503 with Retry-After).
+    pub push_throttled: Family<System, Counter>,
+    /// Push: request to answer.
+    pub push_request_seconds: HistogramFamily<System>,
+    /// Push: 1 while the endpoint is paused (failures in a row, or it asked to wait).
+    pub push_paused: Family<System, Gauge>,
+    /// Push: age of the oldest event being delivered or retried (0 when none).
+    pub push_oldest_undelivered_seconds: Family<System, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -102,6 +134,17 @@ impl Metrics {
             nats_reconnects: Counter::default(),
             postgres_up: Gauge::default(),
             postgres_reconnects: Counter::default(),
+            push_delivered: Family::default(),
+            push_failed: Family::default(),
+            push_retries: Family::default(),
+            push_dead_letters: Family::default(),
+            push_throttled: Family::default(),
+            // 1 ms to about 65 s.
+            push_request_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 17))
+            }),
+            push_paused: Family::default(),
+            push_oldest_undelivered_seconds: Family::default(),
         };
         let r = registry;
         r.register(
@@ -200,6 +243,48 @@ impl Metrics {
             "postgres_reconnects",
             "Times the relay connected to PostgreSQL again",
             m.postgres_reconnects.clone(),
+        );
+        r.register(
+            "push_delivered",
+            "Push: events delivered (2xx)",
+            m.push_delivered.clone(),
+        );
+        r.register(
+            "push_failed",
+            "Push: failed attempts, by class (4xx, 5xx, timeout, connect, other)",
+            m.push_failed.clone(),
+        );
+        r.register(
+            "push_retries",
+            "Push: events sent again later after a failed attempt",
+            m.push_retries.clone(),
+        );
+        r.register(
+            "push_dead_letters",
+            "Push: events given up on after their last attempt",
+            m.push_dead_letters.clone(),
+        );
+        r.register(
+            "push_throttled",
+            "Push: times the endpoint asked to wait (429, 503 with Retry-After)",
+            m.push_throttled.clone(),
+        );
+        r.register_with_unit(
+            "push_request",
+            "Push: from request to answer",
+            Unit::Seconds,
+            m.push_request_seconds.clone(),
+        );
+        r.register(
+            "push_endpoint_paused",
+            "Push: 1 while the endpoint is paused",
+            m.push_paused.clone(),
+        );
+        r.register_with_unit(
+            "push_oldest_undelivered_age",
+            "Push: age of the oldest event being delivered or retried",
+            Unit::Seconds,
+            m.push_oldest_undelivered_seconds.clone(),
         );
         m
     }

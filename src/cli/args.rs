@@ -96,13 +96,31 @@ pub enum CatalogCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct PushArgs {
+    #[command(subcommand)]
+    pub command: Option<PushCommand>,
     #[command(flatten)]
     pub decl: DeclArgs,
     /// Folder of the identities' seeds (`provision credentials --out`): each system's consumer
     /// is read with its own seed; default: push.credentials (MES_EVENTS_PUSH__CREDENTIALS).
     #[arg(long, value_name = "DIR")]
     pub credentials: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PushCommand {
+    /// Per pushed system: events waiting, in flight or in retry, whether an instance delivers
+    /// (and since when), the last delivery and ack, dead letters and why the last one failed.
+    /// Exit 0 when all is well, 1 when not (a consumer missing, or events waiting with nobody
+    /// delivering).
+    Status {
+        #[command(flatten)]
+        decl: DeclArgs,
+        /// One JSON array instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mes_events::config::{Config, LogFormat};
 
-use args::{Cli, Command, RelayCommand};
+use args::{Cli, Command, PushCommand, RelayCommand};
 
 /// Parses arguments, sets up logging, loads configuration, runs the command, and turns what
 /// happened into an exit code.
@@ -92,7 +92,12 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
             Some(RelayCommand::Status { json }) => operate::status(&cfg, json).await,
         },
         Command::Ready => operate::ready(&cfg).await,
-        Command::Push(args) => operate::push(&cfg, args).await,
+        Command::Push(args) => match args.command {
+            None => operate::push(&cfg, args).await,
+            Some(PushCommand::Status { decl, json }) => {
+                operate::push_status(&cfg, decl, json).await
+            }
+        },
         Command::Demo(args) => operate::demo(&cfg, args).await,
         Command::Catalog(cmd) => catalog::run(&cfg, cmd),
     }

@@ -6,7 +6,7 @@
 use mes_events::config::Config;
 use mes_events::{demo, nats, relay};
 
-use super::args::{DemoArgs, PushArgs};
+use super::args::{DeclArgs, DemoArgs, PushArgs};
 use super::exit;
 use super::signal::Shutdown;
 
@@ -33,14 +33,7 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
         mes_events::host::name(),
         std::process::id()
     );
-    let _http = match &cfg.http.address {
-        Some(address) => Some(tokio_util::task::AbortOnDropHandle::new(
-            mes_events::http::serve(address, shutdown.token.clone())
-                .await
-                .map_err(|e| exit::Usage(format!("{e}: {}", e.source)))?,
-        )),
-        None => None,
-    };
+    let _http = serve_http(cfg, &shutdown).await?;
     let client = nats::connect(&cfg.nats, &name, true).await?;
     let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     relay::run(cfg, js, shutdown.token.clone()).await?;
@@ -52,19 +45,7 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
 pub async fn push(cfg: &Config, args: PushArgs) -> anyhow::Result<u8> {
     let shutdown = Shutdown::on_signal();
     let dir = args.decl.dir.unwrap_or_else(|| cfg.provision.dir.clone());
-    let decl = mes_events::provision::load_dir(&dir).map_err(|errors| {
-        exit::Usage(format!(
-            "{}
-{} problem(s) in the declaration under {}; nothing was sent",
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\nerror: "),
-            errors.len(),
-            dir.display()
-        ))
-    })?;
+    let decl = declaration(&dir)?;
     let credentials = args.credentials.or_else(|| cfg.push.credentials.clone());
     let liveness = mes_events::push::liveness_for(&decl);
     let targets = mes_events::push::targets(&decl, &liveness, &shutdown.token).map_err(|e| {
@@ -90,6 +71,8 @@ nothing was sent (declaration {})",
             .into());
         }
     }
+    // The same endpoint as the relay's (`http.address`): /metrics, /healthz, /readyz.
+    let _http = serve_http(cfg, &shutdown).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         nats = %nats::redact(&cfg.nats.url),
@@ -106,6 +89,55 @@ nothing was sent (declaration {})",
     )
     .await?;
     Ok(exit::OK)
+}
+
+/// `push status`: 0 when all is well, 1 when not.
+pub async fn push_status(cfg: &Config, decl: DeclArgs, json: bool) -> anyhow::Result<u8> {
+    let dir = decl.dir.unwrap_or_else(|| cfg.provision.dir.clone());
+    let d = declaration(&dir)?;
+    let client = nats::connect(&cfg.nats, "mes-events push status", false).await?;
+    let js = nats::jetstream(client, &cfg.nats, 256);
+    let rows = mes_events::push::status::gather(&js, &d)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    super::output::push_status(&rows, json)?;
+    Ok(if rows.iter().any(|r| r.problem().is_some()) {
+        exit::FAILURE
+    } else {
+        exit::OK
+    })
+}
+
+/// The process's `/metrics`, `/healthz` and `/readyz` when `http.address` is set (a taken
+/// address is a usage error, at start).
+async fn serve_http(
+    cfg: &Config,
+    shutdown: &Shutdown,
+) -> Result<Option<tokio_util::task::AbortOnDropHandle<()>>, exit::Usage> {
+    match &cfg.http.address {
+        Some(address) => Ok(Some(tokio_util::task::AbortOnDropHandle::new(
+            mes_events::http::serve(address, shutdown.token.clone())
+                .await
+                .map_err(|e| exit::Usage(format!("{e}: {}", e.source)))?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// The declaration under `dir`, or every problem in it (exit 2), nothing sent.
+fn declaration(dir: &std::path::Path) -> Result<mes_events::provision::Declaration, exit::Usage> {
+    mes_events::provision::load_dir(dir).map_err(|errors| {
+        exit::Usage(format!(
+            "{}\n{} problem(s) in the declaration under {}; nothing was sent",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\nerror: "),
+            errors.len(),
+            dir.display()
+        ))
+    })
 }
 
 /// `relay status`: 0 when healthy, 1 when not.

@@ -112,6 +112,58 @@ pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `push status`: one line per pushed consumer, then what is wrong.
+pub fn push_status(rows: &[mes_events::push::status::Row], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no system in the declaration has a [push] table");
+        return Ok(());
+    }
+    for r in rows {
+        println!(
+            "{} -> {}  ({}/{})",
+            r.system, r.endpoint, r.stream, r.consumer
+        );
+        match &r.state {
+            None => println!("  consumer missing"),
+            Some(s) => {
+                println!(
+                    "  waiting {}, in flight or in retry {}, handed out again {}",
+                    s.waiting, s.in_flight, s.redelivered
+                );
+                println!(
+                    "  delivering: {}",
+                    match s.pinned_since {
+                        Some(t) => format!("an instance, since {}", when(Some(t))),
+                        None => "no instance pulls".into(),
+                    }
+                );
+                println!("  last delivered {}", when(s.last_delivered));
+                println!("  last acked     {}", when(s.last_acked));
+                println!(
+                    "  dead letters   {}{}",
+                    s.dead_letters,
+                    s.last_dead_letter
+                        .as_ref()
+                        .map_or(String::new(), |w| format!(" (last: {w})"))
+                );
+            }
+        }
+    }
+    let problems: Vec<String> = rows.iter().filter_map(|r| r.problem()).collect();
+    if problems.is_empty() {
+        println!("all well");
+    } else {
+        for p in problems {
+            println!("problem: {p}");
+        }
+    }
+    Ok(())
+}
+
 /// A time as RFC 3339 (UTC, seconds) with how long ago.
 fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     match t {

@@ -2,9 +2,11 @@
 //!
 //! Creates a database of its own on the configured PostgreSQL, starts a nats-server from PATH on
 //! a free port (unless a NATS URL is given), provisions the shipped declaration (nats/), runs the
-//! relay, a plant simulator writing through `mes_events.emit` in real transactions, and three
-//! external systems with the consumer library: a slow ERP, a fast line dashboard, and a quality
-//! system that disconnects for a while and catches up. Shows it live; at the end checks that
+//! relay, a plant simulator writing through `mes_events.emit` in real transactions, three
+//! external systems with the consumer library (a slow ERP, a fast line dashboard, and a quality
+//! system that disconnects for a while and catches up) and a workflow app that takes HTTP only,
+//! pushed to by the push service, whose endpoint fails for a while ([`webhook`]). Shows it
+//! live; at the end checks that
 //! every consumer received everything published for it. Removes everything it created on exit
 //! unless asked to keep it.
 //!
@@ -15,6 +17,7 @@
 //!
 //! Owns orchestration and its clean-up only; the pipeline itself is the library's.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::NoTls;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub mod local_nats;
 mod plant;
 mod systems;
+mod webhook;
 
 use crate::config::Config;
 use crate::provision::{DeclError, ProvisionError};
@@ -80,6 +84,10 @@ pub enum DemoError {
     },
     #[error("a demo task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("the demo's webhook system: {0}")]
+    Webhook(String),
+    #[error("the demo's push service")]
+    Push(#[from] crate::push::PushError),
 }
 
 /// What the run showed.
@@ -337,14 +345,22 @@ async fn run_in(
 
     let client = crate::nats::connect(&cfg.nats, "mes-events demo", false).await?;
     let js = crate::nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
+    // The workflow app takes HTTP only: a receiver of the demo's, pushed to.
+    let receiver = Arc::new(webhook::Receiver::default());
+    let secret_dir = tempfile::tempdir().map_err(|e| DemoError::Webhook(e.to_string()))?;
+    let secret_file = secret_dir.path().join("workflow.whsec");
+    let secret = webhook::secret();
+    std::fs::write(&secret_file, &secret).map_err(|e| DemoError::Webhook(e.to_string()))?;
+    let port = webhook::serve(&secret, receiver.clone()).await?;
+    let decl = webhook::declaration(decl, port, &secret_file)?;
     // The shipped declaration: streams, and the ERP, line dashboard and quality consumers.
     let decl = match ns {
-        Some(ns) => ns.declaration(decl),
-        None => decl.clone(),
+        Some(ns) => ns.declaration(&decl),
+        None => decl,
     };
     crate::provision::apply(&js, &decl, Default::default()).await?;
     println!(
-        "NATS        provisioned {}: streams, and the consumers of the ERP, line dashboard and quality system",
+        "NATS        provisioned {}: streams, and the consumers of the ERP, line dashboard and quality system, and of a workflow app pushed to over HTTP (127.0.0.1:{port})",
         opts.nats_dir.display()
     );
 
@@ -352,6 +368,14 @@ async fn run_in(
     let relay = tokio::spawn({
         let (cfg, js, stop) = (cfg.clone(), js.clone(), relay_stop.clone());
         async move { relay::run(&cfg, js, stop).await }
+    });
+    let push_stop = CancellationToken::new();
+    let liveness = crate::push::liveness_for(&decl);
+    let targets = crate::push::targets(&decl, &liveness, &push_stop)?;
+    let endpoint = targets[0].endpoint.clone();
+    let push = tokio::spawn({
+        let (cfg, stop) = (cfg.clone(), push_stop.clone());
+        async move { crate::push::run(&cfg, targets, liveness, None, stop).await }
     });
 
     let systems = [
@@ -379,6 +403,26 @@ async fn run_in(
             "quality",
             Duration::from_millis(2),
         ),
+        System::pushed(
+            "workflow app (webhooks)",
+            stream("MES_EVENTS"),
+            webhook::NAME,
+            receiver.received.clone(),
+            Arc::new({
+                let (endpoint, receiver) = (endpoint.clone(), receiver.clone());
+                move || {
+                    let mut note = String::new();
+                    let retrying = endpoint.undelivered();
+                    if retrying > 0 {
+                        note.push_str(&format!("   retrying {retrying}"));
+                    }
+                    if receiver.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                        note.push_str("  [endpoint failing]");
+                    }
+                    note
+                }
+            }),
+        ),
     ];
     for sys in &systems {
         sys.start(&js);
@@ -389,12 +433,18 @@ async fn run_in(
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let (off_at, back_at) = (opts.duration.mul_f64(0.3), opts.duration.mul_f64(0.6));
+    let (fail_at, heal_at) = (opts.duration.mul_f64(0.4), opts.duration.mul_f64(0.55));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.cancelled() => break,
         }
         let t = started.elapsed();
+        // The workflow app's endpoint fails for a while (503), then takes everything.
+        receiver.failing.store(
+            t >= fail_at && t < heal_at,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // The quality system disconnects for a while, then catches up.
         let quality = &systems[3];
         if t >= off_at && t < back_at && quality.is_running() {
@@ -414,6 +464,9 @@ async fn run_in(
         systems::view_interrupted();
     }
     let emitted = simulator.await??;
+    receiver
+        .failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     if !systems[3].is_running() {
         systems[3].start(&js);
     }
@@ -442,6 +495,8 @@ async fn run_in(
             expected: sys.expected(&js).await?,
         });
     }
+    push_stop.cancel();
+    push.await??;
     relay_stop.cancel();
     relay.await??;
     let summary = Summary {

@@ -26,6 +26,9 @@ pub(super) struct System {
     received: Arc<AtomicU64>,
     last: Arc<Mutex<VecDeque<String>>>,
     running: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+    /// A system the push service delivers to (over HTTP): not a consumer run of the demo's; what
+    /// its endpoint is doing, for the view.
+    pushed: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 impl System {
@@ -43,11 +46,28 @@ impl System {
             received: Arc::default(),
             last: Arc::default(),
             running: Mutex::new(None),
+            pushed: None,
+        }
+    }
+
+    /// A system the push service delivers to: `received` counts what its receiver handled,
+    /// `note` says what its endpoint is doing.
+    pub fn pushed(
+        label: &'static str,
+        stream: String,
+        consumer: &'static str,
+        received: Arc<AtomicU64>,
+        note: Arc<dyn Fn() -> String + Send + Sync>,
+    ) -> System {
+        System {
+            received,
+            pushed: Some(note),
+            ..System::new(label, stream, consumer, Duration::ZERO)
         }
     }
 
     pub fn is_running(&self) -> bool {
-        self.running.lock().map(|r| r.is_some()).unwrap_or(false)
+        self.pushed.is_some() || self.running.lock().map(|r| r.is_some()).unwrap_or(false)
     }
 
     pub fn received(&self) -> u64 {
@@ -55,6 +75,9 @@ impl System {
     }
 
     pub fn start(&self, js: &jetstream::Context) {
+        if self.pushed.is_some() {
+            return; // the push service delivers it
+        }
         let stop = CancellationToken::new();
         let (received, last, work) = (self.received.clone(), self.last.clone(), self.work);
         let handler = move |d: Delivery| {
@@ -165,7 +188,11 @@ pub(super) async fn view(
     )];
     for sys in systems {
         let pending = sys.pending(js).await;
-        let state = if sys.is_running() { "" } else { "  [offline]" };
+        let state = match &sys.pushed {
+            Some(note) => note(),
+            None if sys.is_running() => String::new(),
+            None => "  [offline]".into(),
+        };
         let pending = if pending == u64::MAX {
             "-".to_owned()
         } else {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use cloudevents::AttributesReader;
+
 use super::request::{self, Signer, Verdict};
 use crate::provision::decl::PushDecl;
 use crate::read::consume::{Delivery, Outcome};
@@ -51,6 +53,8 @@ pub struct Endpoint {
     schedule: Vec<Duration>,
     max_deliver: i64,
     state: Mutex<State>,
+    /// Events being delivered or waiting for their retry: stream sequence → when they happened.
+    undelivered: Mutex<std::collections::HashMap<u64, chrono::DateTime<chrono::Utc>>>,
     liveness: std::sync::Arc<super::Liveness>,
     shutdown: CancellationToken,
 }
@@ -86,6 +90,7 @@ impl Endpoint {
             signer,
             decl,
             state: Mutex::new(State::default()),
+            undelivered: Mutex::default(),
             liveness,
             shutdown,
         })
@@ -107,6 +112,74 @@ impl Endpoint {
 
     /// One event: waits while the endpoint is paused, sends it, and says what to do with it.
     pub async fn deliver(&self, d: Delivery) -> Outcome {
+        let occurred = d
+            .event
+            .time()
+            .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+        self.undelivered
+            .lock()
+            .unwrap()
+            .entry(d.stream_seq)
+            .or_insert(occurred);
+        let outcome = self.attempt(&d).await;
+        let m = crate::metrics::get();
+        let label = self.label();
+        match &outcome {
+            Outcome::Done => {
+                m.push_delivered.get_or_create(&label).inc();
+            }
+            Outcome::Retry(_) => {
+                m.push_retries.get_or_create(&label).inc();
+            }
+            Outcome::Poison(_) => {
+                m.push_dead_letters.get_or_create(&label).inc();
+            }
+        }
+        if !matches!(outcome, Outcome::Retry(_)) {
+            self.undelivered.lock().unwrap().remove(&d.stream_seq);
+        }
+        self.refresh_metrics();
+        outcome
+    }
+
+    /// Events being delivered or waiting for their retry.
+    pub fn undelivered(&self) -> usize {
+        self.undelivered.lock().unwrap().len()
+    }
+
+    /// Forgets the events it was delivering: a run that ended hands them back to the server.
+    pub fn forget(&self) {
+        self.undelivered.lock().unwrap().clear();
+        self.refresh_metrics();
+    }
+
+    fn label(&self) -> crate::metrics::System {
+        crate::metrics::System {
+            system: self.system.clone(),
+        }
+    }
+
+    /// Sets the endpoint's gauges: paused, and the age of the oldest event it is delivering or
+    /// will retry (the push service calls it every second too).
+    pub fn refresh_metrics(&self) {
+        let m = crate::metrics::get();
+        let label = self.label();
+        let oldest = self.undelivered.lock().unwrap().values().min().copied();
+        let age = oldest.map_or(0.0, |t| {
+            (chrono::Utc::now() - t)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64()
+        });
+        m.push_oldest_undelivered_seconds
+            .get_or_create(&label)
+            .set(age);
+        m.push_paused
+            .get_or_create(&label)
+            .set(i64::from(self.snapshot().paused));
+    }
+
+    async fn attempt(&self, d: &Delivery) -> Outcome {
         loop {
             if !self.wait_turn().await || !self.liveness.fresh() {
                 // Stopping while waiting for the endpoint: hand the event back untried.
@@ -128,18 +201,32 @@ impl Endpoint {
             if !self.liveness.fresh() {
                 return Outcome::Retry(Duration::ZERO);
             }
-            let verdict = self.send(req).await;
+            let started = Instant::now();
+            let (verdict, class) = self.send(req).await;
+            let m = crate::metrics::get();
+            m.push_request_seconds
+                .get_or_create(&self.label())
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(class) = class {
+                m.push_failed
+                    .get_or_create(&crate::metrics::PushFailure {
+                        system: self.system.clone(),
+                        class: class.into(),
+                    })
+                    .inc();
+            }
             match verdict {
                 Verdict::Delivered => {
                     self.succeeded();
                     return Outcome::Done;
                 }
                 Verdict::Throttled(wait) => {
+                    m.push_throttled.get_or_create(&self.label()).inc();
                     warn!(system = %self.system, url = %self.shown, wait = %humantime::format_duration(wait), "the endpoint asks to wait; its events wait");
                     self.pause_for(wait);
                 }
                 Verdict::Failed(reason) => {
-                    self.failed(&reason);
+                    self.failed(&reason, reason.starts_with("HTTP 410"));
                     let attempt = d.delivered;
                     debug!(system = %self.system, url = %self.shown, seq = d.stream_seq, key = %d.key, attempt, %reason, "attempt failed");
                     if self.max_deliver > 0 && attempt >= self.max_deliver {
@@ -154,7 +241,8 @@ impl Endpoint {
         }
     }
 
-    async fn send(&self, req: request::Request) -> Verdict {
+    /// The verdict, and the class of failure when it failed.
+    async fn send(&self, req: request::Request) -> (Verdict, Option<&'static str>) {
         let mut b = self.client.post(&self.url);
         for (k, v) in &req.headers {
             b = b.header(k, v);
@@ -169,9 +257,25 @@ impl Endpoint {
                     .map(str::to_owned);
                 // Enough of the body for the dead letter's excerpt; not the whole of it.
                 let body = read_prefix(resp, 1024).await;
-                request::verdict(status, retry_after.as_deref(), &body)
+                let v = request::verdict(status, retry_after.as_deref(), &body);
+                let class = match (&v, status) {
+                    (Verdict::Failed(_), 400..=499) => Some("4xx"),
+                    (Verdict::Failed(_), 500..=599) => Some("5xx"),
+                    (Verdict::Failed(_), _) => Some("other"),
+                    _ => None,
+                };
+                (v, class)
             }
-            Err(e) => Verdict::Failed(transport_error(&e)),
+            Err(e) => {
+                let class = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "other"
+                };
+                (Verdict::Failed(transport_error(&e)), Some(class))
+            }
         }
     }
 
@@ -229,10 +333,11 @@ impl Endpoint {
         s.cool_down = Duration::ZERO;
     }
 
-    fn failed(&self, reason: &str) {
+    /// A failed attempt; `gone` (410) pauses the endpoint at once: it says to stop sending.
+    fn failed(&self, reason: &str, gone: bool) {
         let mut s = self.state.lock().unwrap();
         s.failures_in_a_row += 1;
-        if s.failures_in_a_row >= self.decl.pause_after()
+        if (gone || s.failures_in_a_row >= self.decl.pause_after())
             && s.paused_until.is_none_or(|t| t <= Instant::now())
         {
             s.cool_down = if s.cool_down.is_zero() {
@@ -244,7 +349,7 @@ impl Endpoint {
             if !s.circuit_open {
                 error!(system = %self.system, url = %self.shown, failures = s.failures_in_a_row, last_error = %reason,
                     pause = %humantime::format_duration(s.cool_down),
-                    "endpoint paused after failures in a row: its events wait (none is lost); it is tried again after the pause");
+                    "endpoint paused (410 Gone, or failures in a row): its events wait (none is lost); it is tried again after the pause, or at once when `mes-events push` restarts");
             }
             s.circuit_open = true;
         }

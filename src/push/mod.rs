@@ -5,6 +5,7 @@
 //!
 //! - [`request`]: an event as a signed request, and what an answer means (pure).
 //! - [`endpoint`]: sending, the endpoint's rate limit, asked waits and circuit breaker.
+//! - [`status`]: each pushed consumer's state, as the server says it (`push status`).
 //!
 //! Order and retries are [`crate::read::consume`]'s: one event per key at a time, a failed one
 //! retried after the declared delay while its key waits and other keys flow, acked only after
@@ -26,6 +27,7 @@
 
 pub mod endpoint;
 pub mod request;
+pub mod status;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -91,6 +93,7 @@ impl Liveness {
                 _ = every.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            crate::metrics::health().turned();
             let gap = {
                 let mut last = self.last.lock().unwrap();
                 let gap = last.elapsed();
@@ -212,6 +215,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PushError> {
     let ticker = tokio::spawn(liveness.clone().tick(shutdown.clone()));
+    crate::metrics::health().set(
+        true,
+        format!(
+            "pushing to {}",
+            targets
+                .iter()
+                .map(|t| t.endpoint.system.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
     let mut tasks = JoinSet::new();
     for t in targets {
         let system = t.endpoint.system.clone();
@@ -243,6 +257,19 @@ pub async fn run(
             let endpoint = t.endpoint.clone();
             let (js, shutdown) = (js.clone(), shutdown.clone());
             let mut freezes = liveness.freezes();
+            // The endpoint's gauges, every second.
+            tokio::spawn({
+                let (endpoint, shutdown) = (endpoint.clone(), shutdown.clone());
+                async move {
+                    let mut every = tokio::time::interval(Duration::from_secs(1));
+                    loop {
+                        tokio::select! {
+                            _ = every.tick() => endpoint.refresh_metrics(),
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            });
             info!(%system, %stream, consumer = %durable, "pushing");
             let system = system.clone();
             tasks.spawn(async move {
@@ -260,9 +287,9 @@ pub async fn run(
                             freezes
                         }
                     };
-                    let endpoint = endpoint.clone();
+                    let handler_endpoint = endpoint.clone();
                     let handler = move |d: consume::Delivery| {
-                        let endpoint = endpoint.clone();
+                        let endpoint = handler_endpoint.clone();
                         async move { endpoint.deliver(d).await }
                     };
                     let (done, back) = tokio::join!(
@@ -282,6 +309,7 @@ pub async fn run(
                         watch
                     );
                     freezes = back;
+                    endpoint.forget();
                     match done {
                         Ok(s) => {
                             stats.handled += s.handled;

@@ -1,4 +1,5 @@
-//! The front door: the demo runs to completion, every consumer gets everything, nothing is left.
+//! The front door: the demo runs to completion, every consumer (and the webhook system) gets
+//! everything, nothing is left.
 
 use std::process::Command;
 
@@ -25,7 +26,13 @@ async fn the_demo_runs_30s_every_consumer_gets_everything_and_nothing_is_left_be
         "{stdout}"
     );
     let summary = &stdout[stdout.find("summary:").unwrap()..];
-    for system in ["ERP", "line dashboard", "line dashboard PV", "quality"] {
+    for system in [
+        "ERP",
+        "line dashboard",
+        "line dashboard PV",
+        "quality",
+        "workflow app (webhooks)",
+    ] {
         assert!(
             summary
                 .lines()
@@ -36,6 +43,10 @@ async fn the_demo_runs_30s_every_consumer_gets_everything_and_nothing_is_left_be
     assert!(
         stdout.contains("[offline]"),
         "the quality system went offline during the run"
+    );
+    assert!(
+        stdout.contains("[endpoint failing]"),
+        "the workflow app's endpoint failed for a while"
     );
 
     nothing_left(&admin_url, &stdout).await;

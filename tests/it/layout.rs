@@ -19,7 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("read", 3),
     ("provision", 4),
     ("push", 5),
-    ("demo", 5),
+    ("demo", 6),
 ];
 
 fn layer(module: &str) -> Option<u8> {

@@ -13,9 +13,9 @@ const HINT: &str =
 /// Every sample of a scrape, by sample name, parsed by prometheus_client's OpenMetrics parser
 /// (which also holds the text to the format's rules: `_total` counters, units, `# EOF`).
 /// Samples by name: each with its labels and value.
-type Scrape = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
+pub(crate) type Scrape = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
 
-fn scrape(port: u16) -> Scrape {
+pub(crate) fn scrape(port: u16) -> Scrape {
     let (status, text) = http_status(port, "/metrics").expect("the metrics endpoint answers");
     assert_eq!(status, 200, "{text}");
     let mut child = std::process::Command::new("python3")
@@ -45,7 +45,7 @@ fn scrape(port: u16) -> Scrape {
 }
 
 /// `promtool check metrics`: Prometheus's own linter for names, units and help texts.
-fn promtool_lint(port: u16) {
+pub(crate) fn promtool_lint(port: u16) {
     let (_, text) = http_status(port, "/metrics").expect("the metrics endpoint answers");
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
@@ -82,7 +82,7 @@ fn promtool_lint(port: u16) {
     );
 }
 
-fn total(m: &Scrape, name: &str) -> f64 {
+pub(crate) fn total(m: &Scrape, name: &str) -> f64 {
     m.get(name).map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
 }
 

@@ -71,6 +71,10 @@ impl World {
 
     /// `mes-events push` as a child process, its log in a file.
     fn push(&self) -> PushProcess {
+        self.push_with(&[])
+    }
+
+    fn push_with(&self, extra_env: &[(&str, &str)]) -> PushProcess {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_mes-events"))
             .arg("push")
@@ -83,6 +87,7 @@ impl World {
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .current_dir(std::env::temp_dir())
+            .envs(extra_env.iter().copied())
             .spawn()
             .expect("spawning mes-events push");
         PushProcess { child, log }
@@ -450,7 +455,11 @@ pause = "1s""#;
     ])
     .await;
     let healthy = Receiver::faulty("healthy", healthy_port).await;
-    let mut push = w.push();
+    let metrics_port = free_port();
+    let mut push = w.push_with(&[(
+        "MES_EVENTS_HTTP__ADDRESS",
+        &format!("127.0.0.1:{metrics_port}"),
+    )]);
     // Down (connection refused): the healthy endpoint takes everything meanwhile.
     let mut emitted = w.emit(12, 4, 0).await;
     healthy.wait_handled(12).await;
@@ -478,9 +487,56 @@ pause = "1s""#;
     flaky.wait_handled(24).await;
     assert_once_in_order("flaky", &flaky.lines(), &emitted);
     assert_once_in_order("healthy", &healthy.lines(), &emitted);
+
+    // What Prometheus sees: every event delivered once per endpoint, the failures by class, the
+    // retries; the names pass Prometheus's own linter.
+    use crate::observe::{promtool_lint, scrape, Scrape};
+    let of = |m: &Scrape, name: &str, system: &str, class: Option<&str>| -> f64 {
+        m.get(name).map_or(0.0, |v| {
+            v.iter()
+                .filter(|(l, _)| l.get("system").map(String::as_str) == Some(system))
+                .filter(|(l, _)| {
+                    class.is_none_or(|c| l.get("class").map(String::as_str) == Some(c))
+                })
+                .map(|(_, x)| x)
+                .sum()
+        })
+    };
+    let m = scrape(metrics_port);
+    assert_eq!(
+        of(&m, "mes_events_push_delivered_total", "flaky", None),
+        24.0
+    );
+    assert_eq!(
+        of(&m, "mes_events_push_delivered_total", "healthy", None),
+        24.0
+    );
+    for class in ["connect", "5xx", "timeout"] {
+        assert!(
+            of(&m, "mes_events_push_failed_total", "flaky", Some(class)) > 0.0,
+            "no {class} failure counted: {m:?}"
+        );
+    }
+    assert_eq!(of(&m, "mes_events_push_failed_total", "healthy", None), 0.0);
+    assert!(of(&m, "mes_events_push_retries_total", "flaky", None) > 0.0);
+    assert!(of(&m, "mes_events_push_request_seconds_count", "healthy", None) >= 24.0);
+    let m = eventually_value(Duration::from_secs(5), "gauges back to rest", || async {
+        let m = scrape(metrics_port);
+        (of(&m, "mes_events_push_endpoint_paused", "flaky", None) == 0.0
+            && of(
+                &m,
+                "mes_events_push_oldest_undelivered_age_seconds",
+                "flaky",
+                None,
+            ) == 0.0)
+            .then_some(m)
+    })
+    .await;
+    let _ = m;
+    promtool_lint(metrics_port);
     let log = push.log();
     assert!(
-        log.contains("endpoint paused after failures in a row"),
+        log.contains("endpoint paused (410 Gone, or failures in a row)"),
         "{log}"
     );
     assert!(!log.contains(SECRET.trim_start_matches("whsec_")), "{log}");
@@ -547,6 +603,25 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
     let text = String::from_utf8_lossy(&cli(&["dead-letters", "list"]).stdout).into_owned();
     assert!(text.contains("why: HTTP 400"), "{text}");
 
+    // `push status`: an instance delivers, nothing waits; the dead letter and why.
+    let dir = w.decl.path().to_str().unwrap().to_owned();
+    let o = cli(&["push", "status", "--dir", &dir, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["system"], "erp-hook");
+    assert_eq!(
+        row["endpoint"],
+        format!("http://127.0.0.1:{port}/hooks/mes")
+    );
+    assert!(row["state"]["pinned_since"].is_string(), "{row}");
+    assert_eq!(row["state"]["dead_letters"], 1, "{row}");
+    assert!(
+        row["state"]["last_dead_letter"]
+            .as_str()
+            .is_some_and(|w| w.contains("HTTP 400")),
+        "{row}"
+    );
     // Fixed receiver: resent, delivered once.
     r.set(json!({}));
     let id = dl["id"].as_u64().unwrap().to_string();
@@ -562,7 +637,26 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
         1,
         "{all:?}"
     );
+
+    // Without a push instance, events that wait are a problem (exit 1), named.
     assert!(push.terminate().success(), "{}", push.log());
+    w.emit(2, 4, 8).await;
+    let text = eventually_value(
+        Duration::from_secs(20),
+        "status says nobody delivers",
+        || {
+            let o = cli(&["push", "status", "--dir", &dir]);
+            async move {
+                (o.status.code() == Some(1))
+                    .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+            }
+        },
+    )
+    .await;
+    assert!(
+        text.contains("no `mes-events push` delivers them"),
+        "{text}"
+    );
     w.stop().await;
 }
 
