@@ -265,7 +265,10 @@ where
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = messages.next(), if tasks.len() < opts.concurrency => {
+            // Read on while every handler is busy only when pinned: a pinned client that stops
+            // pulling for the pin's timeout loses the pin (and would settle again once re-pinned);
+            // the server still bounds what it hands out by max_ack_pending.
+            next = messages.next(), if tasks.len() < opts.concurrency || opts.group.is_some() => {
                 let msg = match next {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
