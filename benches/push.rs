@@ -36,12 +36,7 @@ type Seen = Arc<Mutex<Vec<(i64, Instant)>>>;
 
 #[tokio::main]
 async fn main() -> Res<()> {
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    common::init_tracing();
     let servers = Servers::start("mes_bench_push").await?;
     let result = run(&servers).await;
     servers.stop().await?;

@@ -6,6 +6,16 @@ use tokio_postgres::NoTls;
 
 pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Logs on standard error when `RUST_LOG` is set (e.g. `mes_events::read::consume=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 /// A nats-server and a database of the benchmark's own.
 pub struct Servers {
     pub nats: LocalNats,

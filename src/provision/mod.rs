@@ -2,7 +2,8 @@
 //! declared in files under nats/ and made true on a server with plan / apply / status.
 //!
 //! - [`decl`]: the file format, one file parsed (before any server call).
-//! - [`load`]: the folder loaded and validated as a whole (before any server call).
+//! - [`load`]: the folder loaded and validated as a whole (before any server call), with
+//!   [`pushed`] for a pushed system's rules.
 //! - [`plan`]: declared vs live, field by field (pure).
 //! - [`apply`]: reading live state, applying a plan, consumer status.
 //! - [`auth`]: NATS server accounts and permissions generated from the same declaration.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod decl;
 pub mod load;
 pub mod plan;
+mod pushed;
 pub mod schemas;
 pub mod seeds;
 

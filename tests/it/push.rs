@@ -790,3 +790,38 @@ async fn two_instances_deliver_one_at_a_time_and_a_killed_or_frozen_one_is_repla
     }
     w.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_asking_to_wait_uses_up_no_attempt_and_loses_nothing() {
+    // Two attempts at most (max_deliver 2): were a 429 an attempt, the events would be dead
+    // letters long before the endpoint takes them again.
+    let port = free_port();
+    let w = World::new(&[("busy", system("busy", port, r#"retry = ["100ms"]"#))]).await;
+    let r = Receiver::faulty("busy", port).await;
+    r.set(json!({"status": 429}));
+    let emitted = w.emit(8, 4, 0).await;
+    let mut push = w.push();
+    r.wait_lines(
+        |l| l.iter().filter(|v| v["status"] == 429).count() >= 8,
+        "two 429s for each key",
+    )
+    .await;
+    r.set(json!({}));
+    r.wait_handled(8).await;
+    assert_once_in_order("busy", &r.lines(), &emitted);
+    let o = Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args(["dead-letters", "list", "--json"])
+        .env("MES_EVENTS_NATS__URL", w.env.nats.url())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let dead: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    assert_eq!(dead, json!([]), "{}", output_text(&o));
+    assert!(
+        push.log().contains("the endpoint asks to wait"),
+        "{}",
+        push.log()
+    );
+    assert!(push.terminate().success(), "{}", push.log());
+    w.stop().await;
+}
