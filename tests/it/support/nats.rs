@@ -104,6 +104,19 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     pub async fn start() -> NatsCluster {
+        // Ports are picked free and released before the nodes bind them: another test may take
+        // one in between, and a node that cannot bind never gets ready. Try again with new ones.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::try_start() {
+                Ok(c) => return c,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("starting a cluster node, three times: {last:?}")
+    }
+
+    fn try_start() -> Result<NatsCluster, mes_events::demo::local_nats::LocalNatsError> {
         let free = free_port;
         let routes: Vec<u16> = (0..3).map(|_| free()).collect();
         let monitoring: Vec<u16> = (0..3).map(|_| free()).collect();
@@ -118,10 +131,9 @@ impl NatsCluster {
                     "server_name: n{i}\nhttp: \"127.0.0.1:{}\"\ncluster {{ name: mes, listen: \"127.0.0.1:{}\", routes: [{list}] }}\n",
                     monitoring[i], routes[i]
                 ))
-                .expect("starting a cluster node")
             })
-            .collect();
-        NatsCluster { nodes, monitoring }
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(NatsCluster { nodes, monitoring })
     }
 
     /// Every node's URL, comma-separated, as a client's server list.
