@@ -3,10 +3,11 @@
 // `mes-events push` POSTs each event as a CloudEvents HTTP request, signed as Standard Webhooks
 // says. This receiver verifies the signature with the specification's own library
 // (`standardwebhooks`), refusing a tampered body or a timestamp more than 5 minutes off (401),
-// decodes the CloudEvent with the official SDK (`cloudevents`, HTTP binding), skips an event it
-// already has (the same `webhook-id` comes again when an answer was lost), handles it, and
-// answers 204. Answer anything else and the event is sent again later, its key waiting
-// meanwhile.
+// decodes the CloudEvent with the official SDK (`cloudevents`, HTTP binding; in batched mode
+// it returns the batch's events), skips an event it already has (by `source` and `id`: an event
+// comes again when an answer was lost), handles it, and answers 204. Answer anything else and
+// the event (or the batch) is sent again later, its key waiting meanwhile; events of a batch
+// already handled are skipped then.
 //
 //   npm ci
 //   WEBHOOK_SECRET=whsec_... node receiver.mjs --port 8080
@@ -24,18 +25,21 @@ function handle(event) {
 
 export function receiver(secret, onEvent = handle) {
   const webhook = new Webhook(secret);
-  const seen = new Set(); // webhook ids handled (keep them in your database in production)
+  const seen = new Set(); // events handled (keep them in your database in production)
   return (headers, body) => {
     try {
       webhook.verify(body, headers);
     } catch {
       return 401;
     }
-    const event = HTTP.toEvent({ headers, body });
-    const id = headers["webhook-id"];
-    if (seen.has(id)) return 204; // delivered again after a lost answer: already handled
-    onEvent(event);
-    seen.add(id);
+    // One event, or in batched mode an array of them (at most one per key).
+    const events = [].concat(HTTP.toEvent({ headers, body }));
+    for (const event of events) {
+      const key = `${event.source}#${event.id}`; // unique per event, the same on every retry
+      if (seen.has(key)) continue; // delivered again after a lost answer: already handled
+      onEvent(event);
+      seen.add(key);
+    }
     return 204;
   };
 }

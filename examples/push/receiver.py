@@ -4,14 +4,15 @@
 `mes-events push` POSTs each event as a CloudEvents HTTP request, signed as Standard Webhooks
 says. This receiver verifies the signature with the specification's own library
 (`standardwebhooks`), refusing a tampered body or a timestamp more than 5 minutes off (401),
-decodes the CloudEvent with the official SDK, skips an event it already has (the same
-`webhook-id` comes again when an answer was lost), handles it, and answers 204. Answer
-anything else and the event is sent again later, its key waiting meanwhile.
+decodes the CloudEvent with the official SDK (or each event of a batch, in batched mode), skips
+an event it already has (by `source` and `id`: an event comes again when an answer was lost),
+handles it, and answers 204. Answer anything else and the event (or the batch) is sent again
+later, its key waiting meanwhile; events of a batch already handled are skipped then.
 
     pip install -r requirements.txt
     WEBHOOK_SECRET=whsec_... python receiver.py --port 8080
 
-Prints one JSON line per event handled (webhook id, id, type, subject, sequence).
+Prints one JSON line per event handled (id, type, subject, sequence).
 """
 
 import argparse
@@ -23,6 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
 from standardwebhooks import Webhook, WebhookVerificationError
+
+# Batched mode (`mode = "batched"`): a JSON array of events, at most one per key.
+BATCH = "application/cloudevents-batch+json"
 
 
 def handle(event) -> None:
@@ -38,7 +42,7 @@ class Receiver:
     def __init__(self, secret: str, handle=handle):
         self.webhook = Webhook(secret)
         self.handle = handle
-        self.seen = set()  # webhook ids handled (keep them in your database in production)
+        self.seen = set()  # events handled (keep them in your database in production)
         self.lock = threading.Lock()
 
     def receive(self, headers: dict, body: bytes) -> int:
@@ -47,13 +51,18 @@ class Receiver:
             self.webhook.verify(body, headers, json_parse=False)
         except WebhookVerificationError:
             return 401
-        event = from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
-        webhook_id = headers.get("webhook-id")
+        if headers.get("content-type", "").startswith(BATCH):
+            events = [JSONFormat().read(None, json.dumps(e)) for e in json.loads(body)]
+        else:
+            events = [from_http(HTTPMessage(headers=headers, body=body), JSONFormat())]
         with self.lock:
-            if webhook_id in self.seen:
-                return 204  # delivered again after a lost answer: already handled
-            self.handle(event)
-            self.seen.add(webhook_id)
+            for event in events:
+                a = event.get_attributes()
+                key = f"{a['source']}#{a['id']}"  # unique per event, the same on every retry
+                if key in self.seen:
+                    continue  # delivered again after a lost answer: already handled
+                self.handle(event)
+                self.seen.add(key)
         return 204
 
 

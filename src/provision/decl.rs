@@ -50,6 +50,9 @@ pub enum PushMode {
     Binary,
     /// Body = the JSON event format, `Content-Type: application/cloudevents+json`.
     Structured,
+    /// Several events per request, at most one per key: body = a JSON array of events in the
+    /// JSON event format, `Content-Type: application/cloudevents-batch+json`.
+    Batched,
 }
 
 /// A system's HTTP endpoint: where `mes-events push` POSTs its events, signed.
@@ -64,7 +67,8 @@ pub struct PushDecl {
     /// Per request; default 10 s.
     #[serde(default, with = "humantime_serde::option")]
     pub timeout: Option<Duration>,
-    /// Requests in flight at once, each for another key; default 16.
+    /// Requests in flight at once, each for other keys (one event each, or in batched mode a
+    /// batch); default 16.
     pub concurrency: Option<Spanned<usize>>,
     /// Delays between attempts; default `["5s", "30s", "2m", "10m", "1h"]`.
     pub retry: Option<Spanned<Vec<Dur>>>,
@@ -88,6 +92,11 @@ pub struct PushDecl {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub mode: PushMode,
+    /// Batched mode: events per request at most; default 100.
+    pub max_batch: Option<Spanned<usize>>,
+    /// Batched mode: bytes per request at most, roughly (the events' size on the stream);
+    /// default 1 MB. A larger event still goes, alone.
+    pub max_batch_bytes: Option<Spanned<usize>>,
 }
 
 impl PushDecl {
@@ -99,6 +108,9 @@ impl PushDecl {
     pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(4);
     /// The priority group every push instance pulls in.
     pub const GROUP: &'static str = "push";
+
+    pub const DEFAULT_MAX_BATCH: usize = 100;
+    pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_000_000;
 
     pub fn takeover(&self) -> Duration {
         self.takeover.unwrap_or(Duration::from_secs(3))

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::decl::{line_of, ConsumerDecl, DeclError, PushDecl, Source};
+use super::decl::{line_of, ConsumerDecl, DeclError, PushDecl, PushMode, Source};
 
 /// The `[push]` table's consumer `i` (`c`), adjusted: push times its own attempts, so each is
 /// one delivery of the consumer; a declared `max_deliver` or `backoff` that disagrees is named.
@@ -82,6 +82,25 @@ pub(super) fn check(src: &Source, p: &PushDecl, has_consumer: bool) -> Vec<DeclE
                 c.span(),
                 "concurrency",
                 "concurrency is how many keys are delivered at once: 1 or more".into(),
+            );
+        }
+    }
+    for (key, n) in [
+        ("max_batch", &p.max_batch),
+        ("max_batch_bytes", &p.max_batch_bytes),
+    ] {
+        let Some(n) = n else { continue };
+        if p.mode != PushMode::Batched {
+            e(
+                n.span(),
+                key,
+                format!("{key} is for batched requests: add mode = \"batched\", or remove {key}"),
+            );
+        } else if *n.get_ref() == 0 {
+            e(
+                n.span(),
+                key,
+                format!("{key} must be 1 or more (leave it out for the default)"),
             );
         }
     }
@@ -244,6 +263,18 @@ mod tests {
                 &format!("{ok}\nconcurrency = 0"),
                 "",
                 "push.concurrency",
+                "1 or more",
+            ),
+            (
+                &format!("{ok}\nmax_batch = 50"),
+                "",
+                "push.max_batch",
+                "add mode = \"batched\"",
+            ),
+            (
+                &format!("{ok}\nmode = \"batched\"\nmax_batch_bytes = 0"),
+                "",
+                "push.max_batch_bytes",
                 "1 or more",
             ),
             (

@@ -17,8 +17,8 @@ use tracing::{debug, error, info, warn};
 use cloudevents::AttributesReader;
 
 use super::request::{self, Signer, Verdict};
-use crate::provision::decl::PushDecl;
-use crate::read::consume::{Delivery, Outcome};
+use crate::provision::decl::{PushDecl, PushMode};
+use crate::read::consume::{Batching, Delivery, Outcome};
 
 const MAX_COOL_DOWN: Duration = Duration::from_secs(600);
 
@@ -110,36 +110,72 @@ impl Endpoint {
         }
     }
 
-    /// One event: waits while the endpoint is paused, sends it, and says what to do with it.
-    pub async fn deliver(&self, d: Delivery) -> Outcome {
-        let occurred = d
-            .event
-            .time()
-            .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
-        self.undelivered
-            .lock()
-            .unwrap()
-            .entry(d.stream_seq)
-            .or_insert(occurred);
-        let outcome = self.attempt(&d).await;
+    /// Events per request: several in batched mode, else one.
+    pub fn batching(&self) -> Batching {
+        match self.decl.mode {
+            PushMode::Batched => Batching {
+                max_events: self
+                    .decl
+                    .max_batch
+                    .as_ref()
+                    .map_or(PushDecl::DEFAULT_MAX_BATCH, |n| *n.get_ref()),
+                max_bytes: self
+                    .decl
+                    .max_batch_bytes
+                    .as_ref()
+                    .map_or(PushDecl::DEFAULT_MAX_BATCH_BYTES, |n| *n.get_ref()),
+            },
+            _ => Batching::ONE,
+        }
+    }
+
+    /// Events of different keys (one unless batched mode): waits while the endpoint is paused,
+    /// sends them (each alone, or together in one batched request) and says what to do with
+    /// each, in order.
+    pub async fn deliver(&self, ds: Vec<Delivery>) -> Vec<Outcome> {
+        self.track(&ds);
+        let outcomes = if self.decl.mode == PushMode::Batched {
+            self.attempt_batch(&ds).await
+        } else {
+            let mut outcomes = Vec::with_capacity(ds.len());
+            for d in &ds {
+                outcomes.push(self.attempt(d).await);
+            }
+            outcomes
+        };
+        self.record(&ds, &outcomes);
+        outcomes
+    }
+
+    /// Notes events as undelivered from when they happened.
+    fn track(&self, ds: &[Delivery]) {
+        let mut undelivered = self.undelivered.lock().unwrap();
+        for d in ds {
+            let occurred = d
+                .event
+                .time()
+                .map_or_else(chrono::Utc::now, |t| t.with_timezone(&chrono::Utc));
+            undelivered.entry(d.stream_seq).or_insert(occurred);
+        }
+    }
+
+    /// Counts what became of events and forgets the ones that are no longer undelivered.
+    fn record(&self, ds: &[Delivery], outcomes: &[Outcome]) {
         let m = crate::metrics::get();
         let label = self.label();
-        match &outcome {
-            Outcome::Done => {
-                m.push_delivered.get_or_create(&label).inc();
-            }
-            Outcome::Retry(_) => {
-                m.push_retries.get_or_create(&label).inc();
-            }
-            Outcome::Poison(_) => {
-                m.push_dead_letters.get_or_create(&label).inc();
+        let mut undelivered = self.undelivered.lock().unwrap();
+        for (d, outcome) in ds.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Done => m.push_delivered.get_or_create(&label).inc(),
+                Outcome::Retry(_) => m.push_retries.get_or_create(&label).inc(),
+                Outcome::Poison(_) => m.push_dead_letters.get_or_create(&label).inc(),
+            };
+            if !matches!(outcome, Outcome::Retry(_)) {
+                undelivered.remove(&d.stream_seq);
             }
         }
-        if !matches!(outcome, Outcome::Retry(_)) {
-            self.undelivered.lock().unwrap().remove(&d.stream_seq);
-        }
+        drop(undelivered);
         self.refresh_metrics();
-        outcome
     }
 
     /// Events being delivered or waiting for their retry.
@@ -180,29 +216,135 @@ impl Endpoint {
     }
 
     async fn attempt(&self, d: &Delivery) -> Outcome {
-        loop {
-            if !self.wait_turn().await || !self.liveness.fresh() {
-                // Stopping while waiting for the endpoint: hand the event back untried.
-                return Outcome::Retry(Duration::ZERO);
+        let sent = self
+            .send_until_answered(|now| {
+                request::build(
+                    d.event.clone(),
+                    self.decl.mode,
+                    &self.decl.headers,
+                    &self.signer,
+                    now,
+                )
+            })
+            .await;
+        match sent {
+            Sent::Delivered => Outcome::Done,
+            // Stopping (or just frozen) while waiting for the endpoint: hand it back untried.
+            Sent::Stopping => Outcome::Retry(Duration::ZERO),
+            Sent::Unsendable(e) => Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
+            Sent::Failed { reason, .. } => self.after_failure(d, &reason),
+        }
+    }
+
+    /// A batch: one request for all; when the endpoint refuses it as a request (a 4xx but 408,
+    /// 410 and 429), one request per event, so the event it refuses is found and the others are
+    /// delivered. Any other failure is every event's: each is retried on its own schedule.
+    async fn attempt_batch(&self, ds: &[Delivery]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; ds.len()];
+        // An event that cannot be an element of a batch is poison on its own.
+        let mut members = Vec::new();
+        for (i, d) in ds.iter().enumerate() {
+            match request::batch_element(d.event.clone()) {
+                Ok(v) => members.push((i, v)),
+                Err(e) => {
+                    outcomes[i] = Some(Outcome::Poison(format!("cannot be sent as HTTP: {e}")))
+                }
             }
-            let now = chrono::Utc::now().timestamp();
-            let req = match request::build(
-                d.event.clone(),
-                self.decl.mode,
+        }
+        match self.send_batch(ds, &members).await {
+            Sent::Failed {
+                reason,
+                refused: true,
+            } if members.len() > 1 => {
+                warn!(system = %self.system, url = %self.shown, events = members.len(), %reason,
+                    "the endpoint refused a batch: its events are sent one per request, to find the one it refuses");
+                let mut stopping = false;
+                for m in &members {
+                    let one = std::slice::from_ref(m);
+                    let sent = if stopping {
+                        Sent::Stopping
+                    } else {
+                        self.send_batch(ds, one).await
+                    };
+                    stopping |= matches!(sent, Sent::Stopping);
+                    outcomes[m.0] = Some(self.outcome_of(&ds[m.0], sent));
+                }
+            }
+            sent => {
+                for (i, _) in &members {
+                    outcomes[*i] = Some(self.outcome_of(&ds[*i], sent.clone()));
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Retry(Duration::ZERO)))
+            .collect()
+    }
+
+    /// One batched request of `members` (index into `ds`, element).
+    async fn send_batch(&self, ds: &[Delivery], members: &[(usize, serde_json::Value)]) -> Sent {
+        if members.is_empty() {
+            return Sent::Delivered;
+        }
+        let events: Vec<cloudevents::Event> =
+            members.iter().map(|(i, _)| ds[*i].event.clone()).collect();
+        self.send_until_answered(|now| {
+            request::build_batch(
+                &events,
+                members.iter().map(|(_, v)| v.clone()).collect(),
                 &self.decl.headers,
                 &self.signer,
                 now,
-            ) {
+            )
+        })
+        .await
+    }
+
+    fn outcome_of(&self, d: &Delivery, sent: Sent) -> Outcome {
+        match sent {
+            Sent::Delivered => Outcome::Done,
+            Sent::Stopping => Outcome::Retry(Duration::ZERO),
+            Sent::Unsendable(e) => Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
+            Sent::Failed { reason, .. } => self.after_failure(d, &reason),
+        }
+    }
+
+    /// A failed attempt of `d`: retried after the schedule's delay, or after its last attempt a
+    /// dead letter with the reason.
+    fn after_failure(&self, d: &Delivery, reason: &str) -> Outcome {
+        let attempt = d.delivered;
+        debug!(system = %self.system, url = %self.shown, seq = d.stream_seq, key = %d.key, attempt, %reason, "attempt failed");
+        if self.max_deliver > 0 && attempt >= self.max_deliver {
+            return Outcome::Poison(format!(
+                "{reason} (POST {}, attempt {attempt} of {})",
+                self.shown, self.max_deliver
+            ));
+        }
+        Outcome::Retry(request::delay(&self.schedule, attempt))
+    }
+
+    /// Sends the request `build` makes (signed at the moment it goes) once the endpoint takes
+    /// one, again after every wait the endpoint asks for, until it is answered or fails.
+    async fn send_until_answered(
+        &self,
+        build: impl Fn(i64) -> Result<request::Request, String>,
+    ) -> Sent {
+        loop {
+            if !self.wait_turn().await || !self.liveness.fresh() {
+                return Sent::Stopping;
+            }
+            let req = match build(chrono::Utc::now().timestamp()) {
                 Ok(r) => r,
-                Err(e) => return Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
+                Err(e) => return Sent::Unsendable(e),
             };
             // Right before sending: a process that was just frozen may have lost its pin and
             // another instance may deliver this key now; it sends nothing more of what it held.
             if !self.liveness.fresh() {
-                return Outcome::Retry(Duration::ZERO);
+                return Sent::Stopping;
             }
             let started = Instant::now();
-            let (verdict, class) = self.send(req).await;
+            let (verdict, class, status) = self.send(req).await;
             let m = crate::metrics::get();
             m.push_request_seconds
                 .get_or_create(&self.label())
@@ -218,7 +360,7 @@ impl Endpoint {
             match verdict {
                 Verdict::Delivered => {
                     self.succeeded();
-                    return Outcome::Done;
+                    return Sent::Delivered;
                 }
                 Verdict::Throttled(wait) => {
                     m.push_throttled.get_or_create(&self.label()).inc();
@@ -226,23 +368,17 @@ impl Endpoint {
                     self.pause_for(wait);
                 }
                 Verdict::Failed(reason) => {
-                    self.failed(&reason, reason.starts_with("HTTP 410"));
-                    let attempt = d.delivered;
-                    debug!(system = %self.system, url = %self.shown, seq = d.stream_seq, key = %d.key, attempt, %reason, "attempt failed");
-                    if self.max_deliver > 0 && attempt >= self.max_deliver {
-                        return Outcome::Poison(format!(
-                            "{reason} (POST {}, attempt {attempt} of {})",
-                            self.shown, self.max_deliver
-                        ));
-                    }
-                    return Outcome::Retry(request::delay(&self.schedule, attempt));
+                    self.failed(&reason, status == Some(410));
+                    let refused =
+                        status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 410);
+                    return Sent::Failed { reason, refused };
                 }
             }
         }
     }
 
-    /// The verdict, and the class of failure when it failed.
-    async fn send(&self, req: request::Request) -> (Verdict, Option<&'static str>) {
+    /// The verdict, the class of failure when it failed, and the HTTP status if answered.
+    async fn send(&self, req: request::Request) -> (Verdict, Option<&'static str>, Option<u16>) {
         let mut b = self.client.post(&self.url);
         for (k, v) in &req.headers {
             b = b.header(k, v);
@@ -264,7 +400,7 @@ impl Endpoint {
                     (Verdict::Failed(_), _) => Some("other"),
                     _ => None,
                 };
-                (v, class)
+                (v, class, Some(status))
             }
             Err(e) => {
                 let class = if e.is_timeout() {
@@ -274,7 +410,7 @@ impl Endpoint {
                 } else {
                     "other"
                 };
-                (Verdict::Failed(transport_error(&e)), Some(class))
+                (Verdict::Failed(transport_error(&e)), Some(class), None)
             }
         }
     }
@@ -354,6 +490,20 @@ impl Endpoint {
             s.circuit_open = true;
         }
     }
+}
+
+/// What became of a request.
+#[derive(Debug, Clone)]
+enum Sent {
+    /// 2xx.
+    Delivered,
+    /// Not delivered: the status and excerpt, or the transport's error; `refused` when the
+    /// endpoint answered that the request itself is unacceptable (a 4xx but 408, 410, 429).
+    Failed { reason: String, refused: bool },
+    /// Stopping, or just frozen: not sent.
+    Stopping,
+    /// Cannot be made into a request.
+    Unsendable(String),
 }
 
 /// When a request may go.

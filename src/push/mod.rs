@@ -241,7 +241,8 @@ pub async fn run(
         for (stream, durable, declared, takeover) in t.consumers {
             let opts = Options {
                 concurrency: t.endpoint.concurrency(),
-                batch: t.endpoint.concurrency().max(16) * 4,
+                batch: (t.endpoint.concurrency() * t.endpoint.batching().max_events)
+                    .clamp(64, 1000),
                 // Events a push instance that died or froze had in hand come back after
                 // ack_wait: gather until then, each time this one is pinned.
                 settle: declared.ack_wait + Duration::from_secs(1),
@@ -288,17 +289,18 @@ pub async fn run(
                         }
                     };
                     let handler_endpoint = endpoint.clone();
-                    let handler = move |d: consume::Delivery| {
+                    let handler = move |ds: Vec<consume::Delivery>| {
                         let endpoint = handler_endpoint.clone();
-                        async move { endpoint.deliver(d).await }
+                        async move { endpoint.deliver(ds).await }
                     };
                     let (done, back) = tokio::join!(
                         async {
-                            let done = consume::run(
+                            let done = consume::run_batched(
                                 &js,
                                 &stream,
                                 &durable,
                                 opts.clone(),
+                                endpoint.batching(),
                                 handler,
                                 run.clone(),
                             )

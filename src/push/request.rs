@@ -10,6 +10,13 @@
 //! (`standardwebhooks`): `webhook-id` is stable per event (the JetStream deduplication id,
 //! `<source>#<id>`), so a receiver de-duplicates a redelivery by it; `webhook-timestamp` is the
 //! attempt's time; `webhook-signature` is `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`.
+//!
+//! In batched mode the body is a JSON array of events in the JSON event format, with
+//! `Content-Type: application/cloudevents-batch+json`; at most one event per key, so a receiver
+//! may handle them in any order. Its `webhook-id` is derived from the events' ids (the same
+//! events give the same id), but a batch is not sent again as it was: after a failure or a
+//! restart its events may come back in other company. A receiver de-duplicates each event by
+//! `source` and `id`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -96,7 +103,7 @@ pub fn build(
         event,
         match mode {
             PushMode::Binary => Mode::Binary,
-            PushMode::Structured => Mode::Structured,
+            PushMode::Structured | PushMode::Batched => Mode::Structured,
         },
     )
     .map_err(|e: BindingError| e.to_string())?;
@@ -124,6 +131,53 @@ pub fn build(
     headers.push(("webhook-timestamp".into(), timestamp.to_string()));
     headers.push(("webhook-signature".into(), signature));
     Ok(Request { headers, body })
+}
+
+/// The content type of a batched request (CloudEvents JSON batch format).
+pub const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
+
+/// A batch's `webhook-id`: a digest of its events' ids, in the order sent.
+pub fn batch_id(events: &[Event]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for e in events {
+        h.update(webhook_id(e).as_bytes());
+        h.update([0]);
+    }
+    let digest = h.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("batch_{hex}")
+}
+
+/// The element of a batch for `event` (the JSON event format), or why it cannot be one.
+pub fn batch_element(event: Event) -> Result<serde_json::Value, String> {
+    serde_json::to_value(binding::json_data(event)).map_err(|e| e.to_string())
+}
+
+/// The batched request for `events` (given as their elements too, from [`batch_element`]),
+/// signed at `timestamp`, with the declared extra headers.
+pub fn build_batch(
+    events: &[Event],
+    elements: Vec<serde_json::Value>,
+    extra: &BTreeMap<String, String>,
+    signer: &Signer,
+    timestamp: i64,
+) -> Result<Request, String> {
+    let id = batch_id(events);
+    let body =
+        serde_json::to_vec(&serde_json::Value::Array(elements)).map_err(|e| e.to_string())?;
+    let mut headers = vec![("content-type".to_owned(), BATCH_CONTENT_TYPE.to_owned())];
+    for (k, v) in extra {
+        headers.push((k.clone(), v.clone()));
+    }
+    let signature = signer.sign(&id, timestamp, &body)?;
+    headers.push(("webhook-id".into(), id));
+    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
+    headers.push(("webhook-signature".into(), signature));
+    Ok(Request {
+        headers,
+        body: body.into(),
+    })
 }
 
 /// What an answer (or its absence) means for the event.
@@ -272,6 +326,47 @@ mod tests {
         let mut tampered = r.body.to_vec();
         tampered[0] = b' ';
         assert!(verifier.verify(&tampered, &h).is_err());
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_structured_events_under_a_stable_id() {
+        use cloudevents::AttributesWriter;
+        let signer = Signer::new(SECRET).unwrap();
+        let mut second = event();
+        second.set_id("0192b7e0-0000-7000-8000-000000000002");
+        second.set_subject(Some("PO 4712"));
+        let events = vec![event(), second];
+        let elements: Vec<_> = events
+            .iter()
+            .cloned()
+            .map(|e| batch_element(e).unwrap())
+            .collect();
+        let now = chrono::Utc::now().timestamp();
+        let r = build_batch(&events, elements.clone(), &BTreeMap::new(), &signer, now).unwrap();
+        assert_eq!(r.header("content-type"), Some(BATCH_CONTENT_TYPE));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body[0]["subject"], "PO 4711/ü");
+        assert_eq!(body[0]["data"]["orderId"], "PO 4711/ü");
+        assert_eq!(body[1]["id"], "0192b7e0-0000-7000-8000-000000000002");
+        assert_eq!(body[1]["partitionkey"], "PO 4711/ü");
+        // The same events: the same id, at any time; other events, another id.
+        let again = build_batch(&events, elements, &BTreeMap::new(), &signer, now + 60).unwrap();
+        assert_eq!(r.header("webhook-id"), again.header("webhook-id"));
+        assert_ne!(
+            r.header("webhook-id"),
+            Some(batch_id(&events[..1]).as_str())
+        );
+        let mut h = http::HeaderMap::new();
+        for (k, v) in &r.headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        standardwebhooks::Webhook::new(SECRET)
+            .unwrap()
+            .verify(&r.body, &h)
+            .unwrap();
     }
 
     #[test]

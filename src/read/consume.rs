@@ -7,6 +7,11 @@
 //! On the consumer's last allowed delivery a failing event is nak'ed once more, so the server
 //! gives up on it and announces it as a dead letter (max-deliveries advisory), and the key goes
 //! on. A poison event (the handler says it can never succeed) is terminated with its reason.
+//! A handler that panics is taken as asking to retry its events after a second.
+//!
+//! [`run_batched`] hands the handler several events at once, at most one per key (the heads of
+//! as many free keys as fit), and takes one outcome per event: each is acked, retried or
+//! terminated on its own, so the ordering rule is the same. [`run`] is a batch of one.
 //!
 //! Owns pulling, dispatch and acknowledgement; never decides what an event means.
 
@@ -50,7 +55,7 @@ pub struct Delivery {
 pub struct Options {
     /// Messages asked for per pull request.
     pub batch: usize,
-    /// Handlers running at once (across keys).
+    /// Handler calls running at once, each for other keys.
     pub concurrency: usize,
     /// Idle heartbeat of pull requests: a dead connection is noticed within twice this.
     pub heartbeat: Duration,
@@ -164,6 +169,37 @@ impl Key {
 struct Held {
     msg: jetstream::Message,
     delivery: Delivery,
+    /// Bytes on the stream (payload and headers), for [`Batching::max_bytes`].
+    size: usize,
+}
+
+/// An event a handler call has: enough to retry it should the call panic.
+struct Running {
+    key: String,
+    seq: u64,
+    delivered: i64,
+    reply: Option<async_nats::Subject>,
+}
+
+/// How soon an event whose handler panicked is delivered again.
+const PANIC_DELAY: Duration = Duration::from_secs(1);
+
+/// How many events one handler call of [`run_batched`] takes at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// Events per call (one per key), 1 or more.
+    pub max_events: usize,
+    /// Their bytes on the stream (payload and headers) together; a single larger event still
+    /// goes, alone.
+    pub max_bytes: usize,
+}
+
+impl Batching {
+    /// One event per call: [`run`].
+    pub const ONE: Batching = Batching {
+        max_events: 1,
+        max_bytes: usize::MAX,
+    };
 }
 
 /// The durable pull consumer `consumer` of `stream`, bound by name without asking the server for
@@ -220,6 +256,36 @@ where
     H: Fn(Delivery) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Outcome> + Send + 'static,
 {
+    let one = move |mut ds: Vec<Delivery>| {
+        let handler = handler.clone();
+        async move {
+            match ds.pop() {
+                Some(d) => vec![handler(d).await],
+                None => Vec::new(),
+            }
+        }
+    };
+    run_batched(js, stream, consumer, opts, Batching::ONE, one, shutdown).await
+}
+
+/// Runs `handler` over the consumer until `shutdown`, giving it up to `batching` events at a
+/// time, at most one per key, in no particular order. It answers one outcome per event, in the
+/// order given; an event it gives no outcome for is left to come back after ack_wait.
+/// A batch forms from the keys free when a handler can start: while fewer than `concurrency`
+/// calls run, an event goes at once, alone if it is alone; under load batches fill up.
+pub async fn run_batched<H, F>(
+    js: &Context,
+    stream: &str,
+    consumer: &str,
+    opts: Options,
+    batching: Batching,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<Stats, ConsumeError>
+where
+    H: Fn(Vec<Delivery>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Vec<Outcome>> + Send + 'static,
+{
     let bind = |message: String| ConsumeError::Bind {
         stream: stream.to_owned(),
         consumer: consumer.to_owned(),
@@ -253,7 +319,9 @@ where
     let mut messages = builder.messages().await.map_err(|e| bind(e.to_string()))?;
 
     let mut keys: HashMap<String, Key> = HashMap::new();
-    let mut tasks: JoinSet<(Held, Outcome)> = JoinSet::new();
+    let mut tasks: JoinSet<(Vec<Held>, Vec<Outcome>)> = JoinSet::new();
+    // The events each running handler call has, to retry them should it panic.
+    let mut running: HashMap<tokio::task::Id, Vec<Running>> = HashMap::new();
     let mut stats = Stats::default();
     let mut progress = tokio::time::interval(ack_wait / 2);
     progress.tick().await;
@@ -261,14 +329,16 @@ where
     let mut settled_at = tokio::time::Instant::now() + opts.settle;
     let mut settled = opts.settle.is_zero() || opts.group.is_some();
     let mut pin: Option<String> = None;
+    let read_on = opts.group.is_some() || batching.max_events > 1;
 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            // Read on while every handler is busy only when pinned: a pinned client that stops
-            // pulling for the pin's timeout loses the pin (and would settle again once re-pinned);
-            // the server still bounds what it hands out by max_ack_pending.
-            next = messages.next(), if tasks.len() < opts.concurrency || opts.group.is_some() => {
+            // Read on while every handler is busy only when pinned (a pinned client that stops
+            // pulling for the pin's timeout loses the pin, and would settle again once
+            // re-pinned) or batching (so that the next batch has events to take); the server
+            // still bounds what it hands out by max_ack_pending.
+            next = messages.next(), if tasks.len() < opts.concurrency || read_on => {
                 let msg = match next {
                     Some(Ok(m)) => m,
                     Some(Err(e)) => {
@@ -314,43 +384,47 @@ where
                     k.queue.insert(at, held);
                 }
             }
-            Some(done) = tasks.join_next() => {
-                let (held, outcome) = match done {
-                    Ok(r) => r,
+            Some(done) = tasks.join_next_with_id() => {
+                let (held, outcomes) = match done {
+                    Ok((id, r)) => {
+                        running.remove(&id);
+                        r
+                    }
                     Err(e) => {
-                        warn!(error = %e, "handler panicked; its event will be redelivered after ack_wait");
+                        // As if it had asked to retry each of its events: nak'ed, their keys
+                        // wait for them (or go on, after an event's last delivery).
+                        warn!(error = %e, "handler panicked; its events will be redelivered");
+                        let client = js.client();
+                        for r in running.remove(&e.id()).unwrap_or_default() {
+                            let k = keys.entry(r.key.clone()).or_default();
+                            k.running = None;
+                            k.running_ack = None;
+                            if max_deliver > 0 && r.delivered >= max_deliver {
+                                k.dealt_with(r.seq);
+                                stats.dead += 1;
+                            } else {
+                                k.blocked_on = Some(r.seq);
+                                stats.retried += 1;
+                            }
+                            if let Some(reply) = r.reply {
+                                let nak = format!("-NAK {{\"delay\":{}}}", PANIC_DELAY.as_nanos());
+                                let _ = client.publish(reply, nak.into()).await;
+                            }
+                        }
                         continue;
                     }
                 };
-                let d = &held.delivery;
-                let k = keys.entry(d.key.clone()).or_default();
-                k.running = None;
-                k.running_ack = None;
-                match outcome {
-                    Outcome::Done => {
-                        k.dealt_with(d.stream_seq);
-                        stats.handled += 1;
-                        if let Err(e) = held.msg.double_ack().await {
-                            warn!(error = %e, seq = d.stream_seq, "ack failed; the event may be redelivered (and skipped as a duplicate)");
-                        }
-                    }
-                    Outcome::Retry(delay) if max_deliver > 0 && d.delivered >= max_deliver => {
-                        // Last delivery: nak so the server gives up and announces it; go on.
-                        warn!(seq = d.stream_seq, key = %d.key, "event failed on its last delivery: it goes to the dead letters");
-                        k.dealt_with(d.stream_seq);
-                        stats.dead += 1;
-                        let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
-                    }
-                    Outcome::Retry(delay) => {
-                        stats.retried += 1;
-                        k.blocked_on = Some(d.stream_seq);
-                        let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
-                    }
-                    Outcome::Poison(reason) => {
-                        warn!(seq = d.stream_seq, key = %d.key, %reason, "poison event terminated");
-                        k.dealt_with(d.stream_seq);
-                        stats.poisoned += 1;
-                        terminate(&held.msg, &reason).await;
+                if held.len() != outcomes.len() {
+                    warn!(events = held.len(), outcomes = outcomes.len(), "the handler answered for fewer events than it was given: the others come back after ack_wait");
+                }
+                let mut outcomes = outcomes.into_iter();
+                for held in held {
+                    let outcome = outcomes.next();
+                    let k = keys.entry(held.delivery.key.clone()).or_default();
+                    k.running = None;
+                    k.running_ack = None;
+                    if let Some(outcome) = outcome {
+                        settle_one(k, held, outcome, max_deliver, &mut stats).await;
                     }
                 }
             }
@@ -374,22 +448,50 @@ where
                 }
             }
         }
-        // Start a handler for every key that is free, not blocked and has something queued.
-        for k in keys.values_mut().filter(|_| settled) {
-            if tasks.len() >= opts.concurrency {
-                break;
-            }
-            if k.running.is_some() || k.blocked_on.is_some() {
-                continue;
-            }
-            if let Some(held) = k.queue.pop_front() {
-                k.running = Some(held.delivery.stream_seq);
-                k.running_ack = held.msg.reply.clone();
+        // Start handlers for the keys that are free, not blocked and have something queued:
+        // each takes the heads of as many keys as its batch holds.
+        if settled {
+            let mut free = keys
+                .values_mut()
+                .filter(|k| k.running.is_none() && k.blocked_on.is_none() && !k.queue.is_empty())
+                .peekable();
+            while tasks.len() < opts.concurrency {
+                let mut batch: Vec<Held> = Vec::new();
+                let mut bytes = 0usize;
+                while batch.len() < batching.max_events {
+                    let Some(size) = free.peek().and_then(|k| k.queue.front()).map(|h| h.size)
+                    else {
+                        break;
+                    };
+                    if !batch.is_empty() && bytes.saturating_add(size) > batching.max_bytes {
+                        break; // it starts the next batch
+                    }
+                    let k = free.next().expect("peeked");
+                    let held = k.queue.pop_front().expect("filtered on a queued event");
+                    k.running = Some(held.delivery.stream_seq);
+                    k.running_ack = held.msg.reply.clone();
+                    bytes = bytes.saturating_add(size);
+                    batch.push(held);
+                }
+                if batch.is_empty() {
+                    break;
+                }
                 let handler = handler.clone();
-                tasks.spawn(async move {
-                    let outcome = handler(held.delivery.clone()).await;
-                    (held, outcome)
+                let batch_keys = batch
+                    .iter()
+                    .map(|h| Running {
+                        key: h.delivery.key.clone(),
+                        seq: h.delivery.stream_seq,
+                        delivered: h.delivery.delivered,
+                        reply: h.msg.reply.clone(),
+                    })
+                    .collect();
+                let task = tasks.spawn(async move {
+                    let outcomes =
+                        handler(batch.iter().map(|h| h.delivery.clone()).collect()).await;
+                    (batch, outcomes)
                 });
+                running.insert(task.id(), batch_keys);
             }
         }
         keys.retain(|_, k| {
@@ -397,22 +499,63 @@ where
         });
     }
     // Let running handlers finish and record them; held events are redelivered to the next run.
-    while let Some(Ok((held, outcome))) = tasks.join_next().await {
-        match outcome {
-            Outcome::Done => {
-                stats.handled += 1;
-                let _ = held.msg.double_ack().await;
-            }
-            Outcome::Retry(d) => {
-                let _ = held.msg.ack_with(AckKind::Nak(Some(d))).await;
-            }
-            Outcome::Poison(reason) => {
-                stats.poisoned += 1;
-                terminate(&held.msg, &reason).await;
+    while let Some(Ok((held, outcomes))) = tasks.join_next().await {
+        for (held, outcome) in held.into_iter().zip(outcomes) {
+            match outcome {
+                Outcome::Done => {
+                    stats.handled += 1;
+                    let _ = held.msg.double_ack().await;
+                }
+                Outcome::Retry(d) => {
+                    let _ = held.msg.ack_with(AckKind::Nak(Some(d))).await;
+                }
+                Outcome::Poison(reason) => {
+                    stats.poisoned += 1;
+                    terminate(&held.msg, &reason).await;
+                }
             }
         }
     }
     Ok(stats)
+}
+
+/// Acts on one event's outcome: ack, nak (blocking its key, or giving up on its last
+/// delivery) or terminate.
+async fn settle_one(
+    k: &mut Key,
+    held: Held,
+    outcome: Outcome,
+    max_deliver: i64,
+    stats: &mut Stats,
+) {
+    let d = &held.delivery;
+    match outcome {
+        Outcome::Done => {
+            k.dealt_with(d.stream_seq);
+            stats.handled += 1;
+            if let Err(e) = held.msg.double_ack().await {
+                warn!(error = %e, seq = d.stream_seq, "ack failed; the event may be redelivered (and skipped as a duplicate)");
+            }
+        }
+        Outcome::Retry(delay) if max_deliver > 0 && d.delivered >= max_deliver => {
+            // Last delivery: nak so the server gives up and announces it; go on.
+            warn!(seq = d.stream_seq, key = %d.key, "event failed on its last delivery: it goes to the dead letters");
+            k.dealt_with(d.stream_seq);
+            stats.dead += 1;
+            let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        Outcome::Retry(delay) => {
+            stats.retried += 1;
+            k.blocked_on = Some(d.stream_seq);
+            let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        Outcome::Poison(reason) => {
+            warn!(seq = d.stream_seq, key = %d.key, %reason, "poison event terminated");
+            k.dealt_with(d.stream_seq);
+            stats.poisoned += 1;
+            terminate(&held.msg, &reason).await;
+        }
+    }
 }
 
 /// `+TERM` with the reason, which the server puts in its terminated advisory (the dead letter)
@@ -441,6 +584,17 @@ async fn terminate(msg: &jetstream::Message, reason: &str) {
 async fn receive(msg: jetstream::Message) -> Option<Held> {
     let info = msg.info().ok()?;
     let (stream_seq, delivered) = (info.stream_sequence, info.delivered);
+    let size = msg.payload.len()
+        + msg.headers.as_ref().map_or(0, |h| {
+            h.iter()
+                .map(|(n, vs)| {
+                    let n: &str = n.as_ref();
+                    vs.iter()
+                        .map(|v| n.len() + v.as_str().len() + 4)
+                        .sum::<usize>()
+                })
+                .sum()
+        });
     match binding::decode(msg.headers.as_ref(), &msg.payload, Rule::Lenient) {
         Ok(event) => {
             let key = event
@@ -456,6 +610,7 @@ async fn receive(msg: jetstream::Message) -> Option<Held> {
                     stream_seq,
                     delivered,
                 },
+                size,
             })
         }
         Err(e) => {

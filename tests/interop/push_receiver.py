@@ -4,10 +4,12 @@ faults the test turns on and off through a control file read at every request:
 
     {"status": 500}          answer this status without handling (after verifying)
     {"sleep": 3}             wait this long before answering (the push service times out)
-    {"poison": ["K1"]}       answer 400 (and why) for events whose subject or sequence is listed
+    {"poison": ["K1"]}       answer 400 (and why) for a request holding an event whose subject or
+                             sequence is listed (the whole batch, in batched mode)
 
-Prints one JSON line per request: {"status", "webhook_id", "id", "subject", "sequence",
-"handled"} ("handled" false for a refusal or a repeat of a webhook id already handled).
+Prints one JSON line per event of each request: {"status", "webhook_id", "id", "subject",
+"sequence", "batch", "handled"} ("handled" false for a refusal or an event already handled;
+"batch" the number of events in the request).
 
     python push_receiver.py --port P --secret-env S --control FILE
 """
@@ -20,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "push"))
-from receiver import Receiver, serve  # noqa: E402
+from receiver import BATCH, Receiver, serve  # noqa: E402
 
 out = threading.Lock()
 
@@ -38,7 +40,9 @@ def main() -> None:
     args = ap.parse_args()
 
     handled = []
-    receiver = Receiver(os.environ[args.secret_env], handle=lambda e: handled.append(e))
+    # (thread, event id) of each event handled: a request's own are those of its thread.
+    receiver = Receiver(os.environ[args.secret_env],
+                        handle=lambda e: handled.append((threading.get_ident(), e.get_attributes()["id"])))
     inner = receiver.receive
 
     def control() -> dict:
@@ -48,29 +52,47 @@ def main() -> None:
         except (OSError, ValueError):
             return {}
 
+    def events_of(headers: dict, body: bytes) -> list:
+        """id, subject and sequence of each event the request holds, as the test sees them."""
+        if headers.get("content-type", "").startswith(BATCH):
+            try:
+                return [{"id": e.get("id"), "subject": e.get("subject"), "sequence": e.get("sequence")}
+                        for e in json.loads(body)]
+            except ValueError:
+                return [{}]
+        return [{"id": headers.get("ce-id"), "subject": headers.get("ce-subject"),
+                 "sequence": headers.get("ce-sequence")}]
+
     def receive(headers: dict, body: bytes) -> int:
         c = control()
         if c.get("sleep"):
             time.sleep(c["sleep"])
-        line = {"webhook_id": headers.get("webhook-id"), "id": headers.get("ce-id"),
-                "subject": headers.get("ce-subject"), "sequence": headers.get("ce-sequence"),
-                "sender": headers.get("user-agent"), "at": time.time()}
+        request = {"webhook_id": headers.get("webhook-id"), "sender": headers.get("user-agent"),
+                   "at": time.time()}
+        events = events_of(headers, body)
+        lines = [{**request, **e, "batch": len(events)} for e in events]
+
+        def answer(status, handled=()):
+            for line in lines:
+                say({**line, "status": status, "handled": line["id"] in handled})
+            return status
+
         try:
             receiver.webhook.verify(body, headers, json_parse=False)
         except Exception:
-            say({**line, "status": 401, "handled": False})
-            return 401
+            return answer(401)
         status = c.get("status")
-        if status is None and (line["subject"] in c.get("poison", []) or line["sequence"] in c.get("poison", [])):
-            say({**line, "status": 400, "handled": False})
-            return (400, f"unknown order {line['subject']}".encode())
+        poison = c.get("poison", [])
+        bad = [l for l in lines if l["subject"] in poison or l["sequence"] in poison]
+        if status is None and bad:
+            answer(400)
+            return (400, f"unknown order {bad[0]['subject']}".encode())
         if status is not None:
-            say({**line, "status": status, "handled": False})
-            return status
+            return answer(status)
         before = len(handled)
         status = inner(headers, body)
-        say({**line, "status": status, "handled": len(handled) > before})
-        return status
+        me = threading.get_ident()
+        return answer(status, {i for (t, i) in handled[before:] if t == me})
 
     receiver.receive = receive
     server = serve(receiver, args.port)

@@ -1,7 +1,7 @@
 //! The Rust consumer library: per-key order with concurrent handlers, transient failures (nak and
-//! redelivery), catching up after being offline.
+//! redelivery), batches, a panicking handler, catching up after being offline.
 //!
-//! It stays one file of about 650 lines: every test of the consumer library shares its handlers,
+//! It stays one file of about 720 lines: every test of the consumer library shares its handlers,
 //! emitters and per-key order check.
 
 use std::collections::HashMap;
@@ -169,6 +169,80 @@ async fn per_key_order_holds_with_concurrent_handlers_delays_and_transient_failu
         "transient failures were exercised: {stats:?}"
     );
     assert_each_key_in_order_once(&log.lock().unwrap(), 10, 1_000);
+}
+
+#[tokio::test]
+async fn batches_hold_one_event_per_key_each_settled_on_its_own_and_a_panicking_handlers_events_are_retried_in_order(
+) {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    durable(&env, "batched", -1).await;
+    emit_many(&env.db, 12, 150).await;
+
+    let log: Log = Arc::default();
+    let largest = Arc::new(Mutex::new(0usize));
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let handler = {
+        let (log, largest, calls, stop) =
+            (log.clone(), largest.clone(), calls.clone(), stop.clone());
+        move |ds: Vec<Delivery>| {
+            let (log, largest, calls, stop) =
+                (log.clone(), largest.clone(), calls.clone(), stop.clone());
+            async move {
+                let keys: std::collections::BTreeSet<&str> =
+                    ds.iter().map(|d| d.key.as_str()).collect();
+                assert_eq!(keys.len(), ds.len(), "two events of one key in a batch");
+                {
+                    let mut l = largest.lock().unwrap();
+                    *l = (*l).max(ds.len());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Two calls panic, holding their events: their keys must go on after ack_wait.
+                let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if call == 20 || call == 60 {
+                    panic!("a handler's bug (call {call}), as a test");
+                }
+                let mut rng = rand::rngs::StdRng::from_os_rng();
+                let mut out = Vec::new();
+                let mut l = log.lock().unwrap();
+                for d in &ds {
+                    if rng.random_bool(0.1) {
+                        out.push(Outcome::Retry(Duration::from_millis(20)));
+                    } else {
+                        l.push((d.key.clone(), sequence(d)));
+                        out.push(Outcome::Done);
+                    }
+                }
+                if l.len() >= 12 * 150 {
+                    stop.cancel();
+                }
+                out
+            }
+        }
+    };
+    let js = env.js().await;
+    let opts = Options {
+        concurrency: 2,
+        ..Default::default()
+    };
+    let batching = consume::Batching {
+        max_events: 8,
+        max_bytes: usize::MAX,
+    };
+    let run = consume::run_batched(&js, "MES_EVENTS", "batched", opts, batching, handler, stop);
+    let stats = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("all events handled within 120 s (a key left stuck by a panic would hold them)")
+        .unwrap();
+    relay.stop().await;
+    assert!(
+        stats.retried > 10,
+        "per-event retries were exercised: {stats:?}"
+    );
+    let largest = *largest.lock().unwrap();
+    assert!((2..=8).contains(&largest), "largest batch: {largest}");
+    assert_each_key_in_order_once(&log.lock().unwrap(), 12, 150);
 }
 
 #[tokio::test]

@@ -296,6 +296,20 @@ impl Drop for Receiver {
 /// Every event handled once, each key's in the order they were emitted; every request for one
 /// event carried the same webhook id.
 fn assert_once_in_order(who: &str, lines: &[Value], emitted: &[(String, String)]) {
+    assert_handled_once_in_order(who, lines, emitted);
+    let mut ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["id"].is_string()) {
+        ids.entry(l["id"].as_str().unwrap())
+            .or_default()
+            .insert(l["webhook_id"].as_str().unwrap_or("-"));
+    }
+    for (id, w) in ids {
+        assert_eq!(w.len(), 1, "{who}: event {id} came with webhook ids {w:?}");
+    }
+}
+
+/// Every event handled once, each key's in the order they were emitted.
+fn assert_handled_once_in_order(who: &str, lines: &[Value], emitted: &[(String, String)]) {
     let handled: Vec<&Value> = lines.iter().filter(|l| l["handled"] == true).collect();
     let seqs: Vec<String> = handled
         .iter()
@@ -317,50 +331,66 @@ fn assert_once_in_order(who: &str, lines: &[Value], emitted: &[(String, String)]
             assert!(prev < s, "{who}: key {k}: {s} handled after {prev}");
         }
     }
-    let mut ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for l in lines.iter().filter(|l| l["id"].is_string()) {
-        ids.entry(l["id"].as_str().unwrap())
-            .or_default()
-            .insert(l["webhook_id"].as_str().unwrap_or("-"));
-    }
-    for (id, w) in ids {
-        assert_eq!(w.len(), 1, "{who}: event {id} came with webhook ids {w:?}");
-    }
 }
 
 #[tokio::test]
 async fn official_receivers_verify_every_signature_decode_every_event_and_refuse_forgeries() {
-    let (py_port, js_port) = (free_port(), free_port());
-    let w = World::new(&[
-        ("workflow-py", system("workflow-py", py_port, "")),
+    use mes_events::provision::decl::PushMode;
+    // The receivers to copy, as they are (examples/push/receiver.{py,mjs}), in each mode. The
+    // batched ones deliver one request at a time, so that the other keys' events gather.
+    let receivers = [
+        ("python", PushMode::Binary, ""),
+        ("javascript", PushMode::Structured, "mode = \"structured\""),
         (
-            "workflow-js",
-            system("workflow-js", js_port, "mode = \"structured\""),
+            "python",
+            PushMode::Batched,
+            "mode = \"batched\"\nconcurrency = 1",
         ),
-    ])
+        (
+            "javascript",
+            PushMode::Batched,
+            "mode = \"batched\"\nconcurrency = 1",
+        ),
+    ]
+    .map(|(lang, mode, push)| (lang, mode, push, free_port()));
+    let systems: Vec<(String, String)> = receivers
+        .iter()
+        .enumerate()
+        .map(|(i, (lang, _, push, port))| {
+            let name = format!("workflow-{lang}-{i}");
+            let text = system(&name, *port, push);
+            (name, text)
+        })
+        .collect();
+    let w = World::new(
+        &systems
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.clone()))
+            .collect::<Vec<_>>(),
+    )
     .await;
-    // The receivers to copy, as they are: examples/push/receiver.{py,mjs}.
-    let mut py = Command::new("python3");
-    py.arg(root().join("examples/push/receiver.py")).args([
-        "--port",
-        &py_port.to_string(),
-        "--secret-env",
-        "PUSH_SECRET",
-    ]);
-    let mut js = Command::new("node");
-    js.arg(root().join("examples/push/receiver.mjs"))
-        .args([
-            "--port",
-            &js_port.to_string(),
-            "--secret-env",
-            "PUSH_SECRET",
-        ])
-        .current_dir(root().join("examples/push"));
-    let py = Receiver::spawn_plain("python receiver", py);
-    let js = Receiver::spawn_plain("javascript receiver", js);
+    let rs: Vec<Receiver> = receivers
+        .iter()
+        .map(|(lang, mode, _, port)| {
+            let args =
+                ["--port", &port.to_string(), "--secret-env", "PUSH_SECRET"].map(String::from);
+            let cmd = if *lang == "python" {
+                let mut c = Command::new("python3");
+                c.arg(root().join("examples/push/receiver.py")).args(&args);
+                c
+            } else {
+                let mut c = Command::new("node");
+                c.arg(root().join("examples/push/receiver.mjs"))
+                    .args(&args)
+                    .current_dir(root().join("examples/push"));
+                c
+            };
+            Receiver::spawn_plain(&format!("{lang} receiver, {mode:?} mode"), cmd)
+        })
+        .collect();
     let mut push = w.push();
     let emitted = w.emit(20, 4, 0).await;
-    for r in [&py, &js] {
+    for r in &rs {
         r.wait_lines_or(|l| l.len() >= 20, "20 events", || push.log())
             .await;
         let lines: Vec<Value> = r
@@ -371,7 +401,7 @@ async fn official_receivers_verify_every_signature_decode_every_event_and_refuse
                 l
             })
             .collect();
-        assert_once_in_order(&r.name, &lines, &emitted);
+        assert_handled_once_in_order(&r.name, &lines, &emitted);
         for l in &lines {
             assert_eq!(l["type"], "io.mesevents.mes.processorder.statuschanged.v1");
         }
@@ -397,12 +427,23 @@ async fn official_receivers_verify_every_signature_decode_every_event_and_refuse
         .unwrap();
     let now = chrono::Utc::now().timestamp();
     let build = |signer: &mes_events::push::Signer, ts: i64, mode| {
-        mes_events::push::request::build(event.clone(), mode, &Default::default(), signer, ts)
+        use mes_events::push::request;
+        if mode == PushMode::Batched {
+            let element = request::batch_element(event.clone()).unwrap();
+            request::build_batch(
+                std::slice::from_ref(&event),
+                vec![element],
+                &Default::default(),
+                signer,
+                ts,
+            )
             .unwrap()
+        } else {
+            request::build(event.clone(), mode, &Default::default(), signer, ts).unwrap()
+        }
     };
-    use mes_events::provision::decl::PushMode;
     let http = reqwest::Client::new();
-    for (port, mode) in [(py_port, PushMode::Binary), (js_port, PushMode::Structured)] {
+    for (_, mode, _, port) in &receivers {
         let send = |r: mes_events::push::request::Request| {
             let mut b = http.post(format!("http://127.0.0.1:{port}/hooks/mes"));
             for (k, v) in &r.headers {
@@ -410,15 +451,15 @@ async fn official_receivers_verify_every_signature_decode_every_event_and_refuse
             }
             b.body(r.body).send()
         };
-        let genuine = build(&signer, now, mode);
+        let genuine = build(&signer, now, *mode);
         let mut tampered = genuine.clone();
         tampered.body = bytes::Bytes::from(
             String::from_utf8(genuine.body.to_vec())
                 .unwrap()
                 .replace("PO-X", "PO-Y"),
         );
-        let old = build(&signer, now - 600, mode);
-        let wrong_key = build(&other, now, mode);
+        let old = build(&signer, now - 600, *mode);
+        let wrong_key = build(&other, now, *mode);
         let mut unsigned = genuine.clone();
         unsigned.headers.retain(|(k, _)| k != "webhook-signature");
         for (what, r) in [
@@ -428,12 +469,15 @@ async fn official_receivers_verify_every_signature_decode_every_event_and_refuse
             ("no signature", unsigned),
         ] {
             let status = send(r).await.unwrap().status().as_u16();
-            assert_eq!(status, 401, "port {port}: {what} was not refused");
+            assert_eq!(
+                status, 401,
+                "port {port} ({mode:?}): {what} was not refused"
+            );
         }
         let status = send(genuine).await.unwrap().status().as_u16();
         assert!((200..300).contains(&status), "port {port}: genuine refused");
     }
-    for r in [&py, &js] {
+    for r in &rs {
         r.wait_lines(|l| l.len() == 21, "the genuine request").await;
         assert_eq!(r.lines()[20]["subject"], "PO-X", "{}", r.name);
     }
@@ -821,6 +865,155 @@ async fn an_endpoint_asking_to_wait_uses_up_no_attempt_and_loses_nothing() {
         push.log().contains("the endpoint asks to wait"),
         "{}",
         push.log()
+    );
+    assert!(push.terminate().success(), "{}", push.log());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn batched_requests_keep_each_keys_order_single_out_a_poison_event_and_survive_failures_and_kills(
+) {
+    use rand::Rng;
+    let port = free_port();
+    let w = World::new(&[(
+        "batch-hook",
+        system(
+            "batch-hook",
+            port,
+            r#"mode = "batched"
+concurrency = 2
+max_batch = 5
+retry = ["200ms", "400ms", "800ms", "1600ms"]
+pause_after = 3
+pause = "1s""#,
+        ),
+    )])
+    .await;
+    let r = Receiver::faulty("batch-hook", port).await;
+    let sequences_of = |lines: &[Value], pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| pred(l))
+            .map(|l| l["sequence"].as_str().unwrap_or("-").to_owned())
+            .collect()
+    };
+
+    // A poison event among 40 events of 8 keys: PO-1's second. The receiver refuses any request
+    // holding it (400), so the batch it is in is refused as a whole.
+    let mut emitted = w.emit(40, 8, 0).await;
+    let poison = emitted[9].1.clone();
+    r.set(json!({"sleep": 0.05, "poison": [poison]}));
+    let mut push = w.push();
+    r.wait_handled(39).await;
+    let lines = r.lines();
+    assert!(
+        sequences_of(&lines, &|l| l["handled"] == true)
+            .iter()
+            .all(|s| *s != poison),
+        "the poison event was handled"
+    );
+    // Batches formed, within the declared size, each of other keys.
+    let largest = lines.iter().filter_map(|l| l["batch"].as_u64()).max();
+    assert!(
+        largest.is_some_and(|n| (2..=5).contains(&n)),
+        "batch sizes: {largest:?}"
+    );
+    // Events refused along with the poison one in a batch were singled out and delivered.
+    let refused_with_it = sequences_of(&lines, &|l| {
+        l["status"] == 400 && l["sequence"] != poison.as_str()
+    });
+    assert!(
+        !refused_with_it.is_empty(),
+        "the poison event never shared a batch: {lines:#?}"
+    );
+    // ... in the very next request that held them: not retried later, as the poison event is.
+    for seq in &refused_with_it {
+        let after: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["sequence"] == seq.as_str())
+            .skip_while(|l| l["status"] != 400)
+            .skip(1)
+            .collect();
+        assert!(
+            after.first().is_some_and(|l| l["handled"] == true && l["batch"] == 1),
+            "{seq}, refused with the poison event, was not singled out and delivered next: {after:#?}"
+        );
+    }
+    // Its key went on after it.
+    assert!(sequences_of(&lines, &|l| l["handled"] == true).contains(&emitted[17].1));
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(args)
+            .env("MES_EVENTS_NATS__URL", w.env.nats.url())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let list = eventually_value(Duration::from_secs(20), "the dead letter", || async {
+        let o = cli(&["dead-letters", "list", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        let a = v.as_array()?.clone();
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let why = list[0]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("HTTP 400")
+            && why.contains("unknown order PO-1")
+            && why.contains("attempt 5 of 5"),
+        "{}",
+        list[0]
+    );
+
+    // The endpoint fails (500) for a moment while events flow, then recovers.
+    r.set(json!({"sleep": 0.05, "status": 500}));
+    emitted.extend(w.emit(16, 8, 40).await);
+    r.wait_lines(|l| l.iter().any(|v| v["status"] == 500), "500s answered")
+        .await;
+    r.set(json!({"sleep": 0.05}));
+
+    // Killed with batches in flight, newer events arriving each time.
+    let mut rng = rand::rng();
+    for round in 0..3 {
+        let before = r.handled().len();
+        r.wait_handled(before + 1).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        push.kill9();
+        emitted.extend(w.emit(16, 8, 56 + round * 16).await);
+        push = w.push();
+    }
+    r.wait_handled(emitted.len() - 1).await;
+
+    // The receiver fixed, the dead letter resent: delivered once.
+    r.set(json!({}));
+    let id = list[0]["id"].as_u64().unwrap().to_string();
+    let o = cli(&["dead-letters", "resend", &id]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    r.wait_handled(emitted.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // nothing more may come
+    let lines = r.lines();
+    let handled = sequences_of(&lines, &|l| l["handled"] == true);
+    assert_eq!(handled.iter().filter(|s| **s == poison).count(), 1);
+    // Every other event once, each key in order (the resent one comes after its key's newer
+    // events, as a resend does).
+    let others: Vec<Value> = lines
+        .into_iter()
+        .filter(|l| l["sequence"] != poison.as_str())
+        .collect();
+    let emitted_others: Vec<(String, String)> = emitted
+        .iter()
+        .filter(|(_, s)| *s != poison)
+        .cloned()
+        .collect();
+    assert_handled_once_in_order("batch-hook", &others, &emitted_others);
+    let again = others
+        .iter()
+        .filter(|l| l["handled"] == false && l["status"] == 204)
+        .count();
+    eprintln!(
+        "{} events, largest batch {largest:?}, {again} delivered again after a failure or kill",
+        emitted.len()
     );
     assert!(push.terminate().success(), "{}", push.log());
     w.stop().await;

@@ -3,9 +3,10 @@
 // `mes-events push` POSTs each event as a CloudEvents HTTP request, signed as Standard Webhooks
 // says. This receiver verifies the signature (StandardWebhooks package), refusing a tampered
 // body or a timestamp more than 5 minutes off (401), decodes the CloudEvent with the official
-// SDK (CloudNative.CloudEvents.AspNetCore), skips an event it already has (the same
-// `webhook-id` comes again when an answer was lost), handles it, and answers 204. Answer
-// anything else and the event is sent again later, its key waiting meanwhile.
+// SDK (CloudNative.CloudEvents.AspNetCore; in batched mode each event of the batch), skips an
+// event it already has (by source and id: an event comes again when an answer was lost),
+// handles it, and answers 204. Answer anything else and the event (or the batch) is sent again
+// later, its key waiting meanwhile; events of a batch already handled are skipped then.
 //
 //   WEBHOOK_SECRET=whsec_... dotnet run --urls http://0.0.0.0:8080
 //
@@ -21,7 +22,7 @@ var app = WebApplication.CreateBuilder(args).Build();
 var webhook = new StandardWebhook(Environment.GetEnvironmentVariable("WEBHOOK_SECRET")
     ?? throw new InvalidOperationException("set WEBHOOK_SECRET to the whsec_ secret"));
 var formatter = new JsonEventFormatter();
-// Webhook ids handled: keep them in your database in production.
+// Events handled (source#id): keep them in your database in production.
 var seen = new ConcurrentDictionary<string, bool>();
 
 app.MapPost("/hooks/mes", async (HttpRequest request) =>
@@ -42,14 +43,20 @@ app.MapPost("/hooks/mes", async (HttpRequest request) =>
     {
         return Results.Unauthorized();
     }
-    var cloudEvent = await request.ToCloudEventAsync(formatter);
-    var id = request.Headers["webhook-id"].ToString();
-    if (seen.ContainsKey(id))
+    // One event, or in batched mode (application/cloudevents-batch+json) several, one per key.
+    var events = request.IsCloudEventBatch()
+        ? await request.ToCloudEventBatchAsync(formatter, Array.Empty<CloudEventAttribute>())
+        : new[] { await request.ToCloudEventAsync(formatter) };
+    foreach (var cloudEvent in events)
     {
-        return Results.NoContent(); // delivered again after a lost answer: already handled
+        var key = $"{cloudEvent.Source}#{cloudEvent.Id}"; // the same on every retry
+        if (seen.ContainsKey(key))
+        {
+            continue; // delivered again after a lost answer: already handled
+        }
+        Handle(cloudEvent);
+        seen.TryAdd(key, true);
     }
-    Handle(cloudEvent);
-    seen.TryAdd(id, true);
     return Results.NoContent();
 });
 
