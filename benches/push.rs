@@ -9,6 +9,8 @@
 //!    time, keep-alive) to the same receiver: the ceiling, and push's share of it.
 //! 3. Latency: commit of `mes_events.emit` → receipt by the endpoint, 200 events/s for 20 s,
 //!    through the relay and the push service.
+//! 4. Batched mode: the whole stream (24,000 events) to a second system, `mode = "batched"`,
+//!    up to 100 events per request, 4 requests at once.
 //!
 //! Prints a table and writes target/bench/push.json.
 
@@ -48,15 +50,35 @@ async fn receiver(seen: Seen) -> Res<u16> {
     use axum::http::{HeaderMap, StatusCode};
     let app = axum::Router::new().route(
         "/hooks/mes",
-        axum::routing::post(move |headers: HeaderMap, _body: axum::body::Bytes| {
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let seen = seen.clone();
             async move {
-                let seq = headers
-                    .get("ce-sequence")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                seen.lock().unwrap().push((seq, Instant::now()));
+                let now = Instant::now();
+                let batched = headers
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/cloudevents-batch"));
+                let seqs: Vec<i64> = if batched {
+                    let events: Vec<serde_json::Value> =
+                        serde_json::from_slice(&body).unwrap_or_default();
+                    events
+                        .iter()
+                        .map(|e| {
+                            e["sequence"]
+                                .as_str()
+                                .and_then(|s| s.parse().ok())
+                                .unwrap_or(0)
+                        })
+                        .collect()
+                } else {
+                    vec![headers
+                        .get("ce-sequence")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)]
+                };
+                seen.lock()
+                    .unwrap()
+                    .extend(seqs.into_iter().map(|s| (s, now)));
                 StatusCode::NO_CONTENT
             }
         }),
@@ -212,6 +234,48 @@ async fn run(servers: &Servers) -> Res<()> {
     relay_stop.cancel();
     relay.await??;
 
+    // 4. Batched mode: the whole stream again, to a second system.
+    let all = js
+        .get_stream("MES_EVENTS")
+        .await?
+        .info()
+        .await?
+        .state
+        .messages as usize;
+    let bdir = tempfile::tempdir()?;
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/nats/streams.toml"),
+        bdir.path().join("streams.toml"),
+    )?;
+    std::fs::write(
+        bdir.path().join("hook-batched.toml"),
+        format!(
+            "[system]\nname = \"hook-batched\"\n[[consumer]]\nstream = \"MES_EVENTS\"\nmax_ack_pending = 20000\n[push]\nurl = \"http://127.0.0.1:{port}/hooks/mes\"\nsecret_file = {:?}\nmode = \"batched\"\nmax_batch = 100\nconcurrency = 4\n",
+            secret.display()
+        ),
+    )?;
+    let bdecl = mes_events::provision::load_dir(bdir.path()).map_err(|e| format!("{e:?}"))?;
+    mes_events::provision::apply(&js, &bdecl, Default::default()).await?;
+    seen.lock().unwrap().clear();
+    let push_stop = CancellationToken::new();
+    let liveness = mes_events::push::liveness_for(&bdecl);
+    let targets = mes_events::push::targets(&bdecl, &liveness, &push_stop)?;
+    let push = tokio::spawn({
+        let (cfg, stop) = (cfg.clone(), push_stop.clone());
+        async move { mes_events::push::run(&cfg, targets, liveness, None, stop).await }
+    });
+    wait_for(&seen, all, Duration::from_secs(300)).await?;
+    let times: Vec<Instant> = seen.lock().unwrap().iter().map(|(_, t)| *t).collect();
+    let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
+    let batched_rate = all as f64 / span;
+    let requests = {
+        let mut at: Vec<Instant> = times.clone();
+        at.dedup();
+        at.len()
+    };
+    push_stop.cancel();
+    push.await??;
+
     println!(
         "push, one endpoint (keep-alive, 16 keys at once, {EVENTS} events of 1 KiB over 256 keys):"
     );
@@ -227,6 +291,9 @@ async fn run(servers: &Servers) -> Res<()> {
         pct(1.0),
         ms.len()
     );
+    println!(
+        "  batched mode        {batched_rate:>9.0} events/s ({all} events in {requests} requests of up to 100, 4 at a time)"
+    );
     let out = serde_json::json!({
         "machine": machine(),
         "events": EVENTS,
@@ -234,6 +301,8 @@ async fn run(servers: &Servers) -> Res<()> {
         "bare_requests_per_s": bare_rate,
         "push_over_bare": push_rate / bare_rate,
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        "batched_events_per_s": batched_rate,
+        "batched_requests": requests,
     });
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench");
     std::fs::create_dir_all(dir)?;

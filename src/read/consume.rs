@@ -28,6 +28,8 @@ use tracing::{debug, warn};
 
 use crate::event::binding::{self, Rule};
 
+pub use super::bind::{bind_by_name, bind_in_group};
+
 /// What became of one event in the handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -202,47 +204,6 @@ impl Batching {
     };
 }
 
-/// The durable pull consumer `consumer` of `stream`, bound by name without asking the server for
-/// its info: what a system does from its own account, where the JetStream API is not available
-/// (only pulls and acks cross the account boundary). A consumer that does not exist shows as
-/// pull requests that never deliver. (nats.go `nats.Bind`, nats-py `pull_subscribe_bind`,
-/// nats.js `consumers.getConsumerFromInfo`, NATS.Net `new NatsJSConsumer(js, info)`.)
-pub fn bind_by_name(js: &Context, stream: &str, consumer: &str) -> PullConsumer {
-    bind_in_group(js, stream, consumer, None)
-}
-
-/// The same, for a consumer with a pinned-client priority group (the client library tracks the
-/// pin only when it knows the policy).
-pub fn bind_in_group(
-    js: &Context,
-    stream: &str,
-    consumer: &str,
-    group: Option<&str>,
-) -> PullConsumer {
-    let mut config = jetstream::consumer::pull::Config {
-        durable_name: Some(consumer.to_owned()),
-        ..Default::default()
-    };
-    if let Some(g) = group {
-        config.priority_policy = jetstream::consumer::PriorityPolicy::PinnedClient;
-        config.priority_groups = vec![g.to_owned()];
-    }
-    let info: jetstream::consumer::Info = serde_json::from_value(serde_json::json!({
-        "stream_name": stream,
-        "name": consumer,
-        "created": "1970-01-01T00:00:00Z",
-        "config": jetstream::consumer::IntoConsumerConfig::into_consumer_config(config.clone()),
-        "delivered": { "consumer_seq": 0, "stream_seq": 0 },
-        "ack_floor": { "consumer_seq": 0, "stream_seq": 0 },
-        "num_ack_pending": 0,
-        "num_redelivered": 0,
-        "num_waiting": 0,
-        "num_pending": 0
-    }))
-    .expect("a consumer info with only the names is valid");
-    PullConsumer::new(config, info, js.clone())
-}
-
 /// Runs `handler` over the consumer until `shutdown`; in-flight handlers finish and are acked.
 pub async fn run<H, F>(
     js: &Context,
@@ -320,6 +281,8 @@ where
 
     let mut keys: HashMap<String, Key> = HashMap::new();
     let mut tasks: JoinSet<(Vec<Held>, Vec<Outcome>)> = JoinSet::new();
+    // Answers to the server under way (awaited before the run returns).
+    let acking = tokio_util::task::TaskTracker::new();
     // The events each running handler call has, to retry them should it panic.
     let mut running: HashMap<tokio::task::Id, Vec<Running>> = HashMap::new();
     let mut stats = Stats::default();
@@ -418,15 +381,19 @@ where
                     warn!(events = held.len(), outcomes = outcomes.len(), "the handler answered for fewer events than it was given: the others come back after ack_wait");
                 }
                 let mut outcomes = outcomes.into_iter();
+                let mut replies = Vec::with_capacity(held.len());
                 for held in held {
                     let outcome = outcomes.next();
                     let k = keys.entry(held.delivery.key.clone()).or_default();
                     k.running = None;
                     k.running_ack = None;
                     if let Some(outcome) = outcome {
-                        settle_one(k, held, outcome, max_deliver, &mut stats).await;
+                        let r = settle_one(k, &held.delivery, outcome, max_deliver, &mut stats);
+                        replies.push((held, r));
                     }
                 }
+                // Off the loop: the next events of these keys need not wait for the acks.
+                acking.spawn(reply_all(replies));
             }
             _ = tokio::time::sleep_until(settled_at), if !settled => {
                 settled = true;
@@ -500,62 +467,90 @@ where
     }
     // Let running handlers finish and record them; held events are redelivered to the next run.
     while let Some(Ok((held, outcomes))) = tasks.join_next().await {
-        for (held, outcome) in held.into_iter().zip(outcomes) {
-            match outcome {
-                Outcome::Done => {
-                    stats.handled += 1;
-                    let _ = held.msg.double_ack().await;
-                }
-                Outcome::Retry(d) => {
-                    let _ = held.msg.ack_with(AckKind::Nak(Some(d))).await;
-                }
-                Outcome::Poison(reason) => {
-                    stats.poisoned += 1;
-                    terminate(&held.msg, &reason).await;
-                }
-            }
-        }
+        let replies = held
+            .into_iter()
+            .zip(outcomes)
+            .map(|(held, outcome)| {
+                let r = match outcome {
+                    Outcome::Done => {
+                        stats.handled += 1;
+                        Reply::Ack
+                    }
+                    Outcome::Retry(d) => Reply::Nak(d),
+                    Outcome::Poison(reason) => {
+                        stats.poisoned += 1;
+                        Reply::Term(reason)
+                    }
+                };
+                (held, r)
+            })
+            .collect();
+        reply_all(replies).await;
     }
+    acking.close();
+    acking.wait().await;
     Ok(stats)
 }
 
-/// Acts on one event's outcome: ack, nak (blocking its key, or giving up on its last
-/// delivery) or terminate.
-async fn settle_one(
+/// What to answer the server for an event.
+enum Reply {
+    Ack,
+    Nak(Duration),
+    Term(String),
+}
+
+/// Records one event's outcome on its key (done, blocked on it, or given up on its last
+/// delivery) and says what to answer the server.
+fn settle_one(
     k: &mut Key,
-    held: Held,
+    d: &Delivery,
     outcome: Outcome,
     max_deliver: i64,
     stats: &mut Stats,
-) {
-    let d = &held.delivery;
+) -> Reply {
     match outcome {
         Outcome::Done => {
             k.dealt_with(d.stream_seq);
             stats.handled += 1;
-            if let Err(e) = held.msg.double_ack().await {
-                warn!(error = %e, seq = d.stream_seq, "ack failed; the event may be redelivered (and skipped as a duplicate)");
-            }
+            Reply::Ack
         }
         Outcome::Retry(delay) if max_deliver > 0 && d.delivered >= max_deliver => {
             // Last delivery: nak so the server gives up and announces it; go on.
             warn!(seq = d.stream_seq, key = %d.key, "event failed on its last delivery: it goes to the dead letters");
             k.dealt_with(d.stream_seq);
             stats.dead += 1;
-            let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+            Reply::Nak(delay)
         }
         Outcome::Retry(delay) => {
             stats.retried += 1;
             k.blocked_on = Some(d.stream_seq);
-            let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+            Reply::Nak(delay)
         }
         Outcome::Poison(reason) => {
             warn!(seq = d.stream_seq, key = %d.key, %reason, "poison event terminated");
             k.dealt_with(d.stream_seq);
             stats.poisoned += 1;
-            terminate(&held.msg, &reason).await;
+            Reply::Term(reason)
         }
     }
+}
+
+/// Answers the server for each event, all at once (a batch's acks need not wait for each other).
+async fn reply_all(replies: Vec<(Held, Reply)>) {
+    futures::future::join_all(replies.into_iter().map(|(held, r)| async move {
+        match r {
+            Reply::Ack => {
+                if let Err(e) = held.msg.double_ack().await {
+                    warn!(error = %e, seq = held.delivery.stream_seq, "ack failed; the event may be redelivered (and skipped as a duplicate)");
+                }
+            }
+            Reply::Nak(delay) => {
+                let _ = held.msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+            Reply::Term(reason) => terminate(&held.msg, &reason).await,
+        }
+    }))
+    .await;
 }
 
 /// `+TERM` with the reason, which the server puts in its terminated advisory (the dead letter)

@@ -1,0 +1,153 @@
+//! Batched mode (`application/cloudevents-batch+json`): one event per key per request, each
+//! settled on its own; a poison event in a batch is singled out.
+
+use super::*;
+
+#[tokio::test]
+async fn batched_requests_keep_each_keys_order_single_out_a_poison_event_and_survive_failures_and_kills(
+) {
+    use rand::Rng;
+    let port = free_port();
+    let w = World::new(&[(
+        "batch-hook",
+        system(
+            "batch-hook",
+            port,
+            r#"mode = "batched"
+concurrency = 2
+max_batch = 5
+retry = ["200ms", "400ms", "800ms", "1600ms"]
+pause_after = 3
+pause = "1s""#,
+        ),
+    )])
+    .await;
+    let r = Receiver::faulty("batch-hook", port).await;
+    let sequences_of = |lines: &[Value], pred: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| pred(l))
+            .map(|l| l["sequence"].as_str().unwrap_or("-").to_owned())
+            .collect()
+    };
+
+    // A poison event among 40 events of 8 keys: PO-1's second. The receiver refuses any request
+    // holding it (400), so the batch it is in is refused as a whole.
+    let mut emitted = w.emit(40, 8, 0).await;
+    let poison = emitted[9].1.clone();
+    r.set(json!({"sleep": 0.05, "poison": [poison]}));
+    let mut push = w.push();
+    r.wait_handled(39).await;
+    let lines = r.lines();
+    assert!(
+        sequences_of(&lines, &|l| l["handled"] == true)
+            .iter()
+            .all(|s| *s != poison),
+        "the poison event was handled"
+    );
+    // Batches formed, within the declared size, each of other keys.
+    let largest = lines.iter().filter_map(|l| l["batch"].as_u64()).max();
+    assert!(
+        largest.is_some_and(|n| (2..=5).contains(&n)),
+        "batch sizes: {largest:?}"
+    );
+    // Events refused along with the poison one in a batch were singled out and delivered.
+    let refused_with_it = sequences_of(&lines, &|l| {
+        l["status"] == 400 && l["sequence"] != poison.as_str()
+    });
+    assert!(
+        !refused_with_it.is_empty(),
+        "the poison event never shared a batch: {lines:#?}"
+    );
+    // ... in the very next request that held them: not retried later, as the poison event is.
+    for seq in &refused_with_it {
+        let after: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["sequence"] == seq.as_str())
+            .skip_while(|l| l["status"] != 400)
+            .skip(1)
+            .collect();
+        assert!(
+            after.first().is_some_and(|l| l["handled"] == true && l["batch"] == 1),
+            "{seq}, refused with the poison event, was not singled out and delivered next: {after:#?}"
+        );
+    }
+    // Its key went on after it.
+    assert!(sequences_of(&lines, &|l| l["handled"] == true).contains(&emitted[17].1));
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(args)
+            .env("MES_EVENTS_NATS__URL", w.env.nats.url())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let list = eventually_value(Duration::from_secs(20), "the dead letter", || async {
+        let o = cli(&["dead-letters", "list", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        let a = v.as_array()?.clone();
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let why = list[0]["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("HTTP 400")
+            && why.contains("unknown order PO-1")
+            && why.contains("attempt 5 of 5"),
+        "{}",
+        list[0]
+    );
+
+    // The endpoint fails (500) for a moment while events flow, then recovers.
+    r.set(json!({"sleep": 0.05, "status": 500}));
+    emitted.extend(w.emit(16, 8, 40).await);
+    r.wait_lines(|l| l.iter().any(|v| v["status"] == 500), "500s answered")
+        .await;
+    r.set(json!({"sleep": 0.05}));
+
+    // Killed with batches in flight, newer events arriving each time.
+    let mut rng = rand::rng();
+    for round in 0..3 {
+        let before = r.handled().len();
+        r.wait_handled(before + 1).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
+        push.kill9();
+        emitted.extend(w.emit(16, 8, 56 + round * 16).await);
+        push = w.push();
+    }
+    r.wait_handled(emitted.len() - 1).await;
+
+    // The receiver fixed, the dead letter resent: delivered once.
+    r.set(json!({}));
+    let id = list[0]["id"].as_u64().unwrap().to_string();
+    let o = cli(&["dead-letters", "resend", &id]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    r.wait_handled(emitted.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await; // nothing more may come
+    let lines = r.lines();
+    let handled = sequences_of(&lines, &|l| l["handled"] == true);
+    assert_eq!(handled.iter().filter(|s| **s == poison).count(), 1);
+    // Every other event once, each key in order (the resent one comes after its key's newer
+    // events, as a resend does).
+    let others: Vec<Value> = lines
+        .into_iter()
+        .filter(|l| l["sequence"] != poison.as_str())
+        .collect();
+    let emitted_others: Vec<(String, String)> = emitted
+        .iter()
+        .filter(|(_, s)| *s != poison)
+        .cloned()
+        .collect();
+    assert_handled_once_in_order("batch-hook", &others, &emitted_others);
+    let again = others
+        .iter()
+        .filter(|l| l["handled"] == false && l["status"] == 204)
+        .count();
+    eprintln!(
+        "{} events, largest batch {largest:?}, {again} delivered again after a failure or kill",
+        emitted.len()
+    );
+    assert!(push.terminate().success(), "{}", push.log());
+    w.stop().await;
+}
