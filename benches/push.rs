@@ -9,8 +9,10 @@
 //!    time, keep-alive) to the same receiver: the ceiling, and push's share of it.
 //! 3. Latency: commit of `mes_events.emit` → receipt by the endpoint, 200 events/s for 20 s,
 //!    through the relay and the push service.
-//! 4. Batched mode: the whole stream (24,000 events) to a second system, `mode = "batched"`,
-//!    up to 100 events per request, 4 requests at once.
+//! 4. Latency as in 3, while the same push service also delivers to a system whose endpoint
+//!    takes every request and never answers (16 requests always waiting for their timeout).
+//! 5. Batched mode: the whole stream (about 28,000 events) to another system, `mode =
+//!    "batched"`, up to 100 events per request, 4 requests at once.
 //!
 //! Prints a table and writes target/bench/push.json.
 
@@ -81,6 +83,14 @@ async fn receiver(seen: Seen) -> Res<u16> {
                     .extend(seqs.into_iter().map(|s| (s, now)));
                 StatusCode::NO_CONTENT
             }
+        }),
+    );
+    // An endpoint that takes every request and never answers.
+    let app = app.route(
+        "/hooks/stuck",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::NO_CONTENT
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -158,17 +168,8 @@ async fn run(servers: &Servers) -> Res<()> {
     }
 
     // 1. Push.
-    let push_stop = CancellationToken::new();
-    let liveness = mes_events::push::liveness_for(&decl);
-    let targets = mes_events::push::targets(&decl, &liveness, &push_stop)?;
-    let push = tokio::spawn({
-        let (cfg, stop) = (cfg.clone(), push_stop.clone());
-        async move { mes_events::push::run(&cfg, targets, liveness, None, stop).await }
-    });
-    wait_for(&seen, EVENTS, Duration::from_secs(300)).await?;
-    let times: Vec<Instant> = seen.lock().unwrap().iter().map(|(_, t)| *t).collect();
-    let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
-    let push_rate = EVENTS as f64 / span;
+    let (push_stop, push) = start_push(&cfg, &decl)?;
+    let push_rate = rate(&seen, EVENTS).await?;
 
     // 2. The same requests by a bare client, 16 at a time.
     let requests = prebuilt(&js).await?;
@@ -199,42 +200,32 @@ async fn run(servers: &Servers) -> Res<()> {
     let bare_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
 
     // 3. Latency, commit → endpoint, at 200 events/s.
-    seen.lock().unwrap().clear();
-    let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let writer = mes_events::store::session::connect(&db_url, "bench writer").await?;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    let total = 4_000;
-    for i in 0..total {
-        tick.tick().await;
-        let key = format!("PO-{}", i % 256);
-        let body =
-            serde_json::json!({"orderId": key, "previousStatus": "released", "status": "running",
-            "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2"}})
-            .to_string();
-        let id = write::emit(&writer.client, ORDER, &key, &body, &Default::default()).await?;
-        committed.lock().unwrap().insert(id, Instant::now());
-    }
-    wait_for(&seen, total, Duration::from_secs(60)).await?;
-    let committed = committed.lock().unwrap().clone();
-    let mut ms: Vec<f64> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(id, at)| {
-            committed
-                .get(id)
-                .map(|c| at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p) as usize];
+    let ms = latency_ms(&db_url, &seen, 4_000).await?;
+    let pct = |ms: &[f64], p: f64| ms[((ms.len() as f64 - 1.0) * p) as usize];
+    push_stop.cancel();
+    push.await??;
 
+    // 4. The same, while the same push service also delivers to a system whose endpoint takes
+    //    every request and never answers (16 requests always waiting for their timeout, retried
+    //    without pause): its neighbour's latency should not move.
+    std::fs::write(
+        dir.path().join("stuck.toml"),
+        format!(
+            "[system]\nname = \"stuck\"\n[[consumer]]\nstream = \"MES_EVENTS\"\n[push]\nurl = \"http://127.0.0.1:{port}/hooks/stuck\"\nsecret_file = {:?}\ntimeout = \"2s\"\nretry = [\"1s\"]\nafter_last = \"hold\"\npause_after = 1000000\n",
+            secret.display()
+        ),
+    )?;
+    let decl = mes_events::provision::load_dir(dir.path()).map_err(|e| format!("{e:?}"))?;
+    mes_events::provision::apply(&js, &decl, Default::default()).await?;
+    let (push_stop, push) = start_push(&cfg, &decl)?;
+    latency_ms(&db_url, &seen, 1).await?; // delivering again (a new pin gathers first)
+    let beside = latency_ms(&db_url, &seen, 4_000).await?;
     push_stop.cancel();
     push.await??;
     relay_stop.cancel();
     relay.await??;
 
-    // 4. Batched mode: the whole stream again, to a second system.
+    // 5. Batched mode: the whole stream again, to another system.
     let all = js
         .get_stream("MES_EVENTS")
         .await?
@@ -257,19 +248,11 @@ async fn run(servers: &Servers) -> Res<()> {
     let bdecl = mes_events::provision::load_dir(bdir.path()).map_err(|e| format!("{e:?}"))?;
     mes_events::provision::apply(&js, &bdecl, Default::default()).await?;
     seen.lock().unwrap().clear();
-    let push_stop = CancellationToken::new();
-    let liveness = mes_events::push::liveness_for(&bdecl);
-    let targets = mes_events::push::targets(&bdecl, &liveness, &push_stop)?;
-    let push = tokio::spawn({
-        let (cfg, stop) = (cfg.clone(), push_stop.clone());
-        async move { mes_events::push::run(&cfg, targets, liveness, None, stop).await }
-    });
-    wait_for(&seen, all, Duration::from_secs(300)).await?;
-    let times: Vec<Instant> = seen.lock().unwrap().iter().map(|(_, t)| *t).collect();
-    let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
-    let batched_rate = all as f64 / span;
+    let (push_stop, push) = start_push(&cfg, &bdecl)?;
+    let batched_rate = rate(&seen, all).await?;
     let requests = {
-        let mut at: Vec<Instant> = times.clone();
+        // The events of one request were seen at one instant.
+        let mut at: Vec<Instant> = seen.lock().unwrap().iter().map(|(_, t)| *t).collect();
         at.dedup();
         at.len()
     };
@@ -286,10 +269,16 @@ async fn run(servers: &Servers) -> Res<()> {
     println!("  push / bare         {:>9.2}", push_rate / bare_rate);
     println!(
         "  latency commit → endpoint at 200/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} events)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
+        pct(&ms, 0.5),
+        pct(&ms, 0.99),
+        pct(&ms, 1.0),
         ms.len()
+    );
+    println!(
+        "  the same beside an endpoint that never answers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        pct(&beside, 0.5),
+        pct(&beside, 0.99),
+        pct(&beside, 1.0),
     );
     println!(
         "  batched mode        {batched_rate:>9.0} events/s ({all} events in {requests} requests of up to 100, 4 at a time)"
@@ -300,7 +289,8 @@ async fn run(servers: &Servers) -> Res<()> {
         "push_events_per_s": push_rate,
         "bare_requests_per_s": bare_rate,
         "push_over_bare": push_rate / bare_rate,
-        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
+        "latency_ms": {"p50": pct(&ms, 0.5), "p99": pct(&ms, 0.99), "max": pct(&ms, 1.0)},
+        "latency_beside_stuck_ms": {"p50": pct(&beside, 0.5), "p99": pct(&beside, 0.99), "max": pct(&beside, 1.0)},
         "batched_events_per_s": batched_rate,
         "batched_requests": requests,
     });
@@ -311,6 +301,63 @@ async fn run(servers: &Servers) -> Res<()> {
         serde_json::to_string_pretty(&out)?,
     )?;
     Ok(())
+}
+
+/// Commit → endpoint latencies of `total` events emitted at 200/s over 256 keys, sorted, in ms.
+async fn latency_ms(db_url: &str, seen: &Seen, total: usize) -> Res<Vec<f64>> {
+    seen.lock().unwrap().clear();
+    let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let writer = mes_events::store::session::connect(db_url, "bench writer").await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for i in 0..total {
+        tick.tick().await;
+        let key = format!("PO-{}", i % 256);
+        let body =
+            serde_json::json!({"orderId": key, "previousStatus": "released", "status": "running",
+            "hierarchyScope": {"site": "bsl", "area": "gran", "workCenter": "line2"}})
+            .to_string();
+        let id = write::emit(&writer.client, ORDER, &key, &body, &Default::default()).await?;
+        committed.lock().unwrap().insert(id, Instant::now());
+    }
+    wait_for(seen, total, Duration::from_secs(60)).await?;
+    let committed = committed.lock().unwrap().clone();
+    let mut ms: Vec<f64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, at)| {
+            committed
+                .get(id)
+                .map(|c| at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+type PushTask = tokio::task::JoinHandle<Result<(), mes_events::push::PushError>>;
+
+/// The push service for every pushed system of `decl`, in this process.
+fn start_push(
+    cfg: &Config,
+    decl: &mes_events::provision::Declaration,
+) -> Res<(CancellationToken, PushTask)> {
+    let stop = CancellationToken::new();
+    let liveness = mes_events::push::liveness_for(decl);
+    let targets = mes_events::push::targets(decl, &liveness, &stop)?;
+    let push = tokio::spawn({
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        async move { mes_events::push::run(&cfg, targets, liveness, None, stop).await }
+    });
+    Ok((stop, push))
+}
+
+/// Events per second from the first receipt to the `n`th.
+async fn rate(seen: &Seen, n: usize) -> Res<f64> {
+    wait_for(seen, n, Duration::from_secs(300)).await?;
+    let times: Vec<Instant> = seen.lock().unwrap().iter().map(|(_, t)| *t).collect();
+    let span = (*times.iter().max().unwrap() - *times.iter().min().unwrap()).as_secs_f64();
+    Ok(n as f64 / span)
 }
 
 /// Every event of MES_EVENTS as the push service would send it, signed.

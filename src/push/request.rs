@@ -123,6 +123,19 @@ pub fn build(
         }
     }
     headers.sort();
+    signed(headers, extra, signer, id, timestamp, body)
+}
+
+/// The request: `headers`, then the declared extra ones, then the Standard Webhooks ones for
+/// `id`, `timestamp` and `body`.
+fn signed(
+    mut headers: Vec<(String, String)>,
+    extra: &BTreeMap<String, String>,
+    signer: &Signer,
+    id: String,
+    timestamp: i64,
+    body: Bytes,
+) -> Result<Request, String> {
     for (k, v) in extra {
         headers.push((k.clone(), v.clone()));
     }
@@ -166,18 +179,8 @@ pub fn build_batch(
     let id = batch_id(events);
     let body =
         serde_json::to_vec(&serde_json::Value::Array(elements)).map_err(|e| e.to_string())?;
-    let mut headers = vec![("content-type".to_owned(), BATCH_CONTENT_TYPE.to_owned())];
-    for (k, v) in extra {
-        headers.push((k.clone(), v.clone()));
-    }
-    let signature = signer.sign(&id, timestamp, &body)?;
-    headers.push(("webhook-id".into(), id));
-    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
-    headers.push(("webhook-signature".into(), signature));
-    Ok(Request {
-        headers,
-        body: body.into(),
-    })
+    let headers = vec![("content-type".to_owned(), BATCH_CONTENT_TYPE.to_owned())];
+    signed(headers, extra, signer, id, timestamp, body.into())
 }
 
 /// What an answer (or its absence) means for the event.

@@ -74,21 +74,7 @@ pause = "1s""#,
     }
     // Its key went on after it.
     assert!(sequences_of(&lines, &|l| l["handled"] == true).contains(&emitted[17].1));
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_mes-events"))
-            .args(args)
-            .env("MES_EVENTS_NATS__URL", w.env.nats.url())
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap()
-    };
-    let list = eventually_value(Duration::from_secs(20), "the dead letter", || async {
-        let o = cli(&["dead-letters", "list", "--json"]);
-        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
-        let a = v.as_array()?.clone();
-        (!a.is_empty()).then_some(a)
-    })
-    .await;
+    let list = w.dead_letters(Duration::from_secs(20)).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let why = list[0]["why"].as_str().unwrap_or_default();
     assert!(
@@ -121,7 +107,7 @@ pause = "1s""#,
     // The receiver fixed, the dead letter resent: delivered once.
     r.set(json!({}));
     let id = list[0]["id"].as_u64().unwrap().to_string();
-    let o = cli(&["dead-letters", "resend", &id]);
+    let o = w.cli(&["dead-letters", "resend", &id]);
     assert!(o.status.success(), "{}", output_text(&o));
     r.wait_handled(emitted.len()).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // nothing more may come

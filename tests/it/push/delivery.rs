@@ -290,21 +290,7 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
     assert_eq!(attempts, 3, "1 + the 2 retries");
 
     // A dead letter, with the status and the receiver's words.
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_mes-events"))
-            .args(args)
-            .env("MES_EVENTS_NATS__URL", w.env.nats.url())
-            .current_dir(std::env::temp_dir())
-            .output()
-            .unwrap()
-    };
-    let list = eventually_value(Duration::from_secs(10), "the dead letter", || async {
-        let o = cli(&["dead-letters", "list", "--json"]);
-        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
-        let a = v.as_array()?.clone();
-        (!a.is_empty()).then_some(a)
-    })
-    .await;
+    let list = w.dead_letters(Duration::from_secs(10)).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let dl = &list[0];
     assert_eq!(dl["consumer"], "erp-hook");
@@ -314,12 +300,12 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
         why.contains("HTTP 400") && why.contains("unknown order") && why.contains("attempt 3 of 3"),
         "{dl}"
     );
-    let text = String::from_utf8_lossy(&cli(&["dead-letters", "list"]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&w.cli(&["dead-letters", "list"]).stdout).into_owned();
     assert!(text.contains("why: HTTP 400"), "{text}");
 
     // `push status`: an instance delivers, nothing waits; the dead letter and why.
     let dir = w.decl.path().to_str().unwrap().to_owned();
-    let o = cli(&["push", "status", "--dir", &dir, "--json"]);
+    let o = w.cli(&["push", "status", "--dir", &dir, "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let rows: Value = serde_json::from_slice(&o.stdout).unwrap();
     let row = &rows[0];
@@ -339,7 +325,7 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
     // Fixed receiver: resent, delivered once.
     r.set(json!({}));
     let id = dl["id"].as_u64().unwrap().to_string();
-    let o = cli(&["dead-letters", "resend", &id]);
+    let o = w.cli(&["dead-letters", "resend", &id]);
     assert!(o.status.success(), "{}", output_text(&o));
     r.wait_handled(8).await;
     tokio::time::sleep(Duration::from_secs(1)).await; // nothing more may come
@@ -359,7 +345,7 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
         Duration::from_secs(20),
         "status says nobody delivers",
         || {
-            let o = cli(&["push", "status", "--dir", &dir]);
+            let o = w.cli(&["push", "status", "--dir", &dir]);
             async move {
                 (o.status.code() == Some(1))
                     .then(|| String::from_utf8_lossy(&o.stdout).into_owned())

@@ -115,6 +115,28 @@ impl World {
         out
     }
 
+    /// `mes-events ARGS` against this installation's NATS, from a folder that is not the
+    /// repository.
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(args)
+            .env("MES_EVENTS_NATS__URL", self.env.nats.url())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    }
+
+    /// `dead-letters list --json`, once it lists something (within `limit`).
+    async fn dead_letters(&self, limit: Duration) -> Vec<Value> {
+        eventually_value(limit, "a dead letter", || async {
+            let o = self.cli(&["dead-letters", "list", "--json"]);
+            let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+            let a = v.as_array()?.clone();
+            (!a.is_empty()).then_some(a)
+        })
+        .await
+    }
+
     async fn stop(mut self) {
         if let Some(r) = self.relay.take() {
             r.stop().await;
