@@ -227,13 +227,7 @@ impl Endpoint {
                 )
             })
             .await;
-        match sent {
-            Sent::Delivered => Outcome::Done,
-            // Stopping (or just frozen) while waiting for the endpoint: hand it back untried.
-            Sent::Stopping => Outcome::Retry(Duration::ZERO),
-            Sent::Unsendable(e) => Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
-            Sent::Failed { reason, .. } => self.after_failure(d, &reason),
-        }
+        self.outcome_of(d, sent)
     }
 
     /// A batch: one request for all; when the endpoint refuses it as a request (a 4xx but 408,
@@ -301,9 +295,11 @@ impl Endpoint {
         .await
     }
 
+    /// What a request's fate means for one of its events.
     fn outcome_of(&self, d: &Delivery, sent: Sent) -> Outcome {
         match sent {
             Sent::Delivered => Outcome::Done,
+            // Stopping (or just frozen) while waiting for the endpoint: hand it back untried.
             Sent::Stopping => Outcome::Retry(Duration::ZERO),
             Sent::Unsendable(e) => Outcome::Poison(format!("cannot be sent as HTTP: {e}")),
             Sent::Failed { reason, .. } => self.after_failure(d, &reason),

@@ -13,6 +13,10 @@
 //! excerpt (a dead letter that `dead-letters list` shows and `resend` delivers again), or, with
 //! `after_last = "hold"`, tried on at the last interval while its key waits.
 //!
+//! In batched mode a request carries the heads of several keys ([`consume::run_batched`]), each
+//! event settled on its own; a batch the endpoint refuses as a request is sent again one event
+//! per request ([`endpoint`]), so that a poison event does not hold back the rest of its batch.
+//!
 //! Each system's consumer is read with that system's own identity (`push.credentials`): the
 //! push service holds no permission the system would not have.
 //!
