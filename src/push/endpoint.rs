@@ -230,9 +230,13 @@ impl Endpoint {
         self.outcome_of(d, sent)
     }
 
-    /// A batch: one request for all; when the endpoint refuses it as a request (a 4xx but 408,
-    /// 410 and 429), one request per event, so the event it refuses is found and the others are
-    /// delivered. Any other failure is every event's: each is retried on its own schedule.
+    /// A batch: one request for all. When the endpoint refuses its content (400, 413, 422), or it
+    /// fails again after a batch of these events failed before (a receiver answering 500 while
+    /// one event's handler keeps raising), its events are sent again one per request, so the
+    /// one at fault is found and the others are delivered instead of following it to the dead
+    /// letters. A first failure of another kind is every event's: each is retried on its own
+    /// schedule. Splitting does not multiply requests to an endpoint that is down: once it is
+    /// paused, each request waits for its turn.
     async fn attempt_batch(&self, ds: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; ds.len()];
         // An event that cannot be an element of a batch is poison on its own.
@@ -245,13 +249,17 @@ impl Endpoint {
                 }
             }
         }
-        match self.send_batch(ds, &members).await {
-            Sent::Failed {
-                reason,
-                refused: true,
-            } if members.len() > 1 => {
+        let sent = self.send_batch(ds, &members).await;
+        let split = members.len() > 1
+            && match &sent {
+                Sent::Failed { refused: true, .. } => true,
+                Sent::Failed { .. } => members.iter().any(|(i, _)| ds[*i].delivered >= 2),
+                _ => false,
+            };
+        match sent {
+            Sent::Failed { reason, .. } if split => {
                 warn!(system = %self.system, url = %self.shown, events = members.len(), %reason,
-                    "the endpoint refused a batch: its events are sent one per request, to find the one it refuses");
+                    "a batch was refused, or failed again: its events are sent one per request, to find the one at fault");
                 let mut stopping = false;
                 for m in &members {
                     let one = std::slice::from_ref(m);
@@ -365,8 +373,7 @@ impl Endpoint {
                 }
                 Verdict::Failed(reason) => {
                     self.failed(&reason, status == Some(410));
-                    let refused =
-                        status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 410);
+                    let refused = matches!(status, Some(400 | 413 | 422));
                     return Sent::Failed { reason, refused };
                 }
             }
@@ -494,7 +501,7 @@ enum Sent {
     /// 2xx.
     Delivered,
     /// Not delivered: the status and excerpt, or the transport's error; `refused` when the
-    /// endpoint answered that the request itself is unacceptable (a 4xx but 408, 410, 429).
+    /// endpoint answered that the request's content is unacceptable (400, 413, 422).
     Failed { reason: String, refused: bool },
     /// Stopping, or just frozen: not sent.
     Stopping,

@@ -231,7 +231,7 @@ where
 
 /// Runs `handler` over the consumer until `shutdown`, giving it up to `batching` events at a
 /// time, at most one per key, in no particular order. It answers one outcome per event, in the
-/// order given; an event it gives no outcome for is left to come back after ack_wait.
+/// order given; an event it gives no outcome for is retried, its key waiting for it.
 /// A batch forms from the keys free when a handler can start: while fewer than `concurrency`
 /// calls run, an event goes at once, alone if it is alone; under load batches fill up.
 pub async fn run_batched<H, F>(
@@ -292,6 +292,10 @@ where
     let mut settled_at = tokio::time::Instant::now() + opts.settle;
     let mut settled = opts.settle.is_zero() || opts.group.is_some();
     let mut pin: Option<String> = None;
+    let batching = Batching {
+        max_events: batching.max_events.max(1),
+        ..batching
+    };
     let read_on = opts.group.is_some() || batching.max_events > 1;
 
     loop {
@@ -357,8 +361,8 @@ where
                         // As if it had asked to retry each of its events: nak'ed, their keys
                         // wait for them (or go on, after an event's last delivery).
                         warn!(error = %e, "handler panicked; its events will be redelivered");
-                        let client = js.client();
-                        for r in running.remove(&e.id()).unwrap_or_default() {
+                        let rs = running.remove(&e.id()).unwrap_or_default();
+                        for r in &rs {
                             let k = keys.entry(r.key.clone()).or_default();
                             k.running = None;
                             k.running_ack = None;
@@ -369,28 +373,24 @@ where
                                 k.blocked_on = Some(r.seq);
                                 stats.retried += 1;
                             }
-                            if let Some(reply) = r.reply {
-                                let nak = format!("-NAK {{\"delay\":{}}}", PANIC_DELAY.as_nanos());
-                                let _ = client.publish(reply, nak.into()).await;
-                            }
                         }
+                        nak_panicked(&js.client(), rs).await;
                         continue;
                     }
                 };
                 if held.len() != outcomes.len() {
-                    warn!(events = held.len(), outcomes = outcomes.len(), "the handler answered for fewer events than it was given: the others come back after ack_wait");
+                    warn!(events = held.len(), outcomes = outcomes.len(), "the handler answered for a different number of events than it was given: those without an answer are retried");
                 }
                 let mut outcomes = outcomes.into_iter();
                 let mut replies = Vec::with_capacity(held.len());
                 for held in held {
-                    let outcome = outcomes.next();
+                    // No answer: retried like a failure, its key waiting for it (never passed).
+                    let outcome = outcomes.next().unwrap_or(Outcome::Retry(PANIC_DELAY));
                     let k = keys.entry(held.delivery.key.clone()).or_default();
                     k.running = None;
                     k.running_ack = None;
-                    if let Some(outcome) = outcome {
-                        let r = settle_one(k, &held.delivery, outcome, max_deliver, &mut stats);
-                        replies.push((held, r));
-                    }
+                    let r = settle_one(k, &held.delivery, outcome, max_deliver, &mut stats);
+                    replies.push((held, r));
                 }
                 // Off the loop: the next events of these keys need not wait for the acks.
                 acking.spawn(reply_all(replies));
@@ -466,7 +466,14 @@ where
         });
     }
     // Let running handlers finish and record them; held events are redelivered to the next run.
-    while let Some(Ok((held, outcomes))) = tasks.join_next().await {
+    while let Some(done) = tasks.join_next_with_id().await {
+        let (held, outcomes) = match done {
+            Ok((_, r)) => r,
+            Err(e) => {
+                nak_panicked(&js.client(), running.remove(&e.id()).unwrap_or_default()).await;
+                continue;
+            }
+        };
         let replies = held
             .into_iter()
             .zip(outcomes)
@@ -490,6 +497,16 @@ where
     acking.close();
     acking.wait().await;
     Ok(stats)
+}
+
+/// Hands back the events of a handler call that panicked: nak'ed, to come back soon.
+async fn nak_panicked(client: &async_nats::Client, rs: Vec<Running>) {
+    let nak = format!("-NAK {{\"delay\":{}}}", PANIC_DELAY.as_nanos());
+    for r in rs {
+        if let Some(reply) = r.reply {
+            let _ = client.publish(reply, nak.clone().into()).await;
+        }
+    }
 }
 
 /// What to answer the server for an event.

@@ -6,6 +6,8 @@ faults the test turns on and off through a control file read at every request:
     {"sleep": 3}             wait this long before answering (the push service times out)
     {"poison": ["K1"]}       answer 400 (and why) for a request holding an event whose subject or
                              sequence is listed (the whole batch, in batched mode)
+    {"fail": ["S1"]}         answer 500 for a request holding an event whose sequence is listed
+                             (as a receiver does whose handler raises on that event)
 
 Prints one JSON line per event of each request: {"status", "webhook_id", "id", "subject",
 "sequence", "batch", "handled"} ("handled" false for a refusal or an event already handled;
@@ -54,10 +56,13 @@ def main() -> None:
 
     def events_of(headers: dict, body: bytes) -> list:
         """id, subject and sequence of each event the request holds, as the test sees them."""
-        if headers.get("content-type", "").startswith(BATCH):
+        content_type = headers.get("content-type", "")
+        if content_type.startswith(BATCH) or content_type.startswith("application/cloudevents+json"):
             try:
+                events = json.loads(body)
+                events = events if isinstance(events, list) else [events]
                 return [{"id": e.get("id"), "subject": e.get("subject"), "sequence": e.get("sequence")}
-                        for e in json.loads(body)]
+                        for e in events]
             except ValueError:
                 return [{}]
         return [{"id": headers.get("ce-id"), "subject": headers.get("ce-subject"),
@@ -87,6 +92,9 @@ def main() -> None:
         if status is None and bad:
             answer(400)
             return (400, f"unknown order {bad[0]['subject']}".encode())
+        if status is None and any(l["sequence"] in c.get("fail", []) for l in lines):
+            answer(500)
+            return (500, b"handler raised")
         if status is not None:
             return answer(status)
         before = len(handled)

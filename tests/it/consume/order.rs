@@ -75,13 +75,17 @@ async fn batches_hold_one_event_per_key_each_settled_on_its_own_and_a_panicking_
             async move {
                 let keys: std::collections::BTreeSet<&str> =
                     ds.iter().map(|d| d.key.as_str()).collect();
-                assert_eq!(keys.len(), ds.len(), "two events of one key in a batch");
+                // (Noted, not asserted here: a panic in the handler is taken as a retry.)
                 {
                     let mut l = largest.lock().unwrap();
                     *l = (*l).max(ds.len());
+                    if keys.len() != ds.len() {
+                        *l = usize::MAX; // two events of one key in a batch
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                // Two calls panic, holding their events: their keys must go on after ack_wait.
+                // Two calls panic, holding their events: each comes back (1 s later) before its
+                // key goes on.
                 let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if call == 20 || call == 60 {
                     panic!("a handler's bug (call {call}), as a test");
@@ -124,6 +128,7 @@ async fn batches_hold_one_event_per_key_each_settled_on_its_own_and_a_panicking_
         "per-event retries were exercised: {stats:?}"
     );
     let largest = *largest.lock().unwrap();
+    assert_ne!(largest, usize::MAX, "two events of one key in one batch");
     assert!((2..=8).contains(&largest), "largest batch: {largest}");
     assert_each_key_in_order_once(&log.lock().unwrap(), 12, 150);
 }

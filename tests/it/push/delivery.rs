@@ -290,7 +290,7 @@ async fn a_poison_event_becomes_a_dead_letter_with_its_status_others_flow_and_re
     assert_eq!(attempts, 3, "1 + the 2 retries");
 
     // A dead letter, with the status and the receiver's words.
-    let list = w.dead_letters(Duration::from_secs(10)).await;
+    let list = w.dead_letters(1, Duration::from_secs(10)).await;
     assert_eq!(list.len(), 1, "{list:?}");
     let dl = &list[0];
     assert_eq!(dl["consumer"], "erp-hook");

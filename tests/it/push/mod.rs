@@ -126,13 +126,13 @@ impl World {
             .unwrap()
     }
 
-    /// `dead-letters list --json`, once it lists something (within `limit`).
-    async fn dead_letters(&self, limit: Duration) -> Vec<Value> {
-        eventually_value(limit, "a dead letter", || async {
+    /// `dead-letters list --json`, once it lists `n` or more (within `limit`).
+    async fn dead_letters(&self, n: usize, limit: Duration) -> Vec<Value> {
+        eventually_value(limit, &format!("{n} dead letters"), || async {
             let o = self.cli(&["dead-letters", "list", "--json"]);
             let v: Value = serde_json::from_slice(&o.stdout).ok()?;
             let a = v.as_array()?.clone();
-            (!a.is_empty()).then_some(a)
+            (a.len() >= n).then_some(a)
         })
         .await
     }
