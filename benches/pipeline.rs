@@ -732,18 +732,7 @@ async fn latency(
     tokio::time::timeout(Duration::from_secs(60), reader).await???;
     relay.0.cancel();
     relay.1.await??;
-    let committed = committed.lock().unwrap();
-    let mut samples: Vec<f64> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(id, at)| {
-            committed
-                .get(id)
-                .map(|c| at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
+    let samples = common::latencies_ms(&committed.lock().unwrap(), &received.lock().unwrap());
     Ok(Latency { samples })
 }
 

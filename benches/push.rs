@@ -321,18 +321,7 @@ async fn latency_ms(db_url: &str, seen: &Seen, total: usize) -> Res<Vec<f64>> {
     }
     wait_for(seen, total, Duration::from_secs(60)).await?;
     let committed = committed.lock().unwrap().clone();
-    let mut ms: Vec<f64> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(id, at)| {
-            committed
-                .get(id)
-                .map(|c| at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    Ok(ms)
+    Ok(common::latencies_ms(&committed, &seen.lock().unwrap()))
 }
 
 type PushTask = tokio::task::JoinHandle<Result<(), mes_events::push::PushError>>;

@@ -97,3 +97,21 @@ pub fn machine() -> String {
         .map_or("?".into(), |k| format!("{} GiB", k / 1024 / 1024));
     format!("{cores} cores ({cpu}), {mem}, nats-server and PostgreSQL on the same machine")
 }
+
+/// Commit → receipt latencies in ms, sorted: each received (outbox id, when) against the
+/// moment its id was committed (ids never committed here are left out).
+pub fn latencies_ms(
+    committed: &std::collections::HashMap<i64, std::time::Instant>,
+    received: &[(i64, std::time::Instant)],
+) -> Vec<f64> {
+    let mut ms: Vec<f64> = received
+        .iter()
+        .filter_map(|(id, at)| {
+            committed
+                .get(id)
+                .map(|c| at.saturating_duration_since(*c).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
