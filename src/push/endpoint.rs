@@ -132,14 +132,16 @@ impl Endpoint {
     /// Events of different keys (one unless batched mode): waits while the endpoint is paused,
     /// sends them (each alone, or together in one batched request) and says what to do with
     /// each, in order.
-    pub async fn deliver(&self, ds: Vec<Delivery>) -> Vec<Outcome> {
+    /// `epoch` is the freeze count when the run that hands them started ([`super::Liveness`]):
+    /// nothing is sent once the process was frozen since.
+    pub async fn deliver(&self, ds: Vec<Delivery>, epoch: u64) -> Vec<Outcome> {
         self.track(&ds);
         let outcomes = if self.decl.mode == PushMode::Batched {
-            self.attempt_batch(&ds).await
+            self.attempt_batch(&ds, epoch).await
         } else {
             let mut outcomes = Vec::with_capacity(ds.len());
             for d in &ds {
-                outcomes.push(self.attempt(d).await);
+                outcomes.push(self.attempt(d, epoch).await);
             }
             outcomes
         };
@@ -215,9 +217,9 @@ impl Endpoint {
             .set(i64::from(self.snapshot().paused));
     }
 
-    async fn attempt(&self, d: &Delivery) -> Outcome {
+    async fn attempt(&self, d: &Delivery, epoch: u64) -> Outcome {
         let sent = self
-            .send_until_answered(|now| {
+            .send_until_answered(epoch, |now| {
                 request::build(
                     d.event.clone(),
                     self.decl.mode,
@@ -237,7 +239,7 @@ impl Endpoint {
     /// letters. A first failure of another kind is every event's: each is retried on its own
     /// schedule. Splitting does not multiply requests to an endpoint that is down: once it is
     /// paused, each request waits for its turn.
-    async fn attempt_batch(&self, ds: &[Delivery]) -> Vec<Outcome> {
+    async fn attempt_batch(&self, ds: &[Delivery], epoch: u64) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; ds.len()];
         // An event that cannot be an element of a batch is poison on its own.
         let mut members = Vec::new();
@@ -249,7 +251,7 @@ impl Endpoint {
                 }
             }
         }
-        let sent = self.send_batch(ds, &members).await;
+        let sent = self.send_batch(ds, &members, epoch).await;
         let split = members.len() > 1
             && match &sent {
                 Sent::Failed { refused: true, .. } => true,
@@ -266,7 +268,7 @@ impl Endpoint {
                     let sent = if stopping {
                         Sent::Stopping
                     } else {
-                        self.send_batch(ds, one).await
+                        self.send_batch(ds, one, epoch).await
                     };
                     stopping |= matches!(sent, Sent::Stopping);
                     outcomes[m.0] = Some(self.outcome_of(&ds[m.0], sent));
@@ -285,13 +287,18 @@ impl Endpoint {
     }
 
     /// One batched request of `members` (index into `ds`, element).
-    async fn send_batch(&self, ds: &[Delivery], members: &[(usize, serde_json::Value)]) -> Sent {
+    async fn send_batch(
+        &self,
+        ds: &[Delivery],
+        members: &[(usize, serde_json::Value)],
+        epoch: u64,
+    ) -> Sent {
         if members.is_empty() {
             return Sent::Delivered;
         }
         let events: Vec<cloudevents::Event> =
             members.iter().map(|(i, _)| ds[*i].event.clone()).collect();
-        self.send_until_answered(|now| {
+        self.send_until_answered(epoch, |now| {
             request::build_batch(
                 &events,
                 members.iter().map(|(_, v)| v.clone()).collect(),
@@ -332,10 +339,11 @@ impl Endpoint {
     /// one, again after every wait the endpoint asks for, until it is answered or fails.
     async fn send_until_answered(
         &self,
+        epoch: u64,
         build: impl Fn(i64) -> Result<request::Request, String>,
     ) -> Sent {
         loop {
-            if !self.wait_turn().await || !self.liveness.fresh() {
+            if !self.wait_turn().await || !self.liveness.fresh_in(epoch) {
                 return Sent::Stopping;
             }
             let req = match build(chrono::Utc::now().timestamp()) {
@@ -344,7 +352,7 @@ impl Endpoint {
             };
             // Right before sending: a process that was just frozen may have lost its pin and
             // another instance may deliver this key now; it sends nothing more of what it held.
-            if !self.liveness.fresh() {
+            if !self.liveness.fresh_in(epoch) {
                 return Sent::Stopping;
             }
             let started = Instant::now();

@@ -83,6 +83,17 @@ impl Liveness {
         self.last.lock().unwrap().elapsed() <= self.limit
     }
 
+    /// Freezes so far: a run notes it when it starts.
+    pub fn epoch(&self) -> u64 {
+        *self.frozen.borrow()
+    }
+
+    /// Fresh, and not frozen since `epoch`: after a freeze the ticker runs again before the
+    /// run it ends has stopped, and that run must send nothing meanwhile.
+    pub fn fresh_in(&self, epoch: u64) -> bool {
+        self.fresh() && self.epoch() == epoch
+    }
+
     /// How many freezes so far (watch it to start afresh after one).
     pub fn freezes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.frozen.subscribe()
@@ -98,16 +109,15 @@ impl Liveness {
                 _ = shutdown.cancelled() => return,
             }
             crate::metrics::health().turned();
-            let gap = {
-                let mut last = self.last.lock().unwrap();
-                let gap = last.elapsed();
-                *last = Instant::now();
-                gap
-            };
+            let gap = self.last.lock().unwrap().elapsed();
+            // The freeze is counted before the clock is fresh again (see `fresh_in`).
+            if gap > self.limit {
+                self.frozen.send_modify(|n| *n += 1);
+            }
+            *self.last.lock().unwrap() = Instant::now();
             if gap > self.limit {
                 tracing::warn!(frozen = %humantime::format_duration(Duration::from_millis(gap.as_millis() as u64)),
                     "this process did not run for a while: another instance may deliver now; it lets go of the events it held and pulls afresh");
-                self.frozen.send_modify(|n| *n += 1);
             }
         }
     }
@@ -262,6 +272,7 @@ pub async fn run(
             let endpoint = t.endpoint.clone();
             let (js, shutdown) = (js.clone(), shutdown.clone());
             let mut freezes = liveness.freezes();
+            let liveness = liveness.clone();
             // The endpoint's gauges, every second.
             tokio::spawn({
                 let (endpoint, shutdown) = (endpoint.clone(), shutdown.clone());
@@ -292,10 +303,12 @@ pub async fn run(
                             freezes
                         }
                     };
+                    // A freeze after this ends the run; what it still holds is not sent.
+                    let epoch = liveness.epoch();
                     let handler_endpoint = endpoint.clone();
                     let handler = move |ds: Vec<consume::Delivery>| {
                         let endpoint = handler_endpoint.clone();
-                        async move { endpoint.deliver(ds).await }
+                        async move { endpoint.deliver(ds, epoch).await }
                     };
                     let (done, back) = tokio::join!(
                         async {
