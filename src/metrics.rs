@@ -93,6 +93,16 @@ pub struct Metrics {
     pub postgres_up: Gauge,
     /// Times the relay lost its PostgreSQL session and connected again.
     pub postgres_reconnects: Counter,
+    /// How long published events are kept to be published again if a stream loses them.
+    pub durability_horizon_seconds: Gauge<f64, AtomicU64>,
+    /// Times a stream was found holding less than the relay recorded (went back in time).
+    pub stream_regressions: Family<Stream, Counter>,
+    /// Events a stream lost that the relay published again from what it kept.
+    pub events_restored: Family<Stream, Counter>,
+    /// Events a stream lost that the relay no longer kept (older than the horizon).
+    pub events_unrestorable: Family<Stream, Counter>,
+    /// Events lost for good in losses no operator has accepted yet (`relay losses`).
+    pub unaccepted_lost_events: Gauge,
     /// Push: events delivered (2xx), by system.
     pub push_delivered: Family<System, Counter>,
     /// Push: failed attempts, by system and class of failure.
@@ -134,6 +144,11 @@ impl Metrics {
             nats_reconnects: Counter::default(),
             postgres_up: Gauge::default(),
             postgres_reconnects: Counter::default(),
+            durability_horizon_seconds: Gauge::default(),
+            stream_regressions: Family::default(),
+            events_restored: Family::default(),
+            events_unrestorable: Family::default(),
+            unaccepted_lost_events: Gauge::default(),
             push_delivered: Family::default(),
             push_failed: Family::default(),
             push_retries: Family::default(),
@@ -243,6 +258,32 @@ impl Metrics {
             "postgres_reconnects",
             "Times the relay connected to PostgreSQL again",
             m.postgres_reconnects.clone(),
+        );
+        r.register_with_unit(
+            "durability_horizon",
+            "How long published events are kept to be published again if a stream loses them",
+            Unit::Seconds,
+            m.durability_horizon_seconds.clone(),
+        );
+        r.register(
+            "stream_regressions",
+            "Times a stream was found holding less than the relay recorded",
+            m.stream_regressions.clone(),
+        );
+        r.register(
+            "events_restored",
+            "Events a stream lost that the relay published again",
+            m.events_restored.clone(),
+        );
+        r.register(
+            "events_unrestorable",
+            "Events a stream lost that the relay no longer kept",
+            m.events_unrestorable.clone(),
+        );
+        r.register(
+            "unaccepted_lost_events",
+            "Events lost for good in losses not yet accepted by an operator",
+            m.unaccepted_lost_events.clone(),
         );
         r.register(
             "push_delivered",

@@ -140,6 +140,27 @@ pub enum RelayCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What streams lost that the server had acknowledged (a power cut before it synced): how
+    /// much was restored, and what could not be (ids, keys, times). By default the losses not
+    /// accepted yet that left events unrestored; exit 1 when there is one.
+    Losses {
+        /// Every loss recorded, restored ones and accepted ones too.
+        #[arg(long)]
+        all: bool,
+        /// One JSON array instead of the listing.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record that the systems reading a stream know of a loss's unrestorable events: it stops
+    /// failing `relay status` and /readyz.
+    AcceptLoss {
+        /// The loss's id (from `relay losses`).
+        #[arg(required = true, num_args = 1..)]
+        ids: Vec<i64>,
+        /// What was done about it (recorded with who accepted it and when).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -9,6 +9,7 @@ use mes_events::read::deadletter::DeadLetterError;
 use mes_events::read::replay::ReplayError;
 use mes_events::read::tail::TailError;
 use mes_events::relay::RelayError;
+use mes_events::store::kept::AcceptError;
 use mes_events::store::migrate::MigrateError;
 use mes_events::store::operator::ResolveError;
 
@@ -70,6 +71,11 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
         }
         if let Some(ResolveError::NotFound(_) | ResolveError::NotRejected(_)) =
             cause.downcast_ref::<ResolveError>()
+        {
+            return USAGE;
+        }
+        if let Some(AcceptError::NotFound(_) | AcceptError::Accepted { .. }) =
+            cause.downcast_ref::<AcceptError>()
         {
             return USAGE;
         }

@@ -90,6 +90,10 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         Command::Relay(args) => match args.command {
             None => operate::relay(&cfg).await,
             Some(RelayCommand::Status { json }) => operate::status(&cfg, json).await,
+            Some(RelayCommand::Losses { all, json }) => operate::losses(&cfg, all, json).await,
+            Some(RelayCommand::AcceptLoss { ids, reason }) => {
+                operate::accept_loss(&cfg, &ids, &reason).await
+            }
         },
         Command::Ready => operate::ready(&cfg).await,
         Command::Push(args) => match args.command {

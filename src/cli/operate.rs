@@ -154,6 +154,28 @@ pub async fn status(cfg: &Config, json: bool) -> anyhow::Result<u8> {
     Ok(if s.healthy { exit::OK } else { exit::FAILURE })
 }
 
+/// `relay losses`: 1 when a loss left events unrestored and is not accepted yet.
+pub async fn losses(cfg: &Config, all: bool, json: bool) -> anyhow::Result<u8> {
+    let session = super::write::connect(cfg, "mes-events relay losses").await?;
+    let losses = mes_events::store::kept::losses(&session.client, all).await?;
+    super::output::losses(&losses, json)?;
+    let open = losses
+        .iter()
+        .any(|l| l.accepted_at.is_none() && l.unrestorable() > 0);
+    Ok(if open { exit::FAILURE } else { exit::OK })
+}
+
+/// `relay accept-loss`: each in order; the first that cannot be accepted stops the rest.
+pub async fn accept_loss(cfg: &Config, ids: &[i64], reason: &str) -> anyhow::Result<u8> {
+    let session = super::write::connect(cfg, "mes-events relay accept-loss").await?;
+    let by = format!("{}@{}", super::write::who(), mes_events::host::name());
+    for &id in ids {
+        mes_events::store::kept::accept(&session.client, id, &by, reason).await?;
+        println!("loss {id} accepted by {by}; it no longer fails `relay status` and /readyz");
+    }
+    Ok(exit::OK)
+}
+
 /// GET /readyz on the relay's endpoint: 0 when ready, 1 when not (or nothing answers).
 pub async fn ready(cfg: &Config) -> anyhow::Result<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -229,6 +229,13 @@ pub fn relay_status(s: &Status, json: bool) -> anyhow::Result<()> {
             "UNREACHABLE"
         }
     );
+    if let Some(d) = &s.durability {
+        println!(
+            "durability {} kept after each PubAck: {}",
+            humantime::format_duration(std::time::Duration::from_secs(d.horizon_seconds as u64)),
+            d.basis
+        );
+    }
     println!();
     println!(
         "{:<20} {:>12} {:>12}  state",
@@ -251,6 +258,63 @@ pub fn relay_status(s: &Status, json: bool) -> anyhow::Result<()> {
         println!("NOT HEALTHY");
         for p in &s.problems {
             println!("- {p}");
+        }
+    }
+    Ok(())
+}
+
+/// `relay losses`: what streams lost, a block per loss, or one JSON array.
+pub fn losses(losses: &[mes_events::store::kept::Loss], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(losses)?);
+        return Ok(());
+    }
+    if losses.is_empty() {
+        println!("no losses to accept (`--all` lists every one recorded)");
+        return Ok(());
+    }
+    for l in losses {
+        println!(
+            "loss {}  stream {}  found {} by {}",
+            l.id.unwrap_or_default(),
+            l.stream,
+            utc(&l.detected_at),
+            l.detected_by
+        );
+        println!(
+            "  lost {} event(s) at sequences {}–{}; {} restored, {} could not be",
+            l.lost,
+            l.lost_from,
+            l.lost_to,
+            l.restored,
+            l.unrestorable()
+        );
+        if l.unrestorable() > 0 {
+            let ids = match (l.unrestorable_ids.first(), l.unrestorable_ids.last()) {
+                (Some(a), Some(b)) if a != b => format!("{a}–{b}"),
+                (Some(a), _) => a.to_string(),
+                _ => "-".into(),
+            };
+            println!(
+                "  gone: outbox ids {ids}, recorded {} to {}",
+                l.first_recorded_at.as_ref().map(utc).unwrap_or_default(),
+                l.last_recorded_at.as_ref().map(utc).unwrap_or_default()
+            );
+            println!("  keys: {}", l.unrestorable_keys.join(", "));
+        }
+        println!("  why: {}", l.durability_basis);
+        match (&l.accepted_at, &l.accepted_by, &l.accept_reason) {
+            (Some(at), by, Some(why)) => println!(
+                "  accepted {} by {}: {why}",
+                utc(at),
+                by.as_deref().unwrap_or("-")
+            ),
+            _ if l.unrestorable() > 0 => println!(
+                "  not accepted: `mes-events relay accept-loss {} --reason …` once the systems that read {} know",
+                l.id.unwrap_or_default(),
+                l.stream
+            ),
+            _ => {}
         }
     }
     Ok(())

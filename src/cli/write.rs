@@ -112,7 +112,7 @@ pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
 }
 
 /// Who runs this, for the record of a discard: the login name, else the user id.
-fn who() -> String {
+pub(super) fn who() -> String {
     for var in ["USER", "LOGNAME"] {
         if let Ok(u) = std::env::var(var) {
             if !u.is_empty() {
@@ -155,7 +155,7 @@ fn read_data(arg: &str) -> anyhow::Result<String> {
 }
 
 /// A session on a database whose schema is current.
-async fn connect(cfg: &Config, what: &str) -> anyhow::Result<Session> {
+pub(super) async fn connect(cfg: &Config, what: &str) -> anyhow::Result<Session> {
     let session = session::connect(&cfg.database.url, what)
         .await
         .context("cannot connect to PostgreSQL (database.url)")?;

@@ -125,6 +125,12 @@ pub struct NatsConfig {
     /// How long to wait for a JetStream API answer or a PubAck before treating it as lost.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// The servers' monitoring endpoints (`http://nats:8222`, several separated by commas),
+    /// from whose `/varz` the relay reads how often they sync JetStream to disk, and so how long
+    /// it must keep published events (see `relay.durability_horizon`). Unset: nats-server's
+    /// default interval is assumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +206,17 @@ pub struct RelayConfig {
     pub purge_interval: Duration,
     /// `reject` (default) or `stop`: see [`OnInvalid`].
     pub on_invalid: OnInvalid,
+    /// How long after its PubAck a published event is kept, data included, so that it can be
+    /// published again if the server loses it (a power cut before the server synced it to
+    /// disk). Unset: derived from the servers' sync setting (`nats.monitoring_url`), else
+    /// nats-server's default (a sync every 2 minutes) plus a margin. `0s` trusts every PubAck
+    /// (right only for servers with `sync_interval: always`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub durability_horizon: Option<Duration>,
 }
 
 impl Default for Config {
@@ -214,6 +231,7 @@ impl Default for Config {
                 nkey: None,
                 inbox_prefix: None,
                 request_timeout: Duration::from_secs(5),
+                monitoring_url: None,
             },
             events: EventsConfig {
                 installation: "mes".into(),
@@ -235,6 +253,7 @@ impl Default for Config {
                 retain_published: Duration::from_secs(7 * 24 * 3600),
                 purge_interval: Duration::from_secs(10),
                 on_invalid: OnInvalid::Reject,
+                durability_horizon: None,
             },
             log: LogConfig {
                 format: LogFormat::Text,
@@ -396,6 +415,16 @@ impl Config {
             self.relay.max_in_flight.to_string(),
             "a whole number of at least 1",
         );
+        if let Some(urls) = &self.nats.monitoring_url {
+            for u in urls.split(',').map(str::trim) {
+                check(
+                    url::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https")),
+                    "nats.monitoring_url",
+                    crate::secret::redact(u),
+                    "a nats-server monitoring URL (http://nats:8222), several separated by commas",
+                );
+            }
+        }
         let mut bad = bad.into_inner();
         match bad.len() {
             0 => Ok(()),

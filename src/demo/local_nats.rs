@@ -70,6 +70,11 @@ impl LocalNats {
         self.dir.path().join("server.log")
     }
 
+    /// Its JetStream store folder (the tests' power cuts replace it while it is down).
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("js")
+    }
+
     /// Stops the server the hard way (SIGKILL), keeping its store.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::backoff::Backoff;
+use super::durability::Stability;
 use super::error::{chain, Interrupt, RelayError};
 use super::leader::Leadership;
 use super::publisher::{Due, Publish, Publisher, Refusal, Route};
@@ -49,6 +50,12 @@ pub(crate) struct Active<'a> {
     /// Paces retries after a failed pipeline (a full stream with `discard: new`, a stream that
     /// refuses messages): reset by the next publish that lands.
     retry: Backoff,
+    /// What this relay has seen of the servers' stability, shared with the janitor.
+    stability: &'a Stability,
+    /// The connection's connects and the watcher's disturbances as last seen: when either
+    /// moves, a server may have restarted (and lost what it had not synced), so the streams are
+    /// reconciled before anything else is sent.
+    seen: (u64, u64),
 }
 
 impl<'a> Active<'a> {
@@ -58,6 +65,7 @@ impl<'a> Active<'a> {
         catalog: &'a Catalog,
         routes: &'a [Route],
         lead: &'a Leadership,
+        stability: &'a Stability,
         shutdown: &'a CancellationToken,
     ) -> Active<'a> {
         Active {
@@ -67,9 +75,28 @@ impl<'a> Active<'a> {
             shutdown,
             reader: Reader::new(&lead.session.client, &lead.prepared),
             publisher: Publisher::new(js, catalog, cfg.profile(), routes, cfg.relay.max_backoff),
-            recorder: Recorder::new(&lead.marker, &lead.marker_prepared, lead.epoch),
+            recorder: Recorder::new(
+                &lead.marker,
+                &lead.marker_prepared,
+                lead.epoch,
+                cfg.source(),
+                lead.horizon.keeps(),
+            ),
             retry: Backoff::new(cfg.relay.max_backoff),
+            stability,
+            seen: (0, 0),
         }
+    }
+
+    /// The connection's connects and the watcher's disturbances now.
+    fn disturbances(&self) -> (u64, u64) {
+        let connects = self
+            .js
+            .client()
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (connects, self.stability.disturbances())
     }
 
     /// Works as the active relay until shutdown (`Ok`) or an interruption, keeping the lease
@@ -83,6 +110,9 @@ impl<'a> Active<'a> {
     }
 
     async fn work(&mut self, backoff: &mut Backoff) -> Result<(), Interrupt> {
+        // Nothing is known of the servers until this first reconciliation has verified them.
+        self.stability.disturbed();
+        self.seen = self.disturbances();
         self.reconcile_retrying().await?;
         backoff.reset();
         let lead = self.lead;
@@ -103,6 +133,20 @@ impl<'a> Active<'a> {
             }
             if session.closed.is_cancelled() || self.recorder.closed() {
                 return Err(Interrupt::SessionClosed);
+            }
+            // Reconnected, or a stream's leader moved or stopped answering: the server may have
+            // restarted and lost what it had not synced. Reconcile (which notices and restores
+            // that) before sending more, and forget nothing kept until it is verified again.
+            let now = self.disturbances();
+            if now != self.seen {
+                debug!(
+                    connects = now.0,
+                    disturbances = now.1,
+                    "NATS reconnected or a stream was disturbed: reconciling before going on"
+                );
+                self.seen = now;
+                self.stability.disturbed();
+                self.publisher.suspect = true;
             }
             // Before recovering: a relay that froze past its lease must not even read the
             // streams back (its marks would be refused anyway); it waits for the heartbeat,
@@ -370,7 +414,16 @@ impl<'a> Active<'a> {
             crate::metrics::health().turned();
             self.reader.read_from_start();
             match reconcile(self.js, self.lead, &mut self.publisher).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // A stream that could not be read back is not verified: nothing kept is
+                    // forgotten until it is.
+                    if self.publisher.any_unavailable() {
+                        self.stability.disturbed();
+                    } else {
+                        self.stability.verified();
+                    }
+                    return Ok(());
+                }
                 Err(Interrupt::Nats(e)) => {
                     // Once per outage: the NATS connection names its own trouble as it changes.
                     if !std::mem::replace(&mut told, true) {

@@ -13,20 +13,30 @@
 //!
 //! Purging is not fenced: the log is a record of what went out, not a fence (the outbox row's
 //! deletion is), so any relay, active or standby, may delete entries past the retention.
+//!
+//! It also turns the kept slots (`mes_events.kept`, published rows kept for the durability
+//! horizon): only in the active relay, once it has verified the servers, it empties a slot
+//! whole when every row in it is older than the horizon and the servers have been up without
+//! a disturbance for at least the horizon ([`Stability`]), and moves the current slot on every
+//! [`slot_period`]. Kept rows are never deleted one by one, so they need no VACUUM.
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::durability::Stability;
 use crate::config::Config;
-use crate::store::outbox;
 use crate::store::session::{self, Session};
+use crate::store::{kept, outbox};
 
 /// Entries deleted per statement: one short transaction each.
 pub(crate) const BATCH: i64 = 10_000;
 
 /// Runs until `shutdown`. A PostgreSQL outage is reported once and retried at the next turn.
-pub(crate) async fn run(cfg: Config, shutdown: CancellationToken) {
+pub(crate) async fn run(cfg: Config, stability: Arc<Stability>, shutdown: CancellationToken) {
     let mut failing = false;
     let mut janitor = Janitor::default();
     loop {
@@ -34,7 +44,7 @@ pub(crate) async fn run(cfg: Config, shutdown: CancellationToken) {
             _ = tokio::time::sleep(cfg.relay.purge_interval) => {}
             _ = shutdown.cancelled() => return,
         }
-        match janitor.turn(&cfg, &shutdown).await {
+        match janitor.turn(&cfg, &stability, &shutdown).await {
             Ok(n) => {
                 failing = false;
                 if n > 0 {
@@ -73,6 +83,7 @@ impl Janitor {
     async fn turn(
         &mut self,
         cfg: &Config,
+        stability: &Stability,
         shutdown: &CancellationToken,
     ) -> Result<u64, tokio_postgres::Error> {
         if self
@@ -88,10 +99,28 @@ impl Janitor {
                 .get(0);
             self.connection = Some((s, autovacuum == "off"));
         }
-        let Some((s, autovacuum_off)) = &self.connection else {
+        let Some((s, autovacuum_off)) = &mut self.connection else {
             unreachable!("connected above")
         };
         let total = purge(cfg, shutdown, &s.client).await?;
+        // Only the active relay, once it has verified the servers, knows what is safe.
+        if stability.stable_for().is_some() {
+            let horizon = stability.horizon();
+            let turned = kept::turn_slots(
+                &mut s.client,
+                horizon,
+                slot_period(horizon),
+                stability.safe_to_forget(),
+            )
+            .await?;
+            if turned != kept::Turned::default() {
+                debug!(
+                    emptied = turned.emptied,
+                    rotated = turned.rotated,
+                    "kept slots turned"
+                );
+            }
+        }
         if *autovacuum_off && !shutdown.is_cancelled() {
             if !self.said_off {
                 self.said_off = true;
@@ -113,6 +142,13 @@ impl Janitor {
         }
         Ok(total)
     }
+}
+
+/// How long a kept slot stays current: a little over half the horizon, so that the slot to be
+/// made current next (the one before the last) is older than the horizon by then (with three
+/// slots, at most about 1.7 horizons of events are kept).
+pub(crate) fn slot_period(horizon: Duration) -> Duration {
+    (horizon.mul_f64(0.55)).max(Duration::from_secs(1))
 }
 
 /// Deletes log entries past the retention in batches until fewer than a batch is left.

@@ -14,10 +14,13 @@
 //!   same time cannot land anything without having seen everything before it.
 //! - **Marking**: a row is marked with its stream sequence only from a PubAck or from the stream
 //!   itself; never before.
-//! - **Reconciliation** (on activation and after any failure): read each stream from the
-//!   recorded watermark to its tail, map every message back to its outbox row through
+//! - **Reconciliation** (on activation, after any failure, after a reconnect): read each stream
+//!   from the recorded watermark to its tail, map every message back to its outbox row through
 //!   `Nats-Msg-Id`, and mark those rows. No duplicate, whatever the outage length or the
 //!   duplicate window.
+//! - **Durability**: a PubAck is not a disk write. A published row is kept, data included, for
+//!   the durability horizon after it; a stream found holding less than was recorded gets what
+//!   it lost back, in order, with the original ids, before anything newer.
 //! - **No cursor skips**: rows are read by a pending marker, not an id cursor alone. The relay
 //!   reads above the highest id it sent, and checks in the same snapshot whether a pending row at
 //!   or below it became visible since its previous read (a row that committed late, or one a
@@ -40,6 +43,9 @@
 //!   the streams that are down (missing or refusing: their rows wait, the others' go on);
 //! - [`recorder`]: acks recorded a batch at a time on the second session;
 //! - [`reconcile`]: the streams read back to the outbox;
+//! - [`restore`]: a stream that went back in time (a power cut took what its server had not
+//!   synced) noticed, and what it lost published again from the rows kept for
+//!   [`durability`]'s horizon;
 //! - [`janitor`]: the published log kept within its retention, on a connection of its own;
 //! - [`watch`]: the backlog, the connections and the streams as metrics, and readiness;
 //! - [`status`]: `relay status`, the relays as the servers see them;
@@ -54,6 +60,7 @@ use tracing::{debug, info, warn};
 
 mod active;
 mod backoff;
+pub mod durability;
 mod error;
 mod janitor;
 mod leader;
@@ -61,6 +68,7 @@ mod publisher;
 mod reader;
 mod reconcile;
 mod recorder;
+mod restore;
 pub mod status;
 mod watch;
 
@@ -70,6 +78,7 @@ use crate::config::Config;
 use crate::event::catalog::Catalog;
 use active::Active;
 use backoff::Backoff;
+use durability::Stability;
 use error::{chain, Interrupt};
 use leader::Leader;
 
@@ -108,17 +117,23 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
             stream: cfg.relay.streams.join(", "),
         });
     }
+    // What the active relay has seen of the servers' stability, and the horizon in force: the
+    // janitor forgets kept events only on its word; the watcher tells it of disturbances.
+    let stability = std::sync::Arc::new(Stability::default());
     // Owned: aborted however this function returns (a purge cut short is one statement rolled
     // back), and stopped with the relay's shutdown.
     let _janitor = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(janitor::run(
         cfg.clone(),
+        stability.clone(),
         shutdown.child_token(),
     )));
     let _watch = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch::run(
         cfg.clone(),
         js.clone(),
+        stability.clone(),
         shutdown.child_token(),
     )));
+    let mut horizon_told: Option<durability::Horizon> = None;
     let mut leader = Leader::new();
     // PostgreSQL away (down, restarting, a session ended): reconnecting costs little, and a
     // long back-off would keep the relay idle well after the server is back.
@@ -132,7 +147,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         }
         let outcome = match leader.activate(cfg, &shutdown).await {
             Ok(None) => return Ok(()),
-            Ok(Some(lead)) => {
+            Ok(Some(mut lead)) => {
                 if let Some(since) = postgres_away.take() {
                     info!(after = ?since.elapsed(), "PostgreSQL reachable again");
                     metrics.postgres_reconnects.inc();
@@ -147,9 +162,36 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
                         routes = now;
                     }
                 }
-                let done = Active::new(cfg, &js, &catalog, &routes, &lead, &shutdown)
-                    .run(&mut backoff)
-                    .await;
+                // Asked again at every activation: a server restarted with another setting.
+                lead.horizon = durability::derive(cfg, &js).await;
+                stability.set_horizon(lead.horizon.duration);
+                metrics
+                    .durability_horizon_seconds
+                    .set(lead.horizon.duration.as_secs_f64());
+                if horizon_told.as_ref() != Some(&lead.horizon) {
+                    info!(
+                        horizon = %humantime::format_duration(lead.horizon.duration),
+                        "durability horizon: {}", lead.horizon.basis
+                    );
+                    horizon_told = Some(lead.horizon.clone());
+                }
+                let done = match crate::store::lease::set_durability(
+                    &lead.session.client,
+                    lead.epoch,
+                    lead.horizon.duration,
+                    &lead.horizon.basis,
+                )
+                .await
+                {
+                    Ok(true) => {
+                        Active::new(cfg, &js, &catalog, &routes, &lead, &stability, &shutdown)
+                            .run(&mut backoff)
+                            .await
+                    }
+                    Ok(false) => Err(Interrupt::LeaseLost(lead.epoch)),
+                    Err(e) => Err(Interrupt::Db(e)),
+                };
+                stability.disturbed();
                 metrics.active.set(0);
                 done
             }

@@ -116,6 +116,8 @@ pub(crate) struct InFlight {
     sent_at: std::time::Instant,
     /// The stream sequence it must land at.
     seq: u64,
+    /// Its row's record time: with the id, what its `Nats-Msg-Id` is made of.
+    recorded_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub(crate) type Acked = (
@@ -126,6 +128,8 @@ pub(crate) type Acked = (
 /// A message that landed: where, and whether the watermark may move there.
 pub(crate) struct Landed {
     pub mark: Mark,
+    /// Its row's record time (its `Nats-Msg-Id` is made of it and the id).
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
     /// The route and sequence of an ack that landed as predicted while the pipeline was not
     /// suspect: everything up to it is recorded once this is, so the watermark may move there.
     pub watermark: Option<(usize, u64)>,
@@ -312,6 +316,11 @@ impl<'a> Publisher<'a> {
         }
     }
 
+    /// Whether a stream exists but could not be read back (its server down or without leader).
+    pub fn any_unavailable(&self) -> bool {
+        self.down.values().any(|d| d.why == Refusal::Unavailable)
+    }
+
     /// Route `i`'s stream is (still) down for `why`: its rows are held until the next try.
     pub fn went_down(&mut self, i: usize, why: Refusal) {
         let stream = &self.routes[i].stream;
@@ -453,6 +462,7 @@ impl<'a> Publisher<'a> {
             ty: row.ty.clone(),
             sent_at: std::time::Instant::now(),
             seq,
+            recorded_at: row.recorded_at,
         };
         match self.js.send_publish(out.subject, msg).await {
             Ok(ack) => {
@@ -531,6 +541,7 @@ impl<'a> Publisher<'a> {
                         stream: ack.stream,
                         seq: ack.sequence,
                     },
+                    recorded_at: sent.recorded_at,
                     watermark,
                 })
             }

@@ -7,6 +7,9 @@
 //!
 //! A missing stream is skipped (and marked down: its rows wait), the others are reconciled.
 //!
+//! A stream that went back in time (a power cut took what its server had not synced) is
+//! restored first: see [`restore`](super::restore).
+//!
 //! Never moves a watermark past a message it has not recorded.
 
 use async_nats::jetstream::context::Context;
@@ -19,6 +22,7 @@ use super::error::{Interrupt, NatsError};
 use super::leader::Leadership;
 use super::publisher::{is_not_found, Publisher, Refusal, Route};
 use super::recorder::lease_held;
+use super::restore::AtWatermark;
 use crate::event;
 use crate::store::lease;
 use crate::store::outbox::{self, Mark};
@@ -81,18 +85,42 @@ pub(crate) async fn reconcile(
             info.state.last_sequence,
         );
         let from = match lease::watermark(client, name).await? {
-            Some((c, seen)) if c.timestamp_micros() == created.timestamp_micros() => {
-                (seen + 1).max(first)
+            Some(mark) if mark.created.timestamp_micros() == created.timestamp_micros() => {
+                let at = match super::restore::check(&stream, name, &mark, first, last).await {
+                    Ok(at) => at,
+                    Err(e) if unavailable(js, publisher, i, &e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if at == AtWatermark::Same {
+                    (mark.last_seq + 1).max(first)
+                } else {
+                    // Went back in time: nothing is sent to it until what it lost is back in
+                    // the outbox (then published again, after the stream's tail).
+                    let source = publisher.source().to_owned();
+                    match super::restore::restore(lead, &source, &stream, name, &mark, last).await {
+                        Ok(intact_to) => (intact_to + 1).max(first),
+                        Err(Interrupt::Nats(e)) if unavailable(js, publisher, i, &e) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
             }
-            Some(_) => {
-                warn!(stream = %name, "stream was created again since last seen; reading it from its start");
+            seen => {
+                if seen.is_some() {
+                    warn!(stream = %name, "stream was created again since last seen; reading it from its start");
+                }
+                if !lease::begin_incarnation(client, lead.epoch, name, created).await? {
+                    return Err(Interrupt::LeaseLost(lead.epoch));
+                }
                 first
             }
-            None => first,
         };
+        let mut last_msg_id = None;
         if from <= last {
             let n = match read_back(lead, publisher.source(), &stream, name, (from, last)).await {
-                Ok(n) => n,
+                Ok((n, at_last)) => {
+                    last_msg_id = at_last;
+                    n
+                }
                 // What was read is recorded; the rest is read again once it answers.
                 Err(Interrupt::Nats(e)) if unavailable(js, publisher, i, &e) => continue,
                 Err(e) => return Err(e),
@@ -100,7 +128,16 @@ pub(crate) async fn reconcile(
             info!(stream = %name, from, to = last, recorded = n, "reconciled with the stream");
             crate::metrics::get().reconciled_rows.inc_by(n);
         }
-        if !lease::set_watermark(client, lead.epoch, name, created, last).await? {
+        if !lease::set_watermark(
+            client,
+            lead.epoch,
+            name,
+            created,
+            last,
+            last_msg_id.as_deref(),
+        )
+        .await?
+        {
             return Err(Interrupt::LeaseLost(lead.epoch));
         }
         publisher.tails[i] = last;
@@ -123,24 +160,28 @@ fn unavailable(js: &Context, publisher: &mut Publisher<'_>, i: usize, e: &NatsEr
 }
 
 /// Reads sequences `from..=to` of a stream and marks the rows this outbox (`source`) sent there.
+/// Returns how many, and the `Nats-Msg-Id` of the message at `to` (when there is one).
 async fn read_back(
     lead: &Leadership,
     source: &str,
     stream: &Stream,
     name: &str,
     (from, to): (u64, u64),
-) -> Result<u64, Interrupt> {
+) -> Result<(u64, Option<String>), Interrupt> {
     let mut reads = futures::stream::iter(from..=to)
         .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
         .buffered(64);
     let mut marks = Vec::new();
     let mut recorded = 0;
+    let mut at_to = None;
     while let Some((seq, got)) = reads.next().await {
         match got {
             Ok(msg) => {
-                let ours = msg
-                    .headers
-                    .get(async_nats::header::NATS_MESSAGE_ID)
+                let msg_id = msg.headers.get(async_nats::header::NATS_MESSAGE_ID);
+                if seq == to {
+                    at_to = msg_id.map(|v| v.as_str().to_owned());
+                }
+                let ours = msg_id
                     .and_then(|v| event::parse_msg_id(v.as_str()))
                     .filter(|(s, _)| *s == source);
                 match ours {
@@ -167,11 +208,11 @@ async fn read_back(
         }
     }
     recorded += mark_all(lead, marks).await?;
-    Ok(recorded)
+    Ok((recorded, at_to))
 }
 
 /// A sequence that was deleted (limits, purge): nothing to reconcile there.
-fn is_no_message(kind: RawMessageErrorKind) -> bool {
+pub(crate) fn is_no_message(kind: RawMessageErrorKind) -> bool {
     match kind {
         RawMessageErrorKind::NoMessageFound => true,
         RawMessageErrorKind::JetStream(e) => e.error_code() == ErrorCode::NO_MESSAGE_FOUND,
@@ -189,6 +230,7 @@ async fn mark_all(lead: &Leadership, marks: Vec<Mark>) -> Result<u64, Interrupt>
         lead.epoch,
         &marks,
         &[],
+        lead.horizon.keeps(),
     )
     .await;
     Ok(lease_held(marked, lead.epoch)?.rows)

@@ -11,7 +11,8 @@ use futures::FutureExt;
 
 use super::error::Interrupt;
 use super::publisher::{Landed, Route};
-use crate::store::outbox::{self, Mark, Marked, Prepared};
+use crate::event;
+use crate::store::outbox::{self, Mark, Marked, Prepared, Watermark};
 use crate::store::session::{send_now, Session};
 
 /// Acks not yet recorded.
@@ -19,8 +20,9 @@ use crate::store::session::{send_now, Session};
 struct Harvest {
     marks: Vec<Mark>,
     /// Per route, the highest sequence of an ack that landed as predicted while the pipeline was
-    /// not suspect: everything up to it is recorded, so the watermark may move there.
-    watermarks: HashMap<usize, u64>,
+    /// not suspect (everything up to it is recorded, so the watermark may move there), with the
+    /// id and record time of its row.
+    watermarks: HashMap<usize, (u64, i64, chrono::DateTime<chrono::Utc>)>,
 }
 
 type Marking<'a> = BoxFuture<'a, Result<Marked, tokio_postgres::Error>>;
@@ -29,6 +31,10 @@ pub(crate) struct Recorder<'a> {
     session: &'a Session,
     prepared: &'a Prepared,
     epoch: i64,
+    /// This outbox's CloudEvents source (watermarks record the `Nats-Msg-Id` there).
+    source: String,
+    /// Copy what is recorded into `mes_events.kept` (the durability horizon is not zero).
+    keep: bool,
     /// The mark statement sent and not answered yet. At most one: the next waits for it, so a
     /// failure (or a lost lease) surfaces before anything else is recorded.
     marking: Option<Marking<'a>>,
@@ -36,11 +42,19 @@ pub(crate) struct Recorder<'a> {
 }
 
 impl<'a> Recorder<'a> {
-    pub fn new(session: &'a Session, prepared: &'a Prepared, epoch: i64) -> Recorder<'a> {
+    pub fn new(
+        session: &'a Session,
+        prepared: &'a Prepared,
+        epoch: i64,
+        source: String,
+        keep: bool,
+    ) -> Recorder<'a> {
         Recorder {
             session,
             prepared,
             epoch,
+            source,
+            keep,
             marking: None,
             harvest: Harvest::default(),
         }
@@ -53,7 +67,9 @@ impl<'a> Recorder<'a> {
 
     pub fn add(&mut self, landed: Landed) {
         if let Some((route, seq)) = landed.watermark {
-            self.harvest.watermarks.insert(route, seq);
+            self.harvest
+                .watermarks
+                .insert(route, (seq, landed.mark.id, landed.recorded_at));
         }
         self.harvest.marks.push(landed.mark);
     }
@@ -71,19 +87,30 @@ impl<'a> Recorder<'a> {
         if h.marks.is_empty() {
             return Ok(false);
         }
-        let watermarks: Vec<(String, u64)> = h
+        let watermarks: Vec<Watermark> = h
             .watermarks
             .iter()
-            .map(|(&r, &seq)| (routes[r].stream.clone(), seq))
+            .map(|(&r, &(seq, id, recorded_at))| Watermark {
+                stream: routes[r].stream.clone(),
+                seq,
+                msg_id: event::msg_id(&self.source, &event::event_id(id, recorded_at).to_string()),
+            })
             .collect();
-        let (session, prepared, epoch) = (self.session, self.prepared, self.epoch);
-        self.marking =
-            Some(send_now(
-                async move {
-                    outbox::mark(&session.client, prepared, epoch, &h.marks, &watermarks).await
-                }
-                .boxed(),
-            ));
+        let (session, prepared, epoch, keep) = (self.session, self.prepared, self.epoch, self.keep);
+        self.marking = Some(send_now(
+            async move {
+                outbox::mark(
+                    &session.client,
+                    prepared,
+                    epoch,
+                    &h.marks,
+                    &watermarks,
+                    keep,
+                )
+                .await
+            }
+            .boxed(),
+        ));
         Ok(true)
     }
 

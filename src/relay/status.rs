@@ -28,6 +28,11 @@ pub struct Status {
     pub last_published_at: Option<DateTime<Utc>>,
     pub nats: Nats,
     pub streams: Vec<StreamStatus>,
+    /// How long the active relay keeps published events, and why (none before a relay was
+    /// ever active).
+    pub durability: Option<Durability>,
+    /// Losses with events that could not be restored, not accepted yet (newest first).
+    pub losses: Vec<crate::store::kept::Loss>,
     /// No problem below.
     pub healthy: bool,
     /// Why not healthy, each with what to do.
@@ -66,8 +71,15 @@ pub struct StreamStatus {
     pub watermark: Option<i64>,
     /// The stream's last sequence (none when missing or NATS unreachable).
     pub last_sequence: Option<u64>,
-    /// `ok`, `missing`, or `unknown` (NATS unreachable).
+    /// `ok`, `missing`, `behind` (it ends before what the relay recorded: it lost events, to be
+    /// restored by the active relay), or `unknown` (NATS unreachable).
     pub state: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Durability {
+    pub horizon_seconds: f64,
+    pub basis: String,
 }
 
 /// Why `relay status` could not look.
@@ -86,6 +98,13 @@ pub async fn gather(cfg: &Config) -> Result<Status, StatusError> {
     migrate::check(&pg.client).await?;
     let relays = operator::relays(&pg.client).await?;
     let outbox = operator::backlog(&pg.client).await?;
+    let durability = crate::store::lease::durability(&pg.client)
+        .await?
+        .map(|(d, basis)| Durability {
+            horizon_seconds: d.as_secs_f64(),
+            basis,
+        });
+    let losses = crate::store::kept::losses(&pg.client, false).await?;
 
     let url = crate::nats::redact(&cfg.nats.url);
     let asked = tokio::time::timeout(cfg.nats.request_timeout * 2, async {
@@ -134,17 +153,19 @@ pub async fn gather(cfg: &Config) -> Result<Status, StatusError> {
         .enumerate()
         .map(|(i, name)| {
             let last = lasts.as_ref().map(|l| l[i]);
+            let watermark = relays
+                .watermarks
+                .iter()
+                .find(|(s, _)| s == name)
+                .map(|(_, w)| *w);
             StreamStatus {
                 stream: name.clone(),
-                watermark: relays
-                    .watermarks
-                    .iter()
-                    .find(|(s, _)| s == name)
-                    .map(|(_, w)| *w),
+                watermark,
                 last_sequence: last.flatten(),
                 state: match last {
                     None => "unknown",
                     Some(None) => "missing",
+                    Some(Some(l)) if watermark.is_some_and(|w| (l as i64) < w) => "behind",
                     Some(Some(_)) => "ok",
                 },
             }
@@ -170,6 +191,8 @@ pub async fn gather(cfg: &Config) -> Result<Status, StatusError> {
         last_published_at: relays.last_published_at,
         nats,
         streams,
+        durability,
+        losses,
         healthy: false,
         problems: Vec::new(),
     };
@@ -205,6 +228,25 @@ pub fn problems(s: &Status, max_pending_age: Duration) -> Vec<String> {
         p.push(format!(
             "stream {} missing (its events wait): create it with `mes-events provision apply`",
             st.stream
+        ));
+    }
+    for st in s.streams.iter().filter(|st| st.state == "behind") {
+        p.push(format!(
+            "stream {} ends at {} but the relay recorded up to {}: the server lost acknowledged events (a power cut before it synced?); the active relay restores them from the outbox when it reconnects{}",
+            st.stream,
+            st.last_sequence.unwrap_or_default(),
+            st.watermark.unwrap_or_default(),
+            if s.active.is_none() { " (none is active: start one)" } else { "" }
+        ));
+    }
+    for l in &s.losses {
+        let id = l.id.unwrap_or_default();
+        p.push(format!(
+            "stream {} lost {} event(s) that could not be restored (loss {id}, found {}): see `mes-events relay losses`, tell the systems that read {}, then `mes-events relay accept-loss {id} --reason …`",
+            l.stream,
+            l.unrestorable(),
+            l.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            l.stream
         ));
     }
     let age = Duration::from_secs_f64(s.outbox.oldest_pending_seconds.max(0.0));
@@ -249,6 +291,8 @@ mod tests {
                 last_sequence: Some(5),
                 state: "ok",
             }],
+            durability: None,
+            losses: Vec::new(),
             healthy: true,
             problems: Vec::new(),
         }

@@ -7,24 +7,40 @@
 //! what the relay's connection sends is the relay's work alone.
 //! Ready means: PostgreSQL and NATS reachable (or away for less than `http.ready_grace`), every
 //! stream of `relay.streams` there (and, for the active relay, taking its messages), and, for the active relay, the oldest pending row younger
-//! than `http.ready_max_pending_age`. A standby is ready as a standby.
+//! than `http.ready_max_pending_age`, and no loss with events that could not be restored left
+//! unaccepted (`relay losses`). A standby is ready as a standby.
+//!
+//! It also tells the active relay of disturbances it sees (a stream's leader moved, a stream
+//! stopped answering or its last sequence went back): a server may have restarted and lost what
+//! it had not synced, so the relay reconciles.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{Context, GetStreamErrorKind};
 use async_nats::jetstream::ErrorCode;
 use tokio_util::sync::CancellationToken;
 
+use super::durability::Stability;
 use crate::config::Config;
 use crate::metrics::{self, Stream};
-use crate::store::operator;
 use crate::store::session::{self, Session};
+use crate::store::{kept, operator};
 
 /// How often the watcher looks.
 pub(crate) const EVERY: Duration = Duration::from_secs(2);
 
-pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
+pub(crate) async fn run(
+    cfg: Config,
+    js: Context,
+    stability: Arc<Stability>,
+    shutdown: CancellationToken,
+) {
     let m = metrics::get();
+    // Each stream's leader and last sequence as last seen: a leader that moved, a stream that
+    // stopped answering or went back may have lost what its server had not synced.
+    let mut seen: HashMap<String, (Option<String>, u64)> = HashMap::new();
     let mut pg: Option<Session> = None;
     let mut asker: Option<Context> = None;
     let name = format!(
@@ -44,6 +60,13 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
             Some(s) => operator::backlog(&s.client).await.ok(),
             None => None,
         };
+        let lost = match (&pg, &backlog) {
+            (Some(s), Some(_)) => kept::unaccepted(&s.client).await.ok(),
+            _ => None,
+        };
+        if let Some((_, events)) = lost {
+            m.unaccepted_lost_events.set(events);
+        }
         match backlog {
             Some(b) => {
                 m.postgres_up.set(1);
@@ -78,7 +101,16 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
             for name in &cfg.relay.streams {
                 match ask.get_stream(name).await {
                     Ok(s) => {
-                        let last = s.cached_info().state.last_sequence;
+                        let info = s.cached_info();
+                        let last = info.state.last_sequence;
+                        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+                        if let Some((was_leader, was_last)) =
+                            seen.insert(name.clone(), (leader.clone(), last))
+                        {
+                            if was_leader != leader || last < was_last {
+                                stability.note_disturbance();
+                            }
+                        }
                         m.stream_last_sequence
                             .get_or_create(&Stream {
                                 stream: name.clone(),
@@ -86,6 +118,9 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
                             .set(i64::try_from(last).unwrap_or(i64::MAX));
                     }
                     Err(e) => {
+                        if seen.remove(name).is_some() {
+                            stability.note_disturbance();
+                        }
                         if let GetStreamErrorKind::JetStream(je) = e.kind() {
                             if je.error_code() == ErrorCode::STREAM_NOT_FOUND {
                                 missing.push(name.as_str());
@@ -122,6 +157,7 @@ pub(crate) async fn run(cfg: Config, js: Context, shutdown: CancellationToken) {
                 missing: &missing,
                 refusing: &refusing,
                 oldest_pending: Duration::from_secs_f64(m.oldest_pending_seconds.get().max(0.0)),
+                lost: lost.unwrap_or_default(),
             },
         );
         metrics::health().set(ready, why);
@@ -141,6 +177,8 @@ pub(crate) struct Observed<'a> {
     /// Streams that refuse the active relay's messages.
     pub refusing: &'a [&'a str],
     pub oldest_pending: Duration,
+    /// Losses not accepted yet with events that could not be restored: (records, events).
+    pub lost: (i64, i64),
 }
 
 /// Ready or not, and why (pure).
@@ -161,6 +199,12 @@ pub(crate) fn readiness(cfg: &Config, o: Observed<'_>) -> (bool, String) {
     for s in o.refusing {
         wrong.push(format!(
             "stream {s} refuses messages: see the relay's log for what the server said"
+        ));
+    }
+    if o.lost.0 > 0 {
+        wrong.push(format!(
+            "{} event(s) a stream lost could not be restored ({} loss record(s)): see `mes-events relay losses`, tell the systems that read it, then `mes-events relay accept-loss ID --reason …`",
+            o.lost.1, o.lost.0
         ));
     }
     let max = cfg.http.ready_max_pending_age;
@@ -191,6 +235,7 @@ mod tests {
             missing,
             refusing: &[],
             oldest_pending: Duration::ZERO,
+            lost: (0, 0),
         }
     }
 
@@ -226,6 +271,20 @@ mod tests {
             },
         );
         assert!(!refusing.0 && refusing.1.contains("stream MES_EVENTS refuses messages"));
+        let lost = readiness(
+            &cfg,
+            Observed {
+                active: false,
+                lost: (1, 42),
+                ..seen(&[])
+            },
+        );
+        assert!(
+            !lost.0
+                && lost
+                    .1
+                    .contains("42 event(s) a stream lost could not be restored")
+        );
         for part in [
             "NATS unreachable for 60s",
             "stream MES_PV missing",

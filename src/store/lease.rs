@@ -45,41 +45,137 @@ pub async fn lease(
     Ok((r.get(0), r.get(1)))
 }
 
-/// Where reconciliation of a stream starts: the stream's creation time as last seen, and the
-/// highest sequence known to be recorded.
+/// What the relay recorded of a stream: when it was created (as last seen), the highest
+/// sequence below which everything is recorded, and the `Nats-Msg-Id` of the message there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamMark {
+    pub created: DateTime<Utc>,
+    pub last_seq: u64,
+    pub last_msg_id: Option<String>,
+}
+
+/// Where reconciliation of a stream starts, and what to check it still holds.
 pub async fn watermark(
     client: &Client,
     stream: &str,
-) -> Result<Option<(DateTime<Utc>, u64)>, tokio_postgres::Error> {
+) -> Result<Option<StreamMark>, tokio_postgres::Error> {
     Ok(client
         .query_opt(
-            "select created, last_seq from mes_events.relay_stream where stream = $1",
+            "select created, last_seq, last_msg_id from mes_events.relay_stream where stream = $1",
             &[&stream],
         )
         .await?
-        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64)))
+        .map(|r| StreamMark {
+            created: r.get(0),
+            last_seq: r.get::<_, i64>(1) as u64,
+            last_msg_id: r.get(2),
+        }))
 }
 
 /// Sets a stream's watermark outright (after reconciling it), if `epoch` is current.
+/// `last_msg_id` is the message at `last_seq`, when it was read; `None` keeps the one recorded
+/// if the sequence did not move (and forgets it if it did).
 pub async fn set_watermark(
     client: &Client,
     epoch: i64,
     stream: &str,
     created: DateTime<Utc>,
     last_seq: u64,
+    last_msg_id: Option<&str>,
 ) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_one(
             fenced!(
                 "upsert as (
-                 insert into mes_events.relay_stream (stream, created, last_seq)
-                 select $2, $3, $4 where exists (select 1 from lease)
-                 on conflict (stream) do update set created = excluded.created, last_seq = excluded.last_seq
+                 insert into mes_events.relay_stream as s (stream, created, last_seq, last_msg_id)
+                 select $2, $3, $4, $5 where exists (select 1 from lease)
+                 on conflict (stream) do update
+                    set created = excluded.created, last_seq = excluded.last_seq,
+                        last_msg_id = case
+                            when excluded.last_msg_id is not null then excluded.last_msg_id
+                            when s.last_seq = excluded.last_seq and s.created = excluded.created
+                                then s.last_msg_id
+                        end
                  returning 1
              )
              select (select count(*) from upsert)"
             ),
-            &[&epoch, &stream, &created, &(last_seq as i64)],
+            &[&epoch, &stream, &created, &(last_seq as i64), &last_msg_id],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// Records the durability horizon the active relay keeps events for, and why, if `epoch` is
+/// current.
+pub async fn set_durability(
+    client: &Client,
+    epoch: i64,
+    horizon: std::time::Duration,
+    basis: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            fenced!(
+                "set as (
+                 update mes_events.relay_lease
+                    set durability_horizon = $2::float8 * interval '1 second', durability_basis = $3
+                  where id = 1 and exists (select 1 from lease)
+                 returning 1
+             )
+             select (select count(*) from set)"
+            ),
+            &[&epoch, &horizon.as_secs_f64(), &basis],
+        )
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// The durability horizon the active relay last recorded, and why.
+pub async fn durability(
+    client: &impl GenericClient,
+) -> Result<Option<(std::time::Duration, String)>, tokio_postgres::Error> {
+    let r = client
+        .query_one(
+            "select extract(epoch from durability_horizon)::float8, durability_basis
+               from mes_events.relay_lease where id = 1",
+            &[],
+        )
+        .await?;
+    Ok(
+        match (r.get::<_, Option<f64>>(0), r.get::<_, Option<String>>(1)) {
+            (Some(secs), Some(basis)) => {
+                Some((std::time::Duration::from_secs_f64(secs.max(0.0)), basis))
+            }
+            _ => None,
+        },
+    )
+}
+
+/// Records that `stream` is new to the relay, or was created again since it was last seen
+/// (`created` differs): its watermark starts at 0 and the published log's entries from before
+/// are not this stream's. Done before anything of it is recorded, if `epoch` is current.
+pub async fn begin_incarnation(
+    client: &Client,
+    epoch: i64,
+    stream: &str,
+    created: DateTime<Utc>,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            fenced!(
+                "upsert as (
+                 insert into mes_events.relay_stream as s (stream, created, last_seq, last_msg_id,
+                                                           incarnation_since)
+                 select $2, $3, 0, null, now() where exists (select 1 from lease)
+                 on conflict (stream) do update
+                    set created = excluded.created, last_seq = 0, last_msg_id = null,
+                        incarnation_since = now()
+                 returning 1
+             )
+             select (select count(*) from upsert)"
+            ),
+            &[&epoch, &stream, &created],
         )
         .await?;
     Ok(row.get::<_, i64>(0) == 1)

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "relay_reads",
         sql: include_str!("migrations/0004_relay_reads.sql"),
     },
+    Migration {
+        version: 5,
+        name: "durability",
+        sql: include_str!("migrations/0005_durability.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

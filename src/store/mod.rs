@@ -6,6 +6,8 @@
 //! - [`write`]: `mes_events.emit`, the write side.
 //! - [`lease`]: the relay's advisory lock, lease epoch and stream watermarks.
 //! - [`outbox`]: the relay's hot reads and marks, rejections, the published log.
+//! - [`kept`]: published rows kept for the durability horizon, restoring what a stream lost,
+//!   the record of losses.
 //! - [`operator`]: counts, rejected rows, retry and discard.
 //!
 //! Imports only the event layer (for rows and rejections). Never decides anything: the relay
@@ -25,6 +27,7 @@ macro_rules! fenced {
     };
 }
 
+pub mod kept;
 pub mod lease;
 pub mod migrate;
 pub mod operator;

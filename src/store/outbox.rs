@@ -147,8 +147,18 @@ pub struct Marked {
     pub rows: u64,
 }
 
-/// Records where rows landed (moving them from the outbox to `mes_events.published`) and, if
-/// `epoch` is current, advances stream watermarks.
+/// A watermark to move: everything in `stream` up to `seq` is recorded, and the message at `seq`
+/// carries `msg_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermark {
+    pub stream: String,
+    pub seq: u64,
+    pub msg_id: String,
+}
+
+/// Records where rows landed (moving them from the outbox to `mes_events.published`, and, with
+/// `keep`, copying them whole into `mes_events.kept` for the durability horizon) and, if `epoch`
+/// is current, advances stream watermarks.
 ///
 /// `watermarks` may only name a sequence below which every message of the stream is recorded:
 /// reconciliation starts reading after it, so a watermark past an unrecorded message would hide
@@ -158,17 +168,28 @@ pub async fn mark(
     prepared: &Prepared,
     epoch: i64,
     marks: &[Mark],
-    watermarks: &[(String, u64)],
+    watermarks: &[Watermark],
+    keep: bool,
 ) -> Result<Marked, tokio_postgres::Error> {
     let ids: Vec<i64> = marks.iter().map(|m| m.id).collect();
     let streams: Vec<&str> = marks.iter().map(|m| m.stream.as_str()).collect();
     let seqs: Vec<i64> = marks.iter().map(|m| m.seq as i64).collect();
-    let wm_streams: Vec<&str> = watermarks.iter().map(|(s, _)| s.as_str()).collect();
-    let wm_seqs: Vec<i64> = watermarks.iter().map(|(_, q)| *q as i64).collect();
+    let wm_streams: Vec<&str> = watermarks.iter().map(|w| w.stream.as_str()).collect();
+    let wm_seqs: Vec<i64> = watermarks.iter().map(|w| w.seq as i64).collect();
+    let wm_ids: Vec<&str> = watermarks.iter().map(|w| w.msg_id.as_str()).collect();
     let row = client
         .query_one(
             &prepared.mark,
-            &[&epoch, &ids, &streams, &seqs, &wm_streams, &wm_seqs],
+            &[
+                &epoch,
+                &ids,
+                &streams,
+                &seqs,
+                &wm_streams,
+                &wm_seqs,
+                &keep,
+                &wm_ids,
+            ],
         )
         .await?;
     Ok(Marked {
@@ -177,21 +198,34 @@ pub async fn mark(
     })
 }
 
+/// A row landed twice (restored after a loss, then found again) is recorded where it is now.
+/// The kept copy goes to the current slot (an uncorrelated subquery: read once per statement).
 const MARK: &str = fenced!("
     moved as (
         delete from mes_events.outbox o
          using unnest($2::bigint[], $3::text[], $4::bigint[]) as i(id, stream, seq)
          where o.id = i.id and o.rejected_at is null and exists (select 1 from lease)
-        returning o.id, o.type, o.key, o.key_version, o.recorded_at, i.stream, i.seq
+        returning o.id, o.type, o.key, o.key_version, o.recorded_at, i.stream, i.seq, o.data,
+                  o.occurred_at, o.traceparent, o.tracestate
     ), marked as (
         insert into mes_events.published (id, type, key, key_version, recorded_at, stream, stream_seq)
-        select * from moved
-        on conflict (id) do nothing
+        select id, type, key, key_version, recorded_at, stream, seq from moved
+        on conflict (id) do update
+           set stream = excluded.stream, stream_seq = excluded.stream_seq, published_at = now()
         returning 1
+    ), kept as (
+        insert into mes_events.kept (slot, id, type, key, key_version, data, occurred_at,
+                                     recorded_at, traceparent, tracestate, stream, stream_seq)
+        select (select slot from mes_events.kept_slot where since is not null and until is null),
+               id, type, key, key_version, data, occurred_at, recorded_at, traceparent,
+               tracestate, stream, seq
+          from moved
+         where $7
     ), watermark as (
         update mes_events.relay_stream s
-           set last_seq = greatest(s.last_seq, w.seq)
-          from unnest($5::text[], $6::bigint[]) as w(stream, seq)
+           set last_seq = greatest(s.last_seq, w.seq),
+               last_msg_id = case when w.seq >= s.last_seq then w.msg_id else s.last_msg_id end
+          from unnest($5::text[], $6::bigint[], $8::text[]) as w(stream, seq, msg_id)
          where s.stream = w.stream and exists (select 1 from lease)
         returning 1
     )

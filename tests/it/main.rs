@@ -8,6 +8,7 @@ mod cluster;
 mod compose;
 mod consume;
 mod demo;
+mod durability;
 mod examples;
 mod exits;
 mod failover;

@@ -37,25 +37,25 @@ pub(super) fn settle_one(
 ) -> Reply {
     match outcome {
         Outcome::Done => {
-            k.dealt_with(d.stream_seq);
+            k.dealt_with(d);
             stats.handled += 1;
             Reply::Ack
         }
         Outcome::Retry(delay) if max_deliver > 0 && d.delivered >= max_deliver => {
             // Last delivery: nak so the server gives up and announces it; go on.
             warn!(seq = d.stream_seq, key = %d.key, "event failed on its last delivery: it goes to the dead letters");
-            k.dealt_with(d.stream_seq);
+            k.dealt_with(d);
             stats.dead += 1;
             Reply::Nak(delay)
         }
         Outcome::Retry(delay) => {
             stats.retried += 1;
-            k.blocked_on = Some(d.stream_seq);
+            k.blocked_on = Some(super::Ident::of(d));
             Reply::Nak(delay)
         }
         Outcome::Poison(reason) => {
             warn!(seq = d.stream_seq, key = %d.key, %reason, "poison event terminated");
-            k.dealt_with(d.stream_seq);
+            k.dealt_with(d);
             stats.poisoned += 1;
             Reply::Term(reason)
         }

@@ -2,8 +2,11 @@
 //! key's events in order even though handlers run concurrently across keys.
 //!
 //! Ordering rule: a key handles one event at a time, in stream order. A transient failure naks
-//! the event with a delay and blocks its key on that stream sequence: the key's later events are
-//! held here (kept alive with in-progress acks) until the naked one is redelivered and handled.
+//! the event with a delay and blocks its key on that event: the key's later events are held
+//! here (kept alive with in-progress acks) until the naked one is redelivered and handled.
+//! Events are told apart by stream sequence and CloudEvents source and id together: after a
+//! stream lost its tail and had it published again, a sequence handed out before may hold
+//! another event, and an event handled before may come again at another sequence.
 //! On the consumer's last allowed delivery a failing event is nak'ed once more, so the server
 //! gives up on it and announces it as a dead letter (max-deliveries advisory), and the key goes
 //! on. A poison event (the handler says it can never succeed) is terminated with its reason.
@@ -143,32 +146,56 @@ pub struct Stats {
 #[derive(Default)]
 struct Key {
     queue: VecDeque<Held>,
-    /// Stream sequence of the event whose handler is running, if any.
-    running: Option<u64>,
+    /// The event whose handler is running, if any.
+    running: Option<Ident>,
     /// Its ack subject: a handler may take longer than ack_wait (a slow or paused endpoint),
     /// so it is kept in progress like the held ones.
     running_ack: Option<async_nats::Subject>,
-    /// Stream sequence of the naked event the key waits for.
-    blocked_on: Option<u64>,
+    /// The naked event the key waits for (it may come back at another sequence, after a stream
+    /// was restored).
+    blocked_on: Option<Ident>,
     /// Highest stream sequence handled (or given up on) in this run.
     done: u64,
-    /// The last [`RECENT`] sequences dealt with in this run: a redelivery of one of them (its
-    /// ack was lost) is a duplicate. An older sequence that is not among them is an event a
-    /// previous run held and never acked, handed out again after ack_wait: it is handled, never
-    /// dropped, though after newer ones of its key unless `settle` gathered it first.
-    recent: VecDeque<u64>,
+    /// The last [`RECENT`] events dealt with in this run: a redelivery of one of them (its ack
+    /// was lost) is a duplicate. An older one that is not among them is an event a previous run
+    /// held and never acked, handed out again after ack_wait, or one published again after its
+    /// stream lost it: it is handled, never dropped, though after newer ones of its key unless
+    /// `settle` gathered it first.
+    recent: VecDeque<Ident>,
+}
+
+/// An event as delivered: its stream sequence and its CloudEvents source and id. The sequence
+/// alone does not tell events apart: a stream that lost its tail (a power cut before its server
+/// synced) and had it published again holds other events at sequences it had handed out before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ident {
+    seq: u64,
+    event: String,
+}
+
+impl Ident {
+    fn of(d: &Delivery) -> Ident {
+        Ident {
+            seq: d.stream_seq,
+            event: format!("{} {}", d.event.source(), d.event.id()),
+        }
+    }
 }
 
 /// Sequences remembered per key to recognise a redelivery of one already dealt with.
 const RECENT: usize = 64;
 
 impl Key {
-    fn dealt_with(&mut self, seq: u64) {
-        self.done = self.done.max(seq);
+    fn dealt_with(&mut self, d: &Delivery) {
+        self.dealt_with_ident(Ident::of(d));
+    }
+
+    fn dealt_with_ident(&mut self, ident: Ident) {
+        self.done = self.done.max(ident.seq);
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(seq);
+        self.recent.push_back(ident);
     }
 }
 
@@ -182,7 +209,7 @@ struct Held {
 /// An event a handler call has: enough to retry it should the call panic.
 struct Running {
     key: String,
-    seq: u64,
+    ident: Ident,
     delivered: i64,
     reply: Option<async_nats::Subject>,
 }
@@ -335,19 +362,25 @@ where
                 let Some(held) = receive(msg).await else { continue };
                 let k = keys.entry(held.delivery.key.clone()).or_default();
                 let seq = held.delivery.stream_seq;
-                if k.recent.contains(&seq) {
+                let ident = Ident::of(&held.delivery);
+                let waited_for = k.blocked_on.as_ref().is_some_and(|b| b.event == ident.event);
+                if k.recent.contains(&ident) {
                     stats.duplicates += 1;
                     let _ = held.msg.ack().await;
-                } else if seq < k.done {
-                    warn!(seq, key = %held.delivery.key, after = k.done, "an event a previous run held came back after newer ones of its key were handled: handled now, out of order (settle keeps order across restarts)");
-                    k.queue.push_front(held);
-                } else if k.running == Some(seq) {
+                } else if k.running.as_ref() == Some(&ident) {
                     stats.duplicates += 1; // redelivered while its handler runs: that one acks
-                } else if k.blocked_on == Some(seq) {
+                } else if waited_for {
                     k.blocked_on = None;
                     k.queue.push_front(held);
-                } else if k.queue.iter().any(|h| h.delivery.stream_seq == seq) {
+                } else if k.queue.iter().any(|h| Ident::of(&h.delivery) == ident) {
                     stats.duplicates += 1; // redelivered while held: keep the one we hold
+                } else if seq < k.done {
+                    // Handed out by a previous run and never acked, or published again after
+                    // its stream lost it (then maybe handled already: the handler tells by the
+                    // event's source and id). In stream order among what waits.
+                    debug!(seq, key = %held.delivery.key, after = k.done, "an event older than ones its key has handled came: handled now (settle keeps order across restarts)");
+                    let at = k.queue.partition_point(|h| h.delivery.stream_seq < seq);
+                    k.queue.insert(at, held);
                 } else {
                     // In stream order: an older event handed out again (after its ack_wait)
                     // goes before the newer ones of its key that wait here.
@@ -371,10 +404,10 @@ where
                             k.running = None;
                             k.running_ack = None;
                             if max_deliver > 0 && r.delivered >= max_deliver {
-                                k.dealt_with(r.seq);
+                                k.dealt_with_ident(r.ident.clone());
                                 stats.dead += 1;
                             } else {
-                                k.blocked_on = Some(r.seq);
+                                k.blocked_on = Some(r.ident.clone());
                                 stats.retried += 1;
                             }
                         }
@@ -439,7 +472,7 @@ where
                     }
                     let k = free.next().expect("peeked");
                     let held = k.queue.pop_front().expect("filtered on a queued event");
-                    k.running = Some(held.delivery.stream_seq);
+                    k.running = Some(Ident::of(&held.delivery));
                     k.running_ack = held.msg.reply.clone();
                     bytes = bytes.saturating_add(size);
                     batch.push(held);
@@ -452,7 +485,7 @@ where
                     .iter()
                     .map(|h| Running {
                         key: h.delivery.key.clone(),
-                        seq: h.delivery.stream_seq,
+                        ident: Ident::of(&h.delivery),
                         delivered: h.delivery.delivered,
                         reply: h.msg.reply.clone(),
                     })

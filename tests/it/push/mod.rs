@@ -27,14 +27,14 @@ use serde_json::{json, Value};
 use crate::support::nats::free_port;
 use crate::support::*;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_owned()
 }
 
 /// A pushed system taking every order event, with `push` lines added to its `[push]` table.
-fn system(name: &str, port: u16, push: &str) -> String {
+pub(crate) fn system(name: &str, port: u16, push: &str) -> String {
     format!(
         r#"
 [system]
@@ -52,14 +52,14 @@ secret_env = "PUSH_SECRET"
 }
 
 /// A provisioned installation: the shipped streams and the given systems, a relay running.
-struct World {
-    env: Env,
-    decl: tempfile::TempDir,
-    relay: Option<RelayTask>,
+pub(crate) struct World {
+    pub(crate) env: Env,
+    pub(crate) decl: tempfile::TempDir,
+    pub(crate) relay: Option<RelayTask>,
 }
 
 impl World {
-    async fn new(systems: &[(&str, String)]) -> World {
+    pub(crate) async fn new(systems: &[(&str, String)]) -> World {
         let env = Env::without_streams().await;
         let decl = tempfile::tempdir().unwrap();
         std::fs::copy(
@@ -80,7 +80,7 @@ impl World {
     }
 
     /// `mes-events push` as a child process, its log in a file.
-    fn push(&self) -> PushProcess {
+    pub(crate) fn push(&self) -> PushProcess {
         self.push_with(&[])
     }
 
@@ -137,20 +137,20 @@ impl World {
         .await
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(r) = self.relay.take() {
             r.stop().await;
         }
     }
 }
 
-struct PushProcess {
+pub(crate) struct PushProcess {
     child: Child,
     log: tempfile::NamedTempFile,
 }
 
 impl PushProcess {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
@@ -186,7 +186,7 @@ impl Drop for PushProcess {
 }
 
 /// A receiver process printing one JSON line per request (or per event handled).
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
     control: tempfile::NamedTempFile,
@@ -233,7 +233,7 @@ impl Receiver {
     }
 
     /// The tests' receiver (examples/push/receiver.py with faults to turn on).
-    async fn faulty(name: &str, port: u16) -> Receiver {
+    pub(crate) async fn faulty(name: &str, port: u16) -> Receiver {
         let mut c = Command::new("python3");
         c.arg(root().join("tests/interop/push_receiver.py")).args([
             "--port",
@@ -256,12 +256,12 @@ impl Receiver {
         std::fs::rename(&tmp, self.control.path()).unwrap();
     }
 
-    fn lines(&self) -> Vec<Value> {
+    pub(crate) fn lines(&self) -> Vec<Value> {
         self.lines.lock().unwrap().clone()
     }
 
     /// Requests that were handled (first time for their webhook id).
-    fn handled(&self) -> Vec<Value> {
+    pub(crate) fn handled(&self) -> Vec<Value> {
         self.lines()
             .into_iter()
             .filter(|l| l["handled"] == true)
@@ -296,7 +296,7 @@ impl Receiver {
         }
     }
 
-    async fn wait_handled(&self, n: usize) {
+    pub(crate) async fn wait_handled(&self, n: usize) {
         let lines = self.lines.clone();
         eventually(
             Duration::from_secs(90),
@@ -341,7 +341,11 @@ fn assert_once_in_order(who: &str, lines: &[Value], emitted: &[(String, String)]
 }
 
 /// Every event handled once, each key's in the order they were emitted.
-fn assert_handled_once_in_order(who: &str, lines: &[Value], emitted: &[(String, String)]) {
+pub(crate) fn assert_handled_once_in_order(
+    who: &str,
+    lines: &[Value],
+    emitted: &[(String, String)],
+) {
     let handled: Vec<&Value> = lines.iter().filter(|l| l["handled"] == true).collect();
     let seqs: Vec<String> = handled
         .iter()

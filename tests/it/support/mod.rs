@@ -4,6 +4,7 @@
 pub mod db;
 pub mod nats;
 pub mod pg;
+pub mod power;
 pub mod proxy;
 pub mod raw;
 

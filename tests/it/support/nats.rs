@@ -64,6 +64,19 @@ impl NatsServer {
         }
     }
 
+    /// The local process (tests that freeze it or replace its store need one).
+    pub fn local(&mut self) -> &mut LocalNats {
+        match self {
+            NatsServer::Process(p) => p,
+            NatsServer::Container { .. } => {
+                panic!(
+                    "this test needs a local nats-server: {}",
+                    local_nats::INSTALL_HINT
+                )
+            }
+        }
+    }
+
     /// Stops the server the hard way, keeping its store.
     pub async fn kill(&mut self) {
         match self {
