@@ -1,5 +1,11 @@
 //! What the benchmarks share: their own nats-server and their own database on the local
-//! PostgreSQL (dropped at the end), and the machine they ran on.
+//! PostgreSQL (dropped at the end), and the machine they ran on; how throughput is measured
+//! ([`throughput`]).
+//!
+//! Each benchmark target compiles this whole module and uses part of it.
+#![allow(dead_code)]
+
+pub mod throughput;
 
 use mes_events::demo::local_nats::LocalNats;
 use tokio_postgres::NoTls;
@@ -29,9 +35,15 @@ impl Servers {
     /// Starts nats-server and creates the database `<prefix>_<pid>` (on `DATABASE_URL`, else
     /// the local PostgreSQL).
     pub async fn start(prefix: &str) -> Res<Servers> {
+        Self::start_with(prefix, "", "").await
+    }
+
+    /// The same, with `jetstream` settings (`sync_interval: always`) and extra server
+    /// configuration (a monitoring port) for its nats-server.
+    pub async fn start_with(prefix: &str, jetstream: &str, extra: &str) -> Res<Servers> {
         let admin_url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgresql://postgres@127.0.0.1:5432/postgres".into());
-        let nats = LocalNats::start("")?;
+        let nats = LocalNats::start_with_jetstream(jetstream, extra)?;
         let (admin, conn) = tokio_postgres::connect(&admin_url, NoTls).await?;
         tokio::spawn(conn);
         let dbname = format!("{prefix}_{}", std::process::id());

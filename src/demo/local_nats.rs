@@ -37,6 +37,8 @@ pub struct LocalNats {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// Settings inside the `jetstream {}` block besides the store (e.g. `sync_interval: always`).
+    jetstream: String,
     extra_config: String,
 }
 
@@ -44,6 +46,15 @@ impl LocalNats {
     /// Starts a server with JetStream; `extra_config` is appended to its configuration file
     /// (e.g. an `authorization` block).
     pub fn start(extra_config: &str) -> Result<LocalNats, LocalNatsError> {
+        Self::start_with_jetstream("", extra_config)
+    }
+
+    /// As [`LocalNats::start`], with `jetstream` added inside the `jetstream {}` block (e.g.
+    /// `sync_interval: always`).
+    pub fn start_with_jetstream(
+        jetstream: &str,
+        extra_config: &str,
+    ) -> Result<LocalNats, LocalNatsError> {
         let bin = find_binary()?.ok_or(LocalNatsError::NotFound)?;
         let dir = tempfile::Builder::new().prefix("mes-nats-").tempdir()?;
         let mut s = LocalNats {
@@ -51,6 +62,7 @@ impl LocalNats {
             child: None,
             dir,
             port: 0,
+            jetstream: jetstream.to_owned(),
             extra_config: extra_config.to_owned(),
         };
         s.spawn()?;
@@ -99,8 +111,9 @@ impl LocalNats {
         std::fs::write(
             &conf,
             format!(
-                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}\n",
+                "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  {}\n}}\n{}\n",
                 self.dir.path().join("js").display(),
+                self.jetstream,
                 self.extra_config
             ),
         )?;

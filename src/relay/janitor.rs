@@ -39,12 +39,23 @@ pub(crate) const BATCH: i64 = 10_000;
 pub(crate) async fn run(cfg: Config, stability: Arc<Stability>, shutdown: CancellationToken) {
     let mut failing = false;
     let mut janitor = Janitor::default();
+    let mut purged_at = tokio::time::Instant::now();
     loop {
+        // The kept slots turn at their own pace: a short horizon (a server syncing every
+        // second) keeps seconds of events, not a purge interval's worth.
+        let every = cfg
+            .relay
+            .purge_interval
+            .min(slot_period(stability.horizon()));
         tokio::select! {
-            _ = tokio::time::sleep(cfg.relay.purge_interval) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        match janitor.turn(&cfg, &stability, &shutdown).await {
+        let purge = purged_at.elapsed() >= cfg.relay.purge_interval;
+        if purge {
+            purged_at = tokio::time::Instant::now();
+        }
+        match janitor.turn(&cfg, &stability, purge, &shutdown).await {
             Ok(n) => {
                 failing = false;
                 if n > 0 {
@@ -84,6 +95,7 @@ impl Janitor {
         &mut self,
         cfg: &Config,
         stability: &Stability,
+        purge_log: bool,
         shutdown: &CancellationToken,
     ) -> Result<u64, tokio_postgres::Error> {
         if self
@@ -102,7 +114,11 @@ impl Janitor {
         let Some((s, autovacuum_off)) = &mut self.connection else {
             unreachable!("connected above")
         };
-        let total = purge(cfg, shutdown, &s.client).await?;
+        let total = if purge_log {
+            purge(cfg, shutdown, &s.client).await?
+        } else {
+            0
+        };
         // Only the active relay, once it has verified the servers, knows what is safe.
         if stability.stable_for().is_some() {
             let horizon = stability.horizon();
@@ -121,7 +137,7 @@ impl Janitor {
                 );
             }
         }
-        if *autovacuum_off && !shutdown.is_cancelled() {
+        if purge_log && *autovacuum_off && !shutdown.is_cancelled() {
             if !self.said_off {
                 self.said_off = true;
                 info!("autovacuum is off on this server: the relay vacuums mes_events.outbox and mes_events.published itself after each purge");

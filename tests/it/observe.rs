@@ -298,6 +298,15 @@ fn the_grafana_dashboard_asks_only_for_metrics_the_relay_has() {
     m.stream_accepting
         .get_or_create(&mes_events::metrics::Stream { stream: stream() })
         .set(1);
+    for family in [
+        &m.stream_regressions,
+        &m.events_restored,
+        &m.events_unrestorable,
+    ] {
+        family
+            .get_or_create(&mes_events::metrics::Stream { stream: stream() })
+            .inc_by(0);
+    }
     let text = mes_events::metrics::render();
     let mut known = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
