@@ -297,13 +297,16 @@ pub async fn apply(js: &Context, d: &Declaration, opts: Options) -> Result<Plan,
             };
             match info {
                 None => {
-                    let done = stream
-                        .create_consumer(plan::consumer_config(
-                            name,
-                            c,
-                            consumer::Config::default(),
-                        ))
-                        .await;
+                    let config = plan::consumer_config(name, c, consumer::Config::default());
+                    let config = match start_time_resolved(js, on, config).await {
+                        Ok(config) => config,
+                        Err(e) => {
+                            out.refused
+                                .push(format!("consumer {on}/{name}: {e}: not created"));
+                            continue;
+                        }
+                    };
+                    let done = stream.create_consumer(config).await;
                     out.record(format!("create consumer {on}/{name}"), done)?;
                 }
                 Some(i) => {
@@ -328,10 +331,16 @@ pub async fn apply(js: &Context, d: &Declaration, opts: Options) -> Result<Plan,
                             );
                             let deleted = stream.delete_consumer(name).await;
                             if out.record(format!("delete consumer {on}/{name} (to recreate it)"), deleted)? {
-                                let done = stream
-                                    .create_consumer(plan::consumer_config(name, c, consumer::Config::default()))
-                                    .await;
-                                out.record(format!("recreate consumer {on}/{name}"), done)?;
+                                let config = plan::consumer_config(name, c, consumer::Config::default());
+                                match start_time_resolved(js, on, config).await {
+                                    Ok(config) => {
+                                        let done = stream.create_consumer(config).await;
+                                        out.record(format!("recreate consumer {on}/{name}"), done)?;
+                                    }
+                                    Err(e) => out.refused.push(format!(
+                                        "consumer {on}/{name}: {e}: deleted and not created again; run apply once more"
+                                    )),
+                                }
                             }
                         }
                         _ => out.refused.push(format!(
@@ -415,4 +424,38 @@ pub async fn status(js: &Context, d: &Declaration) -> Result<Vec<ConsumerStatus>
         }
     }
     Ok(out)
+}
+
+/// A consumer to be created `by_start_time`, created instead at the stream sequence that time
+/// resolves to for its filters (nats-server starts one with several filters late: see
+/// [`crate::read::replay`]), the declared policy kept in its metadata for `plan`.
+async fn start_time_resolved(
+    js: &Context,
+    stream: &str,
+    mut config: consumer::Config,
+) -> Result<consumer::Config, String> {
+    let consumer::DeliverPolicy::ByStartTime { start_time } = config.deliver_policy else {
+        return Ok(config);
+    };
+    let last = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| e.to_string())?
+        .cached_info()
+        .state
+        .last_sequence;
+    let mut filters = config.filter_subjects.clone();
+    if !config.filter_subject.is_empty() {
+        filters.push(config.filter_subject.clone());
+    }
+    let from = crate::read::replay::From::Time(start_time);
+    let seq = crate::read::replay::start_sequence(js, stream, &filters, from, last).await?;
+    let declared = serde_json::to_string(&config.deliver_policy).map_err(|e| e.to_string())?;
+    config
+        .metadata
+        .insert(crate::read::replay::DELIVER_DECLARED.into(), declared);
+    config.deliver_policy = consumer::DeliverPolicy::ByStartSequence {
+        start_sequence: seq,
+    };
+    Ok(config)
 }

@@ -489,11 +489,18 @@ pub fn deliver_policy(d: &ConsumerDecl) -> consumer::DeliverPolicy {
     }
 }
 
-/// The deliver policy a consumer has by declaration: its own, or, after a replay, the one it
-/// had before (a replay of a consumer from an older version recorded none: its start point is
-/// then taken as declared).
+/// The deliver policy a consumer has by declaration: the declared start time it was created at
+/// the sequence of; else its own, or, after a replay, the one it had before (a replay of a
+/// consumer from an older version recorded none: its start point is then taken as declared).
 pub fn declared_deliver(live: &consumer::Config) -> consumer::DeliverPolicy {
-    use crate::read::replay::{DELIVER_BEFORE_REPLAY, REPLAYED_FROM};
+    use crate::read::replay::{DELIVER_BEFORE_REPLAY, DELIVER_DECLARED, REPLAYED_FROM};
+    if let Some(p) = live
+        .metadata
+        .get(DELIVER_DECLARED)
+        .and_then(|s| serde_json::from_str(s).ok())
+    {
+        return p;
+    }
     if !live.metadata.contains_key(REPLAYED_FROM) {
         return live.deliver_policy;
     }

@@ -5,6 +5,16 @@
 //! recreated with the same configuration and a new deliver policy, and marked with
 //! `mes-events.replayed-from` so `provision plan` does not report its deliver policy as drift.
 //!
+//! A start time is turned into a stream sequence here, never handed to the server as a
+//! `by_start_time` policy: nats-server (2.15.1, and `main` as of 2026-08) starts a consumer with
+//! several filters late when one of its filters has its first message after the start time and
+//! another has messages before that (`selectStartingSeqNo` skips to the earliest *first* message
+//! of a filter at or after the time, ignoring filters whose first message is before it): the
+//! ERP's consumer, whose `mes-redeliver.…` filter holds only the odd resend, skipped its events.
+//! Each filter's first message at or after the time (`$JS.API.STREAM.MSG.GET` with `start_time`
+//! and `next_by_subj`), the lowest of them, is where the consumer starts, and what the count
+//! before starts from.
+//!
 //! Never moves a consumer without the caller having seen the plan first.
 
 use async_nats::jetstream::{consumer, Context};
@@ -15,6 +25,10 @@ pub const REPLAYED_FROM: &str = "mes-events.replayed-from";
 /// Metadata key keeping the consumer's deliver policy from before its first replay (JSON, as
 /// the server writes it), so that `provision plan` still compares the declared one with it.
 pub const DELIVER_BEFORE_REPLAY: &str = "mes-events.deliver-before-replay";
+/// Metadata key of a consumer declared `by_start_time` and created at the sequence that time
+/// resolves to (see [`start_sequence`]): the declared policy (JSON), which `provision plan`
+/// compares with the declaration instead of the sequence the server holds.
+pub const DELIVER_DECLARED: &str = "mes-events.deliver-declared";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {
@@ -104,13 +118,53 @@ pub enum ReplayError {
     },
 }
 
-fn policy(from: From) -> consumer::DeliverPolicy {
-    match from {
-        From::Time(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
-        From::Sequence(start_sequence) => {
-            consumer::DeliverPolicy::ByStartSequence { start_sequence }
+/// The start sequence of a consumer with these filters from a point (a time: the first message
+/// of any filter stored at or after it; past the tail when there is none). See the module's
+/// documentation for why the server is not left to find it.
+pub async fn start_sequence(
+    js: &Context,
+    stream: &str,
+    filters: &[String],
+    from: From,
+    last: u64,
+) -> Result<u64, String> {
+    let start_time = match from {
+        From::Sequence(n) => return Ok(n),
+        From::Time(t) => t,
+    };
+    let all = [">".to_owned()];
+    let filters = if filters.is_empty() {
+        &all[..]
+    } else {
+        filters
+    };
+    let mut first = last + 1;
+    for f in filters {
+        let body = serde_json::json!({
+            "start_time": start_time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "next_by_subj": f,
+            "no_hdr": true,
+        });
+        let answer: serde_json::Value = js
+            .request(format!("STREAM.MSG.GET.{stream}"), &body)
+            .await
+            .map_err(|e| format!("finding the first event at or after {start_time}: {e}"))?;
+        match answer["message"]["seq"].as_u64() {
+            Some(seq) => first = first.min(seq),
+            // 10037: no message of that filter at or after the time.
+            None if answer["error"]["err_code"].as_u64() == Some(10037) => {}
+            None => {
+                return Err(format!(
+                    "finding the first event at or after {start_time}: the server answered {answer}"
+                ))
+            }
         }
     }
+    Ok(first)
+}
+
+fn policy(start_sequence: u64) -> consumer::DeliverPolicy {
+    consumer::DeliverPolicy::ByStartSequence { start_sequence }
 }
 
 /// Counts what the consumer would receive again, with a throw-away ordered consumer of the same
@@ -143,11 +197,18 @@ pub async fn plan(js: &Context, stream: &str, name: &str, from: From) -> Result<
         .state
         .last_sequence;
     let cfg = info.config.clone();
+    let mut filters = cfg.filter_subjects.clone();
+    if !cfg.filter_subject.is_empty() {
+        filters.push(cfg.filter_subject.clone());
+    }
+    let start = start_sequence(js, stream, &filters, from, last)
+        .await
+        .map_err(err)?;
     let probe = s
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: cfg.filter_subject.clone(),
             filter_subjects: cfg.filter_subjects.clone(),
-            deliver_policy: policy(from),
+            deliver_policy: policy(start),
             ..Default::default()
         })
         .await
@@ -173,7 +234,7 @@ pub async fn plan(js: &Context, stream: &str, name: &str, from: From) -> Result<
         stream_last_seq: last,
         beyond_the_tail: beyond_the_tail(from, last, Utc::now()),
         config: cfg,
-        policy: policy(from),
+        policy: policy(start),
     })
 }
 

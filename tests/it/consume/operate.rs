@@ -402,3 +402,120 @@ async fn replay_refuses_a_start_beyond_the_tail_or_in_the_future_and_names_what_
         "{text}"
     );
 }
+
+/// nats-server starts a `by_start_time` consumer with several filters late when one filter's
+/// first message lies after the start time and another has messages before it: here the batch
+/// filter's first message comes after two order events of the replayed period. `replay` finds
+/// the start sequence itself: the count it announces is what the consumer then has, from the
+/// first event at or after the time, with several filters and with one.
+#[tokio::test]
+async fn replay_by_time_with_several_filters_skips_nothing_and_counts_right() {
+    use futures::StreamExt;
+    const TWO: &str = r#"
+[system]
+name = "two"
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.processorder.>", "mes.*.*.*.*.batch.>"]
+[[consumer]]
+name = "one"
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.processorder.>"]
+"#;
+    let env = provisioned(TWO).await;
+    let js = env.js().await;
+    let publish = |subject: &'static str| {
+        let js = js.clone();
+        async move {
+            js.publish(subject, "{}".into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        }
+    };
+    publish("mes.bsl.a.b.c.processorder.statuschanged.v1.O1").await;
+    // The boundary: a gap on both sides, so server timestamps fall clearly before or after.
+    tokio::time::sleep(Duration::from_millis(100)).await; // the scenario's time gap, not a wait
+    let from = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let o2 = publish("mes.bsl.a.b.c.processorder.statuschanged.v1.O2").await;
+    publish("mes.bsl.a.b.c.processorder.statuschanged.v1.O3").await;
+    publish("mes.bsl.a.b.c.batch.phasechanged.v1.B1").await;
+    publish("mes.bsl.a.b.c.processorder.statuschanged.v1.O4").await;
+
+    for (consumer, expected) in [("two", 4), ("one", 3)] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(["replay", consumer, "--from", &from.to_rfc3339(), "--yes"])
+            .env("MES_EVENTS_NATS__URL", env.nats.url())
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap();
+        let text = output_text(&out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "{expected} event(s) will be delivered to it again"
+            )),
+            "{consumer}: {text}"
+        );
+        let mut c = js
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                consumer,
+                "MES_EVENTS",
+            )
+            .await
+            .unwrap();
+        let info = c.info().await.unwrap();
+        assert_eq!(info.num_pending, expected, "{consumer}: {info:?}");
+        let first = c
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .unwrap()
+            .next()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.info().unwrap().stream_sequence,
+            o2,
+            "{consumer} starts at the first event stored after the time"
+        );
+    }
+
+    // A consumer declared from that time starts there too, and is in sync with its declaration.
+    let since = format!(
+        r#"
+[system]
+name = "since"
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subjects = ["mes.*.*.*.*.processorder.>", "mes.*.*.*.*.batch.>"]
+deliver = "by_start_time"
+start_time = "{}"
+"#,
+        from.to_rfc3339()
+    );
+    let dir = decl_dir_with(&since);
+    let decl = mes_events::provision::load_dir(dir.path()).unwrap();
+    provision(&js, &decl).await;
+    let mut c = js
+        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+            "since",
+            "MES_EVENTS",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.info().await.unwrap().num_pending,
+        4,
+        "declared from the time"
+    );
+    let plan = mes_events::provision::plan(&js, &decl, Default::default())
+        .await
+        .unwrap();
+    assert!(!plan.pending(), "{plan}");
+}
