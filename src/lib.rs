@@ -11,6 +11,7 @@
 //! - [`host`]: this machine's name.
 //! - [`metrics`]: the process's metrics and health, updated by every layer above.
 //! - [`secret`]: URLs fit to print (passwords and tokens as `***`).
+//! - [`show`]: values as people write them (durations in days, hours, minutes, seconds).
 //! - [`config`]: what the operator sets (defaults < file < environment), validated up front.
 //! - [`store`]: every SQL statement, one file per concern (session, migrate, write, lease,
 //!   outbox, operator), the lease fence written once.
@@ -39,6 +40,7 @@ pub mod push;
 pub mod read;
 pub mod relay;
 pub mod secret;
+pub mod show;
 pub mod store;
 
 /// Kept at the paths the README and the examples use.

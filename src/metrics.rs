@@ -103,6 +103,8 @@ pub struct Metrics {
     pub events_unrestorable: Family<Stream, Counter>,
     /// Events lost for good in losses no operator has accepted yet (`relay losses`).
     pub unaccepted_lost_events: Gauge,
+    /// The space published events kept for the durability horizon take in PostgreSQL.
+    pub kept_bytes: Gauge,
     /// Push: events delivered (2xx), by system.
     pub push_delivered: Family<System, Counter>,
     /// Push: failed attempts, by system and class of failure.
@@ -149,6 +151,7 @@ impl Metrics {
             events_restored: Family::default(),
             events_unrestorable: Family::default(),
             unaccepted_lost_events: Gauge::default(),
+            kept_bytes: Gauge::default(),
             push_delivered: Family::default(),
             push_failed: Family::default(),
             push_retries: Family::default(),
@@ -279,6 +282,12 @@ impl Metrics {
             "events_unrestorable",
             "Events a stream lost that the relay no longer kept",
             m.events_unrestorable.clone(),
+        );
+        r.register_with_unit(
+            "kept",
+            "Space the published events kept for the durability horizon take in PostgreSQL",
+            Unit::Bytes,
+            m.kept_bytes.clone(),
         );
         r.register(
             "unaccepted_lost_events",

@@ -56,6 +56,9 @@ pub(crate) struct Active<'a> {
     /// moves, a server may have restarted (and lost what it had not synced), so the streams are
     /// reconciled before anything else is sent.
     seen: (u64, u64),
+    /// A disturbance was seen: once reconciled, ask the servers for their sync setting again
+    /// (a server restarted with another one).
+    rederive: bool,
 }
 
 impl<'a> Active<'a> {
@@ -80,11 +83,12 @@ impl<'a> Active<'a> {
                 &lead.marker_prepared,
                 lead.epoch,
                 cfg.source(),
-                lead.horizon.keeps(),
+                stability,
             ),
             retry: Backoff::new(cfg.relay.max_backoff),
             stability,
             seen: (0, 0),
+            rederive: false,
         }
     }
 
@@ -111,7 +115,7 @@ impl<'a> Active<'a> {
 
     async fn work(&mut self, backoff: &mut Backoff) -> Result<(), Interrupt> {
         // Nothing is known of the servers until this first reconciliation has verified them.
-        self.stability.disturbed();
+        self.stability.set_active(true);
         self.seen = self.disturbances();
         self.reconcile_retrying().await?;
         backoff.reset();
@@ -147,6 +151,7 @@ impl<'a> Active<'a> {
                 self.seen = now;
                 self.stability.disturbed();
                 self.publisher.suspect = true;
+                self.rederive = true;
             }
             // Before recovering: a relay that froze past its lease must not even read the
             // streams back (its marks would be refused anyway); it waits for the heartbeat,
@@ -157,6 +162,9 @@ impl<'a> Active<'a> {
             }
             if self.publisher.suspect {
                 self.recover().await?;
+                if std::mem::take(&mut self.rederive) {
+                    self.rederive_horizon().await?;
+                }
                 continue;
             }
             if let Some(due) = self.publisher.due() {
@@ -269,6 +277,36 @@ impl<'a> Active<'a> {
                 }
             }
             Due::Retry => self.drain().await?,
+        }
+        Ok(())
+    }
+
+    /// After a disturbance: the servers' sync setting again. A longer horizon takes effect at
+    /// once; a shorter one waits for the next activation (what is kept now was kept for the
+    /// longer one).
+    async fn rederive_horizon(&mut self) -> Result<(), Interrupt> {
+        let Some(now) = super::durability::derive_if_answered(self.cfg, self.js).await else {
+            return Ok(());
+        };
+        let was = self.stability.horizon();
+        if now.duration <= was.duration {
+            if now != was {
+                debug!(horizon = %crate::show::duration(now.duration), "the servers now need a shorter horizon: the longer one stays until the next activation");
+            }
+            return Ok(());
+        }
+        info!(
+            horizon = %crate::show::duration(now.duration),
+            was = %crate::show::duration(was.duration),
+            "durability horizon now: {}", now.basis
+        );
+        crate::metrics::get()
+            .durability_horizon_seconds
+            .set(now.duration.as_secs_f64());
+        let (epoch, client) = (self.lead.epoch, &self.lead.session.client);
+        self.stability.set_horizon(now.clone());
+        if !crate::store::lease::set_durability(client, epoch, now.duration, &now.basis).await? {
+            return Err(Interrupt::LeaseLost(epoch));
         }
         Ok(())
     }
@@ -413,7 +451,7 @@ impl<'a> Active<'a> {
         loop {
             crate::metrics::health().turned();
             self.reader.read_from_start();
-            match reconcile(self.js, self.lead, &mut self.publisher).await {
+            match reconcile(self.js, self.lead, &mut self.publisher, self.stability).await {
                 Ok(()) => {
                     // A stream that could not be read back is not verified: nothing kept is
                     // forgotten until it is.

@@ -79,7 +79,7 @@ pub fn horizon(
     servers: &Servers,
     async_streams: &[String],
 ) -> Horizon {
-    let show = |d: Duration| humantime::format_duration(d).to_string();
+    let show = |d: Duration| crate::show::duration(d).to_string();
     if let Some(d) = configured {
         return Horizon {
             duration: d,
@@ -206,9 +206,30 @@ pub async fn ask_servers(cfg: &Config) -> Servers {
 /// The horizon for `cfg`'s streams on the servers `js` reaches.
 pub async fn derive(cfg: &Config, js: &Context) -> Horizon {
     if cfg.relay.durability_horizon.is_some() {
+        return derive_from(cfg, js, Servers::NotAsked).await;
+    }
+    derive_from(cfg, js, ask_servers(cfg).await).await
+}
+
+/// The same, or `None` when the servers were asked and did not answer (one starting up):
+/// then the horizon in force stays.
+pub async fn derive_if_answered(cfg: &Config, js: &Context) -> Option<Horizon> {
+    if cfg.relay.durability_horizon.is_some() {
+        return Some(derive_from(cfg, js, Servers::NotAsked).await);
+    }
+    match ask_servers(cfg).await {
+        Servers::Failed(why) => {
+            tracing::debug!(%why, "the servers' sync setting cannot be read now; the horizon stays");
+            None
+        }
+        servers => Some(derive_from(cfg, js, servers).await),
+    }
+}
+
+async fn derive_from(cfg: &Config, js: &Context, servers: Servers) -> Horizon {
+    if cfg.relay.durability_horizon.is_some() {
         return horizon(cfg.relay.durability_horizon, &Servers::NotAsked, &[]);
     }
-    let servers = ask_servers(cfg).await;
     let mut async_streams = Vec::new();
     for name in &cfg.relay.streams {
         if let Ok(s) = js.get_stream(name).await {
@@ -220,61 +241,106 @@ pub async fn derive(cfg: &Config, js: &Context) -> Horizon {
     horizon(None, &servers, &async_streams)
 }
 
-/// What the active relay has seen of the servers: since when they were verified (a
-/// reconciliation found every stream holding what was recorded, or restored it) without a
-/// disturbance since; shared with the janitor.
-#[derive(Debug, Default)]
+/// What the active relay has seen of the servers, shared with its janitor and its watcher.
+///
+/// A kept event acknowledged at `A` may be forgotten once the servers were *seen*, at some
+/// `C ≥ A + horizon`, still holding every stream as the relay recorded it: alive that long
+/// after the PubAck, they synced it. Being seen is a *confirmation*: a reconciliation that
+/// verified every stream, or the watcher finding every stream answering without having gone
+/// back or changed leader. After a disturbance (a reconnect, a stream that stopped answering,
+/// went back or changed leader) nothing is confirmed until a reconciliation has looked: the
+/// servers may have restarted and lost what they had not synced, and what the janitor forgets
+/// then could not be restored. Only the active relay confirms; a confirmation stays a fact
+/// about its moment, so the janitor of a relay that lost the lead may still act on it.
+#[derive(Debug)]
 pub struct Stability {
-    since: Mutex<Option<Instant>>,
-    /// The horizon in force, in milliseconds (for the janitor).
-    horizon_ms: AtomicU64,
-    /// Disturbances the watcher saw (a stream's leader changed, it stopped answering or went
-    /// back): the active relay reconciles when this moves.
+    state: Mutex<State>,
+    /// Disturbances the watcher saw: the active relay reconciles when this moves.
     disturbances: AtomicU64,
 }
 
+#[derive(Debug)]
+struct State {
+    horizon: Horizon,
+    active: bool,
+    /// A disturbance no reconciliation has looked at yet.
+    unsettled: bool,
+    confirmed: Option<Instant>,
+}
+
+impl Default for Stability {
+    fn default() -> Self {
+        Stability::new(horizon(None, &Servers::NotAsked, &[]))
+    }
+}
+
 impl Stability {
-    /// The relay is not active, or something may have restarted under it: nothing is known
-    /// stable until the next verification.
+    /// Not active yet, nothing confirmed, the given horizon.
+    pub fn new(horizon: Horizon) -> Stability {
+        Stability {
+            state: Mutex::new(State {
+                horizon,
+                active: false,
+                unsettled: true,
+                confirmed: None,
+            }),
+            disturbances: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This relay became active (nothing is settled until its first reconciliation), or it
+    /// stopped being active.
+    pub fn set_active(&self, active: bool) {
+        let mut s = self.state();
+        s.active = active;
+        s.unsettled = true;
+    }
+
+    /// Something may have restarted under the relay: nothing is confirmed until a
+    /// reconciliation has looked.
     pub fn disturbed(&self) {
-        *self.since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.state().unsettled = true;
     }
 
-    /// A reconciliation just verified every stream: stable from now, unless already so.
+    /// A reconciliation verified every stream (or restored it): confirmed now.
     pub fn verified(&self) {
-        self.since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert_with(Instant::now);
+        let mut s = self.state();
+        s.unsettled = false;
+        if s.active {
+            s.confirmed = Some(Instant::now());
+        }
     }
 
-    /// How long the servers have been known stable, if they are.
-    pub fn stable_for(&self) -> Option<Duration> {
-        self.since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
+    /// The watcher found every stream answering, none gone back: confirmed now, unless a
+    /// disturbance waits for a reconciliation or this relay is not active.
+    pub fn confirm(&self) {
+        let mut s = self.state();
+        if s.active && !s.unsettled {
+            s.confirmed = Some(Instant::now());
+        }
     }
 
-    pub fn set_horizon(&self, d: Duration) {
-        self.horizon_ms.store(
-            d.as_millis().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
+    /// How long ago the servers were last confirmed, if ever.
+    pub fn confirmed_ago(&self) -> Option<Duration> {
+        self.state().confirmed.map(|t| t.elapsed())
     }
 
-    pub fn horizon(&self) -> Duration {
-        Duration::from_millis(self.horizon_ms.load(Ordering::Relaxed))
+    pub fn set_horizon(&self, h: Horizon) {
+        self.state().horizon = h;
     }
 
-    /// Whether kept events published over the horizon ago may be forgotten now.
-    pub fn safe_to_forget(&self) -> bool {
-        self.stable_for().is_some_and(|d| d >= self.horizon())
+    pub fn horizon(&self) -> Horizon {
+        self.state().horizon.clone()
     }
 
     /// The watcher saw a disturbance.
     pub fn note_disturbance(&self) {
         self.disturbances.fetch_add(1, Ordering::Relaxed);
+        self.disturbed();
     }
 
     pub fn disturbances(&self) -> u64 {
@@ -363,16 +429,33 @@ mod tests {
     }
 
     #[test]
-    fn stability_needs_a_verification_and_lasts_until_a_disturbance() {
-        let s = Stability::default();
-        s.set_horizon(Duration::ZERO);
-        assert!(!s.safe_to_forget(), "never verified");
+    fn only_an_active_relay_confirms_and_not_before_a_reconciliation_has_looked() {
+        let s = Stability::new(horizon(Some(S(6)), &Servers::NotAsked, &[]));
+        s.confirm();
         s.verified();
-        assert!(s.safe_to_forget());
-        s.set_horizon(S(3600));
-        assert!(!s.safe_to_forget(), "not stable for the horizon yet");
-        s.disturbed();
-        s.set_horizon(Duration::ZERO);
-        assert!(!s.safe_to_forget());
+        assert_eq!(s.confirmed_ago(), None, "not active: nothing confirmed");
+        s.set_active(true);
+        s.confirm();
+        assert_eq!(s.confirmed_ago(), None, "active, but not reconciled yet");
+        s.verified();
+        let first = s.confirmed_ago().unwrap();
+        assert!(first < S(1));
+        s.note_disturbance();
+        assert_eq!(s.disturbances(), 1);
+        std::thread::sleep(Duration::from_millis(20));
+        s.confirm();
+        assert!(
+            s.confirmed_ago().unwrap() >= Duration::from_millis(20),
+            "a disturbance no reconciliation has looked at: the watcher confirms nothing"
+        );
+        s.verified();
+        s.confirm();
+        assert!(s.confirmed_ago().unwrap() < Duration::from_millis(20));
+        s.set_active(false);
+        assert!(
+            s.confirmed_ago().is_some(),
+            "a confirmation stays a fact about its moment"
+        );
+        assert_eq!(s.horizon().duration, S(6));
     }
 }

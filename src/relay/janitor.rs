@@ -15,12 +15,11 @@
 //! deletion is), so any relay, active or standby, may delete entries past the retention.
 //!
 //! It also turns the kept slots (`mes_events.kept`, published rows kept for the durability
-//! horizon): only in the active relay, once it has verified the servers, it empties a slot
-//! whole when every row in it is older than the horizon and the servers have been up without
-//! a disturbance for at least the horizon ([`Stability`]), and moves the current slot on every
-//! [`slot_period`]. Kept rows are never deleted one by one, so they need no VACUUM.
+//! horizon): it empties a slot whole once every row in it was published at least the horizon
+//! before the servers' last confirmation by the active relay ([`Stability`]), and moves the
+//! current slot on every [`slot_period`]. Kept rows are never deleted one by one, so they need
+//! no VACUUM.
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -46,7 +45,7 @@ pub(crate) async fn run(cfg: Config, stability: Arc<Stability>, shutdown: Cancel
         let every = cfg
             .relay
             .purge_interval
-            .min(slot_period(stability.horizon()));
+            .min(slot_period(stability.horizon().duration));
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
@@ -115,20 +114,15 @@ impl Janitor {
             unreachable!("connected above")
         };
         let total = if purge_log {
-            purge(cfg, shutdown, &s.client).await?
+            purge(cfg, stability.horizon().duration, shutdown, &s.client).await?
         } else {
             0
         };
-        // Only the active relay, once it has verified the servers, knows what is safe.
-        if stability.stable_for().is_some() {
-            let horizon = stability.horizon();
-            let turned = kept::turn_slots(
-                &mut s.client,
-                horizon,
-                slot_period(horizon),
-                stability.safe_to_forget(),
-            )
-            .await?;
+        // Only what a confirmation of the servers (by the active relay) came a horizon after.
+        if let Some(ago) = stability.confirmed_ago() {
+            let horizon = stability.horizon().duration;
+            let turned =
+                kept::turn_slots(&mut s.client, horizon, slot_period(horizon), ago).await?;
             if turned != kept::Turned::default() {
                 debug!(
                     emptied = turned.emptied,
@@ -170,17 +164,25 @@ pub(crate) fn slot_period(horizon: Duration) -> Duration {
 /// Deletes log entries past the retention in batches until fewer than a batch is left.
 async fn purge(
     cfg: &Config,
+    horizon: Duration,
     shutdown: &CancellationToken,
     client: &tokio_postgres::Client,
 ) -> Result<u64, tokio_postgres::Error> {
-    let retain =
-        chrono::Duration::from_std(cfg.relay.retain_published).unwrap_or(chrono::Duration::MAX);
-    let before = Utc::now()
-        .checked_sub_signed(retain)
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    // A kept row's loss is found through its entry: never purge an entry its kept row may
+    // still need (a horizon, and the same again for a server that was long unconfirmed).
+    let needed = if horizon.is_zero() {
+        Duration::ZERO
+    } else {
+        horizon * 2 + Duration::from_secs(60)
+    };
+    let retain = cfg
+        .relay
+        .retain_published
+        .max(needed)
+        .min(Duration::from_secs(100 * 365 * 86_400));
     let mut total = 0;
     loop {
-        let n = outbox::purge_published(client, before, BATCH).await?;
+        let n = outbox::purge_published(client, retain, BATCH).await?;
         total += n;
         if n < BATCH as u64 || shutdown.is_cancelled() {
             return Ok(total);

@@ -62,9 +62,6 @@ pub(crate) struct Leadership {
     pub lease: Lease,
     /// `host:pid`, as the lease records it.
     pub holder: String,
-    /// How long published events are kept, and why (the cautious default until the servers
-    /// were asked: see [`durability`](super::durability)).
-    pub horizon: super::durability::Horizon,
 }
 
 /// When the lease was last confirmed, and so how long the relay may still publish.
@@ -222,11 +219,6 @@ impl Leader {
             epoch,
             lease: Lease::new(cfg.relay.lease_timeout, bumped_at),
             holder: self.holder.clone(),
-            horizon: super::durability::horizon(
-                cfg.relay.durability_horizon,
-                &super::durability::Servers::NotAsked,
-                &[],
-            ),
         }))
     }
 }

@@ -147,7 +147,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
         }
         let outcome = match leader.activate(cfg, &shutdown).await {
             Ok(None) => return Ok(()),
-            Ok(Some(mut lead)) => {
+            Ok(Some(lead)) => {
                 if let Some(since) = postgres_away.take() {
                     info!(after = ?since.elapsed(), "PostgreSQL reachable again");
                     metrics.postgres_reconnects.inc();
@@ -162,24 +162,25 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
                         routes = now;
                     }
                 }
-                // Asked again at every activation: a server restarted with another setting.
-                lead.horizon = durability::derive(cfg, &js).await;
-                stability.set_horizon(lead.horizon.duration);
+                // Asked again at every activation (and after every disturbance): a server
+                // restarted with another setting.
+                let horizon = durability::derive(cfg, &js).await;
+                stability.set_horizon(horizon.clone());
                 metrics
                     .durability_horizon_seconds
-                    .set(lead.horizon.duration.as_secs_f64());
-                if horizon_told.as_ref() != Some(&lead.horizon) {
+                    .set(horizon.duration.as_secs_f64());
+                if horizon_told.as_ref() != Some(&horizon) {
                     info!(
-                        horizon = %humantime::format_duration(lead.horizon.duration),
-                        "durability horizon: {}", lead.horizon.basis
+                        horizon = %crate::show::duration(horizon.duration),
+                        "durability horizon: {}", horizon.basis
                     );
-                    horizon_told = Some(lead.horizon.clone());
+                    horizon_told = Some(horizon.clone());
                 }
                 let done = match crate::store::lease::set_durability(
                     &lead.session.client,
                     lead.epoch,
-                    lead.horizon.duration,
-                    &lead.horizon.basis,
+                    horizon.duration,
+                    &horizon.basis,
                 )
                 .await
                 {
@@ -191,7 +192,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
                     Ok(false) => Err(Interrupt::LeaseLost(lead.epoch)),
                     Err(e) => Err(Interrupt::Db(e)),
                 };
-                stability.disturbed();
+                stability.set_active(false);
                 metrics.active.set(0);
                 done
             }

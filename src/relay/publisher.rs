@@ -555,6 +555,13 @@ impl<'a> Publisher<'a> {
                     // stream failed behind it.
                     Some(r) if !self.is_down(sent.route) => self.went_down(sent.route, r),
                     Some(_) => {}
+                    // The stream moved on without this relay: someone else published into it
+                    // (a dead-letter resend does, on purpose), or it went back in time.
+                    // Reconciliation tells which, and says so where it matters.
+                    None if !self.suspect && e.kind() == PublishErrorKind::WrongLastSequence => {
+                        let stream = &self.routes[sent.route].stream;
+                        debug!(id = sent.id, %stream, error = %e, "the stream is not where this relay left it; reconciling")
+                    }
                     None if !self.suspect => {
                         let stream = &self.routes[sent.route].stream;
                         warn!(id = sent.id, %stream, error = %e, "publish failed; reconciling")

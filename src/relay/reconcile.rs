@@ -18,6 +18,7 @@ use async_nats::jetstream::ErrorCode;
 use futures::stream::StreamExt;
 use tracing::{debug, info, warn};
 
+use super::durability::Stability;
 use super::error::{Interrupt, NatsError};
 use super::leader::Leadership;
 use super::publisher::{is_not_found, Publisher, Refusal, Route};
@@ -34,7 +35,10 @@ pub(crate) async fn reconcile(
     js: &Context,
     lead: &Leadership,
     publisher: &mut Publisher<'_>,
+    stability: &Stability,
 ) -> Result<(), Interrupt> {
+    let horizon = stability.horizon();
+    let keep = horizon.keeps();
     debug_assert_eq!(publisher.in_flight(), 0);
     crate::metrics::get().reconciliations.inc();
     let client = &lead.session.client;
@@ -86,18 +90,31 @@ pub(crate) async fn reconcile(
         );
         let from = match lease::watermark(client, name).await? {
             Some(mark) if mark.created.timestamp_micros() == created.timestamp_micros() => {
-                let at = match super::restore::check(&stream, name, &mark, first, last).await {
-                    Ok(at) => at,
-                    Err(e) if unavailable(js, publisher, i, &e) => continue,
-                    Err(e) => return Err(e.into()),
-                };
+                let source = publisher.source().to_owned();
+                let at =
+                    match super::restore::check(lead, &source, &stream, name, &mark, (first, last))
+                        .await
+                    {
+                        Ok(at) => at,
+                        Err(Interrupt::Nats(e)) if unavailable(js, publisher, i, &e) => continue,
+                        Err(e) => return Err(e),
+                    };
                 if at == AtWatermark::Same {
                     (mark.last_seq + 1).max(first)
                 } else {
                     // Went back in time: nothing is sent to it until what it lost is back in
                     // the outbox (then published again, after the stream's tail).
-                    let source = publisher.source().to_owned();
-                    match super::restore::restore(lead, &source, &stream, name, &mark, last).await {
+                    match super::restore::restore(
+                        lead,
+                        &source,
+                        &stream,
+                        name,
+                        &mark,
+                        (first, last),
+                        &horizon,
+                    )
+                    .await
+                    {
                         Ok(intact_to) => (intact_to + 1).max(first),
                         Err(Interrupt::Nats(e)) if unavailable(js, publisher, i, &e) => continue,
                         Err(e) => return Err(e),
@@ -116,7 +133,9 @@ pub(crate) async fn reconcile(
         };
         let mut last_msg_id = None;
         if from <= last {
-            let n = match read_back(lead, publisher.source(), &stream, name, (from, last)).await {
+            let n = match read_back(lead, publisher.source(), &stream, name, (from, last), keep)
+                .await
+            {
                 Ok((n, at_last)) => {
                     last_msg_id = at_last;
                     n
@@ -167,6 +186,7 @@ async fn read_back(
     stream: &Stream,
     name: &str,
     (from, to): (u64, u64),
+    keep: bool,
 ) -> Result<(u64, Option<String>), Interrupt> {
     let mut reads = futures::stream::iter(from..=to)
         .map(|seq| async move { (seq, stream.get_raw_message(seq).await) })
@@ -174,6 +194,9 @@ async fn read_back(
     let mut marks = Vec::new();
     let mut recorded = 0;
     let mut at_to = None;
+    // Messages of others in the relay's stream (a dead-letter resend): said once per
+    // reconciliation, at INFO: a routine operation, not a fault.
+    let mut foreign: Vec<(u64, String)> = Vec::new();
     while let Some((seq, got)) = reads.next().await {
         match got {
             Ok(msg) => {
@@ -190,7 +213,10 @@ async fn read_back(
                         stream: name.to_owned(),
                         seq,
                     }),
-                    None => debug!(seq, "message not from this outbox; skipped"),
+                    None => foreign.push((
+                        seq,
+                        msg_id.map_or_else(|| msg.subject.to_string(), |v| v.as_str().to_owned()),
+                    )),
                 }
             }
             Err(e) if is_no_message(e.kind()) => {}
@@ -204,10 +230,16 @@ async fn read_back(
             }
         }
         if marks.len() >= 1000 {
-            recorded += mark_all(lead, std::mem::take(&mut marks)).await?;
+            recorded += mark_all(lead, std::mem::take(&mut marks), keep).await?;
         }
     }
-    recorded += mark_all(lead, marks).await?;
+    recorded += mark_all(lead, marks, keep).await?;
+    if let (Some((first, example)), Some((last, _))) = (foreign.first(), foreign.last()) {
+        info!(
+            stream = %name, count = foreign.len(), first, last, example = %example,
+            "the stream holds messages this relay did not publish (a dead-letter resend, or another publisher); skipped, and publishing goes on after them"
+        );
+    }
     Ok((recorded, at_to))
 }
 
@@ -220,7 +252,7 @@ pub(crate) fn is_no_message(kind: RawMessageErrorKind) -> bool {
     }
 }
 
-async fn mark_all(lead: &Leadership, marks: Vec<Mark>) -> Result<u64, Interrupt> {
+async fn mark_all(lead: &Leadership, marks: Vec<Mark>, keep: bool) -> Result<u64, Interrupt> {
     if marks.is_empty() {
         return Ok(0);
     }
@@ -230,7 +262,7 @@ async fn mark_all(lead: &Leadership, marks: Vec<Mark>) -> Result<u64, Interrupt>
         lead.epoch,
         &marks,
         &[],
-        lead.horizon.keeps(),
+        keep,
     )
     .await;
     Ok(lease_held(marked, lead.epoch)?.rows)

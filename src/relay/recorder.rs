@@ -33,8 +33,9 @@ pub(crate) struct Recorder<'a> {
     epoch: i64,
     /// This outbox's CloudEvents source (watermarks record the `Nats-Msg-Id` there).
     source: String,
-    /// Copy what is recorded into `mes_events.kept` (the durability horizon is not zero).
-    keep: bool,
+    /// Whether what is recorded is also kept (the durability horizon, which may change, is not
+    /// zero).
+    stability: &'a super::durability::Stability,
     /// The mark statement sent and not answered yet. At most one: the next waits for it, so a
     /// failure (or a lost lease) surfaces before anything else is recorded.
     marking: Option<Marking<'a>>,
@@ -47,14 +48,14 @@ impl<'a> Recorder<'a> {
         prepared: &'a Prepared,
         epoch: i64,
         source: String,
-        keep: bool,
+        stability: &'a super::durability::Stability,
     ) -> Recorder<'a> {
         Recorder {
             session,
             prepared,
             epoch,
             source,
-            keep,
+            stability,
             marking: None,
             harvest: Harvest::default(),
         }
@@ -96,7 +97,8 @@ impl<'a> Recorder<'a> {
                 msg_id: event::msg_id(&self.source, &event::event_id(id, recorded_at).to_string()),
             })
             .collect();
-        let (session, prepared, epoch, keep) = (self.session, self.prepared, self.epoch, self.keep);
+        let keep = self.stability.horizon().keeps();
+        let (session, prepared, epoch) = (self.session, self.prepared, self.epoch);
         self.marking = Some(send_now(
             async move {
                 outbox::mark(

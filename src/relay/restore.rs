@@ -50,12 +50,15 @@ pub(crate) fn judge(mark: &StreamMark, last: u64, found: Option<Option<&str>>) -
 }
 
 /// The `Nats-Msg-Id` of the message at `seq`: `Ok(None)` when there is no message there
-/// (deleted on purpose, or by the stream's limits).
+/// (deleted on purpose, or by the stream's limits; or no such sequence: 0).
 async fn msg_id_at(
     stream: &Stream,
     name: &str,
     seq: u64,
 ) -> Result<Option<Option<String>>, NatsError> {
+    if seq == 0 {
+        return Ok(None);
+    }
     match stream.get_raw_message(seq).await {
         Ok(m) => Ok(Some(
             m.headers
@@ -71,14 +74,41 @@ async fn msg_id_at(
     }
 }
 
-/// Whether the stream still holds what was recorded at the watermark.
+/// Whether a `Nats-Msg-Id` is this outbox's (`source`) for outbox row `id`.
+fn is_ours(found: Option<&str>, source: &str, id: i64) -> bool {
+    found
+        .and_then(event::parse_msg_id)
+        .is_some_and(|(s, i)| s == source && i == id)
+}
+
+/// Whether the stream still holds what was recorded: at the highest entry of the published log
+/// for this stream (marks recorded while the watermark could not move may lie above it), and at
+/// the watermark.
 pub(crate) async fn check(
+    lead: &Leadership,
+    source: &str,
     stream: &Stream,
     name: &str,
     mark: &StreamMark,
-    first: u64,
-    last: u64,
-) -> Result<AtWatermark, NatsError> {
+    (first, last): (u64, u64),
+) -> Result<AtWatermark, Interrupt> {
+    if let Some(top) = kept::recorded_below(&lead.session.client, name, u64::MAX, 1)
+        .await?
+        .pop()
+    {
+        if last < top.seq {
+            return Ok(AtWatermark::Behind);
+        }
+        if top.seq >= first {
+            match msg_id_at(stream, name, top.seq).await? {
+                Some(found) if !is_ours(found.as_deref(), source, top.id) => {
+                    return Ok(AtWatermark::Other)
+                }
+                // Ours as recorded, or deleted since (limits, on purpose): the watermark tells.
+                _ => {}
+            }
+        }
+    }
     if last < mark.last_seq {
         return Ok(AtWatermark::Behind);
     }
@@ -91,25 +121,25 @@ pub(crate) async fn check(
 }
 
 /// Restores what a stream that went back in time lost: returns the sequence up to which it
-/// still holds what was recorded (reconciliation reads on after it).
+/// still holds what was recorded (reconciliation reads on after it, and moves the watermark
+/// over what it finds there).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore(
     lead: &Leadership,
     source: &str,
     stream: &Stream,
     name: &str,
     mark: &StreamMark,
-    last: u64,
+    (first, last): (u64, u64),
+    horizon: &super::durability::Horizon,
 ) -> Result<u64, Interrupt> {
-    let intact_to = intact_to(lead, source, stream, name, mark.last_seq.min(last)).await?;
-    // The message at the stream's tail, the new watermark: ours at `intact_to`, or another's.
-    let last_msg_id: Option<String> = msg_id_at(stream, name, last).await?.flatten();
+    let (intact_to, at_intact) = intact_to(lead, source, stream, name, first, last).await?;
     let r = Regression {
         stream: name,
         intact_to,
-        last,
-        last_msg_id: last_msg_id.as_deref(),
+        last_msg_id: at_intact.as_deref(),
         by: &lead.holder,
-        basis: &lead.horizon.basis,
+        basis: &horizon.basis,
     };
     let Some(loss) = kept::restore(&lead.session.client, lead.epoch, &r).await? else {
         return Err(Interrupt::LeaseLost(lead.epoch));
@@ -118,42 +148,42 @@ pub(crate) async fn restore(
     Ok(intact_to)
 }
 
-/// Walks back from `from` over what the published log recorded for the stream until a sequence
-/// holds the message recorded there (or none: deleted on purpose, or below the stream's first).
+/// Walks back from the stream's tail over what the published log recorded for it until a
+/// sequence holds the message recorded there, passing over those deleted since (limits, on
+/// purpose) and those someone else's message took; stops below the stream's first sequence.
+/// The sequence, and the `Nats-Msg-Id` there when the walk found it.
 async fn intact_to(
     lead: &Leadership,
     source: &str,
     stream: &Stream,
     name: &str,
-    from: u64,
-) -> Result<u64, Interrupt> {
+    first: u64,
+    last: u64,
+) -> Result<(u64, Option<String>), Interrupt> {
     let client = &lead.session.client;
-    let mut at_most = from;
+    let mut at_most = last;
     loop {
         let page = kept::recorded_below(client, name, at_most, 64).await?;
         let Some(lowest) = page.last().map(|r| r.seq) else {
             // Nothing recorded at or below: what lies above is all that can be lost.
-            return Ok(at_most);
+            return Ok((at_most, None));
         };
         let mut reads = futures::stream::iter(page.into_iter().map(|r| (r.id, r.seq)))
             .map(|(id, seq)| async move { (id, seq, msg_id_at(stream, name, seq).await) })
             .buffered(16);
         while let Some((id, seq, there)) = reads.next().await {
-            match there? {
-                None => return Ok(seq),
-                Some(found) => {
-                    let ours = found
-                        .as_deref()
-                        .and_then(event::parse_msg_id)
-                        .is_some_and(|(s, i)| s == source && i == id);
-                    if ours {
-                        return Ok(seq);
-                    }
+            if seq < first {
+                // Gone by the stream's limits or a purge: what lies below is not lost.
+                return Ok((seq, None));
+            }
+            if let Some(found) = there? {
+                if is_ours(found.as_deref(), source, id) {
+                    return Ok((seq, found));
                 }
             }
         }
         if lowest <= 1 {
-            return Ok(0);
+            return Ok((0, None));
         }
         at_most = lowest - 1;
     }

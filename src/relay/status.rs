@@ -253,8 +253,8 @@ pub fn problems(s: &Status, max_pending_age: Duration) -> Vec<String> {
     if age >= max_pending_age {
         p.push(format!(
             "the oldest pending row is {} old (http.ready_max_pending_age = {}): see the relay's log",
-            humantime::format_duration(Duration::from_secs(age.as_secs())),
-            humantime::format_duration(max_pending_age)
+            crate::show::duration(Duration::from_secs(age.as_secs())),
+            crate::show::duration(max_pending_age)
         ));
     }
     p

@@ -67,6 +67,11 @@ pub(crate) async fn run(
         if let Some((_, events)) = lost {
             m.unaccepted_lost_events.set(events);
         }
+        if let (Some(s), Some(_)) = (&pg, &backlog) {
+            if let Ok(b) = kept::bytes(&s.client).await {
+                m.kept_bytes.set(b);
+            }
+        }
         match backlog {
             Some(b) => {
                 m.postgres_up.set(1);
@@ -97,6 +102,13 @@ pub(crate) async fn run(
                 .map(async_nats::jetstream::new);
         }
         let mut missing = Vec::new();
+        // Every stream answered, none went back or changed leader: a confirmation of the
+        // servers (see `Stability`). The relay's own connection away is not one: something may
+        // be restarting.
+        let mut all_well = connected && asker.is_some();
+        if !connected {
+            stability.disturbed();
+        }
         if let (true, Some(ask)) = (connected, &asker) {
             for name in &cfg.relay.streams {
                 match ask.get_stream(name).await {
@@ -109,6 +121,7 @@ pub(crate) async fn run(
                         {
                             if was_leader != leader || last < was_last {
                                 stability.note_disturbance();
+                                all_well = false;
                             }
                         }
                         m.stream_last_sequence
@@ -121,14 +134,20 @@ pub(crate) async fn run(
                         if seen.remove(name).is_some() {
                             stability.note_disturbance();
                         }
-                        if let GetStreamErrorKind::JetStream(je) = e.kind() {
-                            if je.error_code() == ErrorCode::STREAM_NOT_FOUND {
-                                missing.push(name.as_str());
-                            }
+                        let not_found = matches!(e.kind(), GetStreamErrorKind::JetStream(je)
+                            if je.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                        if not_found {
+                            // Nothing of it to lose: a stream never there, or deleted.
+                            missing.push(name.as_str());
+                        } else {
+                            all_well = false;
                         }
                     }
                 }
             }
+        }
+        if all_well {
+            stability.confirm();
         }
         // Streams the active relay found refusing its messages (a missing one is named above).
         let active = m.active.get() == 1;
@@ -212,7 +231,7 @@ pub(crate) fn readiness(cfg: &Config, o: Observed<'_>) -> (bool, String) {
         wrong.push(format!(
             "the oldest pending row is {}s old (http.ready_max_pending_age = {})",
             o.oldest_pending.as_secs(),
-            humantime::format_duration(max)
+            crate::show::duration(max)
         ));
     }
     if wrong.is_empty() {

@@ -84,11 +84,9 @@ impl Loss {
 pub struct Regression<'a> {
     pub stream: &'a str,
     /// The highest sequence at which the stream still holds what was recorded: everything
-    /// recorded above it is lost.
+    /// recorded above it is lost. The new watermark (reconciliation reads on after it).
     pub intact_to: u64,
-    /// The stream's last sequence now, and the `Nats-Msg-Id` of its message there (the new
-    /// watermark: nothing of this relay's lies between `intact_to` and it).
-    pub last: u64,
+    /// The `Nats-Msg-Id` of the message at `intact_to`, when known.
     pub last_msg_id: Option<&'a str>,
     /// `host:pid` of the relay that found it.
     pub by: &'a str,
@@ -99,8 +97,8 @@ pub struct Regression<'a> {
 /// In one transaction fenced by `epoch`: takes every entry of the published log that `r.stream`
 /// lost (recorded above `r.intact_to`) out of the log, puts those still kept back into the outbox
 /// under their own ids (so they are published again in their keys' order, with their original
-/// `Nats-Msg-Id`), records the loss, and moves the stream's watermark to its tail. `None` when
-/// the lease is gone (nothing written).
+/// `Nats-Msg-Id`), records the loss, and sets the stream's watermark to `r.intact_to`. `None`
+/// when the lease is gone (nothing written).
 pub async fn restore(
     client: &Client,
     epoch: i64,
@@ -151,14 +149,14 @@ pub async fn restore(
                  insert into mes_events.relay_loss (stream, detected_by, lost_from, lost_to, lost,
                         restored, unrestorable_ids, unrestorable_keys, first_recorded_at,
                         last_recorded_at, durability_basis)
-                 select $2, $6, s.lost_from, s.lost_to, s.lost, s.restored, s.ids, s.keys,
-                        s.first_at, s.last_at, $7
+                 select $2, $5, s.lost_from, s.lost_to, s.lost, s.restored, s.ids, s.keys,
+                        s.first_at, s.last_at, $6
                    from summary s
                   where s.lost > 0 and exists (select 1 from lease)
                  returning id, detected_at
              ), watermark as (
                  update mes_events.relay_stream
-                    set last_seq = $4, last_msg_id = $5
+                    set last_seq = $3, last_msg_id = $4
                   where stream = $2 and exists (select 1 from lease)
                  returning 1
              )
@@ -172,7 +170,6 @@ pub async fn restore(
                 &epoch,
                 &r.stream,
                 &(r.intact_to as i64),
-                &(r.last as i64),
                 &r.last_msg_id,
                 &r.by,
                 &r.basis,
@@ -324,16 +321,17 @@ pub struct Turned {
 }
 
 /// One turn over the kept slots, in one short transaction (which gives up rather than wait
-/// long for a lock): empties every past slot whose rows were all published more than
-/// `horizon` ago (and a second: a mark that read the slot as current just before it moved on
-/// may commit a moment after), if `safe` (the active relay has seen the server up, without a disturbance,
-/// for at least the horizon); then, if the current slot has been current for `period` and the
-/// next one is empty, makes the next one current. Rows are never deleted one by one.
+/// long for a lock): empties every past slot whose rows were all published at least `horizon`
+/// before the servers were last confirmed holding them, `confirmed_ago` ago (and a second more:
+/// a mark that read the slot as current just before it moved on may commit a moment after
+/// `until`, which is stamped at the update, a moment before the commit); then,
+/// if the current slot has been current for `period` and the next one is empty, makes the next
+/// one current. Rows are never deleted one by one.
 pub async fn turn_slots(
     client: &mut Client,
     horizon: Duration,
     period: Duration,
-    safe: bool,
+    confirmed_ago: Duration,
 ) -> Result<Turned, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute("set local lock_timeout = '2s'").await?;
@@ -342,10 +340,14 @@ pub async fn turn_slots(
             "select slot, since is not null and until is null,
                     since is null,
                     until is not null
-                      and until < now() - ($1::float8 + 1) * interval '1 second',
+                      and until < now() - ($1::float8 + 1 + $3::float8) * interval '1 second',
                     since is not null and since <= now() - $2::float8 * interval '1 second'
                from mes_events.kept_slot order by slot for update",
-            &[&horizon.as_secs_f64(), &period.as_secs_f64()],
+            &[
+                &horizon.as_secs_f64(),
+                &period.as_secs_f64(),
+                &confirmed_ago.as_secs_f64(),
+            ],
         )
         .await?;
     let mut turned = Turned::default();
@@ -358,7 +360,7 @@ pub async fn turn_slots(
             current = Some((i, s.get::<_, bool>(4)));
         }
         empty[i] = s.get(2);
-        if safe && s.get::<_, bool>(3) {
+        if s.get::<_, bool>(3) {
             // The slot's rows were all published before `until`, over the horizon ago.
             tx.batch_execute(&format!("truncate mes_events.kept_{i}"))
                 .await?;
@@ -374,13 +376,15 @@ pub async fn turn_slots(
     if let Some((cur, due)) = current {
         let next = (cur + 1) % 3;
         if due && empty[next] {
+            // The moment itself, not the transaction's start: every mark that read this slot
+            // as current began before it.
             tx.execute(
-                "update mes_events.kept_slot set until = now() where slot = $1",
+                "update mes_events.kept_slot set until = clock_timestamp() where slot = $1",
                 &[&(cur as i16)],
             )
             .await?;
             tx.execute(
-                "update mes_events.kept_slot set since = now(), until = null where slot = $1",
+                "update mes_events.kept_slot set since = clock_timestamp(), until = null where slot = $1",
                 &[&(next as i16)],
             )
             .await?;
@@ -389,6 +393,20 @@ pub async fn turn_slots(
     }
     tx.commit().await?;
     Ok(turned)
+}
+
+/// The space the kept rows take (their three slots, TOAST included), in bytes.
+pub async fn bytes(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "select coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint
+               from pg_class c
+              where c.relnamespace = 'mes_events'::regnamespace
+                and c.relname in ('kept_0', 'kept_1', 'kept_2')",
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 /// Rows kept now, for tests and `relay status` (a count of a table that stays small).

@@ -4,7 +4,6 @@
 //! Owns the statements; never decides anything (the relay does). Every statement that writes is
 //! fenced by the lease epoch ([`fenced!`](crate::store)).
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, Statement};
 
 use crate::event::{Rejection, Row};
@@ -258,20 +257,20 @@ pub async fn reject(
     Ok(row.get::<_, i64>(0) == 1)
 }
 
-/// Deletes entries of the published log older than `before`, looking at the `limit` oldest ids.
-/// Returns how many went. (Ids follow publish time closely: a late row's entry, younger than its
-/// id says, just waits for a later purge.)
+/// Deletes entries of the published log older than `retain` (by PostgreSQL's clock, which
+/// stamped them), looking at the `limit` oldest ids. Returns how many went. (Ids follow publish
+/// time closely: a late row's entry, younger than its id says, just waits for a later purge.)
 pub async fn purge_published(
     client: &Client,
-    before: DateTime<Utc>,
+    retain: std::time::Duration,
     limit: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     client
         .execute(
             "delete from mes_events.published where id in (
                  select id from mes_events.published order by id limit $2)
-               and published_at < $1",
-            &[&before, &limit],
+               and published_at < now() - $1::float8 * interval '1 second'",
+            &[&retain.as_secs_f64(), &limit],
         )
         .await
 }

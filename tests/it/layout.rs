@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("host", 0),
     ("metrics", 0),
     ("secret", 0),
+    ("show", 0),
     ("http", 2),
     ("config", 1),
     ("store", 2),

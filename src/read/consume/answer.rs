@@ -32,7 +32,7 @@ pub(super) fn settle_one(
     k: &mut Key,
     d: &Delivery,
     outcome: Outcome,
-    max_deliver: i64,
+    (max_deliver, ack_wait): (i64, Duration),
     stats: &mut Stats,
 ) -> Reply {
     match outcome {
@@ -51,6 +51,7 @@ pub(super) fn settle_one(
         Outcome::Retry(delay) => {
             stats.retried += 1;
             k.blocked_on = Some(super::Ident::of(d));
+            k.blocked_until = Some(super::give_up_waiting(delay, ack_wait));
             Reply::Nak(delay)
         }
         Outcome::Poison(reason) => {

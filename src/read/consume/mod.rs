@@ -152,8 +152,9 @@ struct Key {
     /// so it is kept in progress like the held ones.
     running_ack: Option<async_nats::Subject>,
     /// The naked event the key waits for (it may come back at another sequence, after a stream
-    /// was restored).
+    /// was restored), and the latest it should have come back by.
     blocked_on: Option<Ident>,
+    blocked_until: Option<tokio::time::Instant>,
     /// Highest stream sequence handled (or given up on) in this run.
     done: u64,
     /// The last [`RECENT`] events dealt with in this run: a redelivery of one of them (its ack
@@ -212,6 +213,13 @@ struct Running {
     ident: Ident,
     delivered: i64,
     reply: Option<async_nats::Subject>,
+}
+
+/// The latest a naked event is expected back (it comes after `delay`, or `ack_wait` when the
+/// nak was lost): generously, so that only one the server will never hand out again is given
+/// up on.
+fn give_up_waiting(delay: Duration, ack_wait: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::now() + (delay + ack_wait) * 10 + Duration::from_secs(60)
 }
 
 /// How soon an event whose handler panicked is delivered again.
@@ -371,6 +379,7 @@ where
                     stats.duplicates += 1; // redelivered while its handler runs: that one acks
                 } else if waited_for {
                     k.blocked_on = None;
+                    k.blocked_until = None;
                     k.queue.push_front(held);
                 } else if k.queue.iter().any(|h| Ident::of(&h.delivery) == ident) {
                     stats.duplicates += 1; // redelivered while held: keep the one we hold
@@ -408,6 +417,7 @@ where
                                 stats.dead += 1;
                             } else {
                                 k.blocked_on = Some(r.ident.clone());
+                                k.blocked_until = Some(give_up_waiting(PANIC_DELAY, ack_wait));
                                 stats.retried += 1;
                             }
                         }
@@ -426,7 +436,13 @@ where
                     let k = keys.entry(held.delivery.key.clone()).or_default();
                     k.running = None;
                     k.running_ack = None;
-                    let r = settle_one(k, &held.delivery, outcome, max_deliver, &mut stats);
+                    let r = settle_one(
+                        k,
+                        &held.delivery,
+                        outcome,
+                        (max_deliver, ack_wait),
+                        &mut stats,
+                    );
                     replies.push((held, r));
                 }
                 // Off the loop: the next events of these keys need not wait for the acks.
@@ -436,6 +452,19 @@ where
                 settled = true;
             }
             _ = progress.tick() => {
+                // A key waits for its naked event, which the server hands out again after the
+                // delay asked for. One that never comes back (its stream lost it in a power
+                // cut and could not restore it, or it was deleted) would hold the key for
+                // good, silently: it goes on, and says so.
+                let now = tokio::time::Instant::now();
+                for (key, k) in keys.iter_mut() {
+                    if k.blocked_until.is_some_and(|t| t <= now) {
+                        if let Some(b) = k.blocked_on.take() {
+                            warn!(seq = b.seq, %key, event = %b.event, "the event this key waits for never came back (its stream lost it, or it was deleted): the key goes on without it");
+                        }
+                        k.blocked_until = None;
+                    }
+                }
                 // Held events wait on their key, running ones on their handler: keep them from
                 // being redelivered meanwhile (not after a freeze: they may be someone else's).
                 if opts.alive.as_ref().is_some_and(|a| !(a.0)()) {

@@ -53,8 +53,10 @@ create index published_stream_seq on mes_events.published (stream, stream_seq);
 alter table mes_events.relay_stream add column last_msg_id text;
 -- Since when the published log's entries for a stream are of the stream as it is now: a stream
 -- deleted and created again numbers its messages from 1 again, and the entries of the one
--- before are not what it can lose. (Streams known before this version: all of their entries.)
+-- before are not what it can lose. (Streams known before this version: since their creation as
+-- last seen.)
 alter table mes_events.relay_stream add column incarnation_since timestamptz not null default '-infinity';
+update mes_events.relay_stream set incarnation_since = created;
 alter table mes_events.relay_stream alter column incarnation_since set default now();
 
 -- The horizon the active relay keeps events for, and why (for `relay status`).

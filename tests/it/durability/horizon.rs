@@ -53,7 +53,7 @@ async fn a_loss_longer_than_the_horizon_is_named_exactly_and_fails_status_until_
         })
         .await;
         let image = power::image(&[nats.local()]);
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
         stop.cancel();
         eventually(
             Duration::from_secs(60),
@@ -67,13 +67,22 @@ async fn a_loss_longer_than_the_horizon_is_named_exactly_and_fails_status_until_
     let (committed, ()) = tokio::join!(write_until(db, 2, 100, &stop), cut);
 
     let c = env.db.client().await;
-    let loss = eventually_value(Duration::from_secs(60), "the loss recorded", || async {
-        mes_events::store::kept::losses(&c, false)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let loss = loop {
+        if let Some(l) = mes_events::store::kept::losses(&c, false)
             .await
             .unwrap()
             .pop()
-    })
-    .await;
+        {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no loss recorded within 60 s; the relay said:\n{}",
+            relay.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     // What the stream really lacks, once the relay has published what it could restore.
     settled_without(&env, &committed, loss.unrestorable()).await;
     let in_stream: BTreeSet<i64> = read_all(&env.js().await)

@@ -283,3 +283,54 @@ async fn a_stream_created_again_then_cut_loses_only_its_own_events() {
     );
     relay.stop().await;
 }
+
+/// The shipped setting: the server syncs every second and the relay, reading that from its
+/// monitoring port, keeps each event 6.25 s. A cut the relay cannot see at once: the server
+/// freezes (no connection closes, PubAcks just stop) for longer than that horizon, then its
+/// power goes. What the relay kept must not have been forgotten while it waited: nothing
+/// confirmed the server after the freeze.
+#[tokio::test]
+async fn a_silent_cut_longer_than_the_shipped_horizon_loses_nothing() {
+    let monitoring = free_port();
+    let nats = NatsServer::start_with_jetstream(
+        "sync_interval: \"1s\"",
+        &format!("http: \"127.0.0.1:{monitoring}\"\n"),
+    )
+    .await;
+    let mut env = Env::on(nats).await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{monitoring}");
+    let mut relay = relay(&env.cfg, port, &[("MES_EVENTS_NATS__MONITORING_URL", &url)]);
+    let js = env.js().await;
+    let stop = CancellationToken::new();
+    let Env { nats, db, .. } = &mut env;
+    let cut = async {
+        eventually(Duration::from_secs(30), "publishing under way", || async {
+            last_seq(&js, "MES_EVENTS").await.unwrap_or(0) > 500
+        })
+        .await;
+        let image = power::image(&[nats.local()]);
+        // Close to the horizon: the first of these are older than it by the time the relay
+        // could notice the freeze.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let pid = nats.local().pid().unwrap() as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        // Frozen for twice the horizon: a janitor trusting the quiet would forget it all.
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        power::cut(&mut [nats.local()], image);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.cancel();
+    };
+    let (committed, ()) = tokio::join!(write_until(db, 2, 100, &stop), cut);
+    settled(&env, &committed).await;
+    env.assert_published_exactly_once(&committed).await;
+    let log = relay.stderr();
+    let told = loss_lines(&log);
+    assert_eq!(told.len(), 1, "{log}");
+    assert!(
+        told[0].contains("syncs every 1s") && told[0].contains("All "),
+        "{}",
+        told[0]
+    );
+    relay.terminate().await;
+}

@@ -23,6 +23,21 @@ impl NatsServer {
         Self::start_with_config("").await
     }
 
+    /// Starts with settings inside its `jetstream {}` block (e.g. `sync_interval: "1s"`) and
+    /// extra configuration; a local process only.
+    pub async fn start_with_jetstream(jetstream: &str, extra: &str) -> NatsServer {
+        match local_nats::find_binary() {
+            Ok(Some(_)) => NatsServer::Process(
+                LocalNats::start_with_jetstream(jetstream, extra).expect("starting nats-server"),
+            ),
+            Ok(None) => panic!(
+                "this test needs a local nats-server: {}",
+                local_nats::INSTALL_HINT
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// Starts with extra nats-server configuration (e.g. an `authorization` block).
     pub async fn start_with_config(extra: &str) -> NatsServer {
         match local_nats::find_binary() {
