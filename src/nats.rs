@@ -170,6 +170,43 @@ pub fn identity(cfg: &NatsConfig) -> String {
 /// The last trouble any connection of this process told, as told.
 static LAST_TROUBLE: Mutex<Option<String>> = Mutex::new(None);
 
+/// A subject this process expects to be denied (a probe of its own rights): its permission
+/// violation is not told.
+static EXPECTED_DENIAL: Mutex<Option<String>> = Mutex::new(None);
+
+/// What an identity may do on the bus beyond its job, as a probe finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rights {
+    /// It may call the JetStream API at large (`$JS.API.INFO` answered): the admin's identity,
+    /// or a server without authorization.
+    ManagesJetStream,
+    /// It may not: a least-privilege identity.
+    Limited,
+}
+
+/// Whether this connection's identity may manage JetStream: it asks `$JS.API.INFO` (the
+/// account's JetStream usage), which no identity `provision credentials` writes but the admin's
+/// may ask. A denial is expected and not told as trouble.
+pub async fn rights(client: &async_nats::Client) -> Rights {
+    const PROBE: &str = "$JS.API.INFO";
+    *EXPECTED_DENIAL.lock().unwrap_or_else(|p| p.into_inner()) = Some(PROBE.to_owned());
+    let asked = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        client.request(PROBE, "".into()),
+    )
+    .await;
+    match asked {
+        // An answer that is an error of JetStream's (not enabled) is an answer all the same.
+        Ok(Ok(m))
+            if m.status
+                .is_none_or(|s| s != async_nats::StatusCode::NO_RESPONDERS) =>
+        {
+            Rights::ManagesJetStream
+        }
+        _ => Rights::Limited,
+    }
+}
+
 /// The last trouble a connection of this process told (an answer that timed out may have been
 /// refused for lack of a permission: the server says so only on the connection).
 pub fn last_trouble() -> Option<String> {
@@ -218,6 +255,13 @@ impl Watcher {
                 warn!(connection = %name, %url, sid, "slow consumer: the server dropped messages for this client")
             }
             other => {
+                if let Some(Trouble::Permission(said)) = Trouble::of_event(&other) {
+                    let expected = EXPECTED_DENIAL.lock().unwrap_or_else(|p| p.into_inner());
+                    if expected.as_ref().is_some_and(|s| said.contains(s.as_str())) {
+                        tracing::debug!(connection = %name, %said, "denied, as expected of a least-privilege identity");
+                        return;
+                    }
+                }
                 if let Some(t) = Trouble::of_event(&other) {
                     // A permission violation is told each time it names something new.
                     if told.as_ref() != Some(&t) {

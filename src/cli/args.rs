@@ -217,10 +217,15 @@ pub enum OutboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Queue a rejected row again, after its data or the catalog was fixed.
+    /// Queue a rejected row again, after its type, its data or the catalog was fixed; it keeps
+    /// its place in its key's order.
     Retry {
         /// Outbox row id (from `mes-events outbox rejected`).
         id: i64,
+        /// Replace the row's event type (a mistyped one), e.g.
+        /// io.mesevents.mes.processorder.statuschanged.v1
+        #[arg(long = "type", value_name = "TYPE")]
+        ty: Option<String>,
         /// Replace the row's data: inline JSON, @FILE, or @- for standard input.
         #[arg(long)]
         data: Option<String>,
@@ -235,7 +240,11 @@ pub enum OutboxCommand {
         reason: String,
     },
     /// Counts of pending, published, rejected and discarded rows.
-    Status,
+    Status {
+        /// One JSON object instead of the line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -284,9 +293,14 @@ pub enum ProvisionCommand {
         /// Output folder (keep it out of git); existing seeds are kept.
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
-        /// Replace this identity's seed (admin, relay or a system), keeping every other one.
-        #[arg(long, value_name = "NAME")]
+        /// Give this identity (admin, relay or a system) a new seed; its current one is kept
+        /// as NAME.previous.nk and stays accepted alongside, until --retire NAME.
+        #[arg(long, value_name = "NAME", conflicts_with = "retire")]
         rotate: Option<String>,
+        /// End a rotation: delete NAME.previous.nk; after the next reload only the new seed is
+        /// accepted.
+        #[arg(long, value_name = "NAME")]
+        retire: Option<String>,
     },
 }
 
@@ -344,4 +358,8 @@ pub struct TailArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<usize>,
+    /// With --consumer: stop once every event waiting for it when the tail started was shown
+    /// (at once when none waits), instead of following new ones.
+    #[arg(long, requires = "consumer")]
+    pub until_caught_up: bool,
 }

@@ -57,13 +57,14 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,async_nats=warn".into());
-    // The NATS client's debug lines print server addresses with their passwords: never below
-    // info for it, whatever RUST_LOG asks. Its connector's lines are left out altogether: they
-    // repeat at every reconnect attempt what `mes_events::nats` tells once, with the URL and
-    // the identity.
+    // The NATS client's debug lines print server addresses with their passwords, and its info
+    // lines (`event: connected`, `event: server error: …`) repeat what `mes_events::nats`
+    // tells once, with the URL and the identity (and would show the relay's expected denial of
+    // its own rights probe as a fault): never below warn for it, whatever RUST_LOG asks. Its
+    // connector's lines are left out altogether: they repeat at every reconnect attempt.
     let cap = tracing_subscriber::filter::filter_fn(|m| {
         !(m.target().starts_with("async_nats::connector")
-            || (m.target().starts_with("async_nats") && *m.level() > tracing::Level::INFO))
+            || (m.target().starts_with("async_nats") && *m.level() > tracing::Level::WARN))
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry().with(filter).with(cap);

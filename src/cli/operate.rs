@@ -35,9 +35,47 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     );
     let _http = serve_http(cfg, &shutdown).await?;
     let client = nats::connect(&cfg.nats, &name, true).await?;
+    least_privilege(
+        cfg,
+        &client,
+        "relay",
+        "run it with its own seed: nats.nkey = <the folder of `mes-events provision credentials`>/relay.nk (MES_EVENTS_NATS__NKEY)",
+    )
+    .await?;
     let js = nats::jetstream(client, &cfg.nats, cfg.relay.max_in_flight);
     relay::run(cfg, js, shutdown.token.clone()).await?;
     Ok(exit::OK)
+}
+
+/// Refuses an identity that may manage JetStream for a service that must not (the relay, the
+/// push service): with credentials set, that is the admin's seed by mistake, and the service
+/// would run with every right on the bus. Without credentials it is a development server
+/// without authorization: said once. Not checked while NATS is still away at start.
+async fn least_privilege(
+    cfg: &Config,
+    client: &async_nats::Client,
+    what: &str,
+    fix: &str,
+) -> Result<(), exit::Usage> {
+    let up = tokio::time::timeout(cfg.nats.request_timeout, async {
+        while client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if up.is_err() || nats::rights(client).await == nats::Rights::Limited {
+        return Ok(());
+    }
+    let identity = nats::identity(&cfg.nats);
+    if cfg.nats.nkey.is_some() || cfg.nats.credentials.is_some() {
+        return Err(exit::Usage(format!(
+            "{identity} may manage JetStream (the server answered it on $JS.API.INFO, which the {what}'s own identity may not ask): the {what} would run with every right on the bus; {fix}. Nothing was sent"
+        )));
+    }
+    tracing::warn!(
+        "the {what} connects with no credentials to a server that lets it manage JetStream: right for a development server; in production include the generated auth.conf in nats-server, and {fix}"
+    );
+    Ok(())
 }
 
 /// `push`: every pushed system of the declaration until a signal. A declaration, secret or
@@ -70,6 +108,18 @@ nothing was sent (declaration {})",
             ))
             .into());
         }
+    }
+    // Each system's consumer is read with that system's seed; without them, with nats.*'s
+    // identity, which must not be the admin's.
+    if credentials.is_none() {
+        let probe = nats::connect(&cfg.nats, "mes-events push (rights)", false).await?;
+        least_privilege(
+            cfg,
+            &probe,
+            "push service",
+            "give it the folder of `mes-events provision credentials` (--credentials, push.credentials): it then reads each system's consumer with that system's own seed",
+        )
+        .await?;
     }
     // The same endpoint as the relay's (`http.address`): /metrics, /healthz, /readyz.
     let _http = serve_http(cfg, &shutdown).await?;

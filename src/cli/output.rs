@@ -91,8 +91,8 @@ pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
         println!("no dead letters");
     } else {
         println!(
-            "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  event",
-            "id", "reason", "stream", "consumer", "stream-seq", "deliveries"
+            "{:>6}  {:<20}  {:<15} {:<12} {:<20} {:>10} {:>10}  event",
+            "id", "at", "reason", "stream", "consumer", "stream-seq", "deliveries"
         );
         for d in list {
             let event = match (&d.event_type, &d.event_subject, &d.problem) {
@@ -101,11 +101,23 @@ pub fn dead_letters(list: &[DeadLetter], json: bool) -> anyhow::Result<()> {
                 _ => String::new(),
             };
             println!(
-                "{:>6}  {:<15} {:<12} {:<20} {:>10} {:>10}  {event}",
-                d.id, d.reason, d.stream, d.consumer, d.stream_seq, d.deliveries
+                "{:>6}  {:<20}  {:<15} {:<12} {:<20} {:>10} {:>10}  {event}",
+                d.id,
+                d.at.as_ref().map(utc).unwrap_or_else(|| "-".into()),
+                d.reason,
+                d.stream,
+                d.consumer,
+                d.stream_seq,
+                d.deliveries
             );
             if let Some(why) = &d.why {
                 println!("{:>6}  why: {why}", "");
+            }
+            if let Some(t) = &d.event_time {
+                println!("{:>6}  happened: {}", "", utc(t));
+            }
+            if let Some(data) = &d.data {
+                println!("{:>6}  data: {}", "", short(data, 160));
             }
         }
     }
@@ -173,7 +185,7 @@ fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
             format!(
                 "{} ({} ago)",
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                humantime::format_duration(std::time::Duration::from_secs(ago.as_secs()))
+                mes_events::show::duration(std::time::Duration::from_secs(ago.as_secs()))
             )
         }
     }
@@ -213,7 +225,7 @@ pub fn relay_status(s: &Status, json: bool) -> anyhow::Result<()> {
     println!(
         "outbox     {} pending, oldest {}; {} rejected ({} key(s) held)",
         o.pending,
-        humantime::format_duration(std::time::Duration::from_secs(
+        mes_events::show::duration(std::time::Duration::from_secs(
             o.oldest_pending_seconds.max(0.0) as u64
         )),
         o.rejected,
@@ -232,7 +244,7 @@ pub fn relay_status(s: &Status, json: bool) -> anyhow::Result<()> {
     if let Some(d) = &s.durability {
         println!(
             "durability {} kept after each PubAck: {}",
-            humantime::format_duration(std::time::Duration::from_secs(d.horizon_seconds as u64)),
+            mes_events::show::duration(std::time::Duration::from_secs(d.horizon_seconds as u64)),
             d.basis
         );
     }

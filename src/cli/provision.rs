@@ -39,8 +39,19 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
     // Validate everything before any call to a server.
     let decl =
         provision::load_dir(&dir).map_err(|errors| Usage(Invalid { dir, errors }.to_string()))?;
-    if let ProvisionCommand::Credentials { out, rotate, .. } = &cmd {
-        return credentials(&decl, out, rotate.as_deref());
+    if let ProvisionCommand::Credentials {
+        out,
+        rotate,
+        retire,
+        ..
+    } = &cmd
+    {
+        let change = match (rotate, retire) {
+            (Some(n), _) => Some(auth::Change::Rotate(n)),
+            (None, Some(n)) => Some(auth::Change::Retire(n)),
+            (None, None) => None,
+        };
+        return credentials(&decl, out, change);
     }
     // The active catalog goes on the bus with the streams: checked before any call too.
     let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
@@ -129,24 +140,41 @@ fn print_or_keep(
 fn credentials(
     decl: &Declaration,
     out: &std::path::Path,
-    rotate: Option<&str>,
+    change: Option<auth::Change<'_>>,
 ) -> anyhow::Result<u8> {
-    let written = match auth::write(decl, out, rotate) {
+    // Identities new to an auth.conf a server may already run with.
+    let had_auth = out.join("auth.conf").is_file();
+    let written = match auth::write(decl, out, change) {
         Ok(w) => w,
         Err(
             e @ (AuthError::SeedExposed { .. }
             | AuthError::UnknownIdentity { .. }
-            | AuthError::BadSeed { .. }),
+            | AuthError::BadSeed { .. }
+            | AuthError::RotationPending { .. }
+            | AuthError::NothingToRetire { .. }),
         ) => return Err(Usage(format!("{e}\nnothing was written")).into()),
         Err(e) => return Err(e.into()),
     };
     println!("wrote {}", out.join("auth.conf").display());
     println!("  {:<20} {:<28} seed", "identity", "inbox prefix");
     for w in &written {
-        let fate = match w.fate {
-            SeedFate::Kept => "kept",
-            SeedFate::Created => "new",
-            SeedFate::Rotated => "ROTATED",
+        let fate = match (w.fate, &w.previous) {
+            (SeedFate::Kept, None) => "kept".to_owned(),
+            (SeedFate::Kept, Some(p)) => format!(
+                "kept; being rotated: {} still accepted until --retire {}",
+                p.display(),
+                w.name
+            ),
+            (SeedFate::Created, _) => "new".to_owned(),
+            (SeedFate::Rotated, _) => format!(
+                "ROTATED: the old seed, now {}, stays accepted until --retire {}",
+                auth::previous_path(out, &w.name).display(),
+                w.name
+            ),
+            (SeedFate::Retired, _) => "old seed RETIRED".to_owned(),
+            (SeedFate::Replaced, _) => {
+                "REPLACED: the old seed could be read by others, so it is not kept".to_owned()
+            }
         };
         println!(
             "  {:<20} {:<28} {} ({fate})",
@@ -156,8 +184,40 @@ fn credentials(
         );
     }
     println!("include auth.conf in the nats-server configuration; give each system its .nk seed, tell it its inbox prefix and to bind to its consumer by name (it may not look it up)");
-    if written.iter().any(|w| w.fate == SeedFate::Rotated) {
-        println!("reload nats-server now (nats-server --signal reload, or SIGHUP): until then the old seed is still accepted and the new one is not");
+    let added: Vec<&str> = written
+        .iter()
+        .filter(|w| had_auth && w.fate == SeedFate::Created)
+        .map(|w| w.name.as_str())
+        .collect();
+    if !added.is_empty() {
+        println!(
+            "new identit{} {}: reload nats-server TWICE, a second apart (nats-server --signal reload=PID, or kill -HUP): nats-server (2.15) takes a new account's service imports only on the reload after the one that created it; until then the new system connects but every pull answers \"no responders\". The other systems stay connected.",
+            if added.len() == 1 { "y" } else { "ies" },
+            added.join(", ")
+        );
+    }
+    for w in &written {
+        match w.fate {
+            SeedFate::Rotated => println!(
+                "{}: reload nats-server; from then on both seeds are accepted. Give {} its new seed {}; once it connects with it, `mes-events provision credentials --out {} --retire {}` and reload again: then the old one is refused",
+                w.name,
+                w.name,
+                w.path.display(),
+                out.display(),
+                w.name
+            ),
+            SeedFate::Replaced => println!(
+                "{}: reload nats-server now: from then on only {} is accepted, the exposed one is refused",
+                w.name,
+                w.path.display()
+            ),
+            SeedFate::Retired => println!(
+                "{}: reload nats-server now: from then on only {} is accepted (a client still on the old seed is disconnected)",
+                w.name,
+                w.path.display()
+            ),
+            _ => {}
+        }
     }
     Ok(exit::OK)
 }

@@ -19,6 +19,7 @@ pub async fn tail(cfg: &Config, args: TailArgs) -> anyhow::Result<u8> {
         (_, Some(name)) => tail::Source::Consumer {
             stream: args.stream,
             name,
+            until_caught_up: args.until_caught_up,
         },
         (Some(subject), None) => tail::Source::Subject(subject),
         (None, None) => unreachable!("clap requires one"),

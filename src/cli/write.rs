@@ -74,19 +74,29 @@ pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
             let rows = operator::rejected(&session.client).await?;
             output::rejected(&rows, json)?;
         }
-        OutboxCommand::Retry { id, data } => {
+        OutboxCommand::Retry { id, ty, data } => {
             let data = data.as_deref().map(read_data).transpose()?;
-            // New data is checked as the relay will check it, before the row is touched.
-            if let Some(text) = &data {
-                if let Some((ty, key)) = operator::type_and_key(&session.client, id).await? {
+            // A new type or data is checked as the relay will check it, before the row is
+            // touched.
+            if ty.is_some() || data.is_some() {
+                if let Some((was, key, had)) = operator::type_key_data(&session.client, id).await? {
                     let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
-                    outbound::validate(&catalog, &ty, &key, text).map_err(|e| {
+                    let (t, d) = (
+                        ty.as_deref().unwrap_or(&was),
+                        data.as_deref().unwrap_or(&had),
+                    );
+                    outbound::validate(&catalog, t, &key, d).map_err(|e| {
                         Usage(format!("outbox row {id}: {e}; the row was left as it is"))
                     })?;
                 }
             }
-            operator::retry(&mut session.client, id, data.as_deref()).await?;
-            println!("outbox row {id} queued again; the relay picks it up now");
+            operator::retry(&mut session.client, id, ty.as_deref(), data.as_deref()).await?;
+            match &ty {
+                Some(t) => println!(
+                    "outbox row {id} queued again as {t}, in its place in its key's order; the relay picks it up now"
+                ),
+                None => println!("outbox row {id} queued again; the relay picks it up now"),
+            }
         }
         OutboxCommand::Discarded { json } => {
             let rows = operator::discarded(&session.client).await?;
@@ -100,12 +110,16 @@ pub async fn outbox(cfg: &Config, cmd: OutboxCommand) -> anyhow::Result<u8> {
                 println!("outbox row {id} discarded by {by}; its key's later events go out now");
             }
         }
-        OutboxCommand::Status => {
+        OutboxCommand::Status { json } => {
             let c = operator::counts(&session.client).await?;
-            println!(
-                "pending {}  published {}  rejected {}  discarded {}",
-                c.pending, c.published, c.rejected, c.discarded
-            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!(
+                    "pending {}  published {}  rejected {}  discarded {}",
+                    c.pending, c.published, c.rejected, c.discarded
+                );
+            }
         }
     }
     Ok(exit::OK)

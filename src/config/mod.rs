@@ -51,6 +51,7 @@ pub struct PushConfig {
     /// read with that system's own seed (`<system>.nk`), so the push service holds exactly the
     /// permissions the system would. Unset: every system's consumer is read with `nats.*`'s
     /// identity (a development server without authorization, or the admin's).
+    #[serde(default, deserialize_with = "unset_if_empty")]
     pub credentials: Option<PathBuf>,
 }
 
@@ -70,6 +71,7 @@ pub struct HttpConfig {
     /// Where to listen, e.g. `127.0.0.1:9464` (or `0.0.0.0:9464` for a Prometheus elsewhere).
     /// Unset (the default): no endpoint. Off by default because an open port is a choice the
     /// operator makes (two relays on one host would also collide on one default port).
+    #[serde(default, deserialize_with = "unset_if_empty")]
     pub address: Option<String>,
     /// How long PostgreSQL or NATS may be unreachable before the relay is not ready.
     #[serde(with = "humantime_serde")]
@@ -111,16 +113,28 @@ pub struct NatsConfig {
     /// NATS server URL(s), comma-separated.
     pub url: String,
     /// Optional `.creds` file (JWT + NKey seed) for the relay's identity.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub credentials: Option<PathBuf>,
     /// Optional NKey seed file (`mes-events provision credentials` writes `relay.nk`, `admin.nk`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub nkey: Option<PathBuf>,
     /// Subject prefix of this client's reply inboxes. Unset: `_INBOX_<identity>` when `nkey` is
     /// a seed file named after its identity, as `mes-events provision credentials` writes them
     /// (`relay.nk` → `_INBOX_relay`, `admin.nk` → `_INBOX_admin`), else NATS's `_INBOX`. The
     /// generated permissions let each identity receive replies only under its own prefix.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub inbox_prefix: Option<String>,
     /// How long to wait for a JetStream API answer or a PubAck before treating it as lost.
     #[serde(with = "humantime_serde")]
@@ -129,7 +143,11 @@ pub struct NatsConfig {
     /// from whose `/varz` the relay reads how often they sync JetStream to disk, and so how long
     /// it must keep published events (see `relay.durability_horizon`). Unset: nats-server's
     /// default interval is assumed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub monitoring_url: Option<String>,
 }
 
@@ -148,7 +166,11 @@ pub struct EventsConfig {
     pub mode: crate::event::binding::Mode,
     /// A site catalog folder extending the shipped event catalog (types, categories, new minor
     /// versions); unset: the shipped catalog alone. Checked whole at start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub catalog: Option<PathBuf>,
 }
 
@@ -213,7 +235,8 @@ pub struct RelayConfig {
     /// (right only for servers with `sync_interval: always`).
     #[serde(
         default,
-        with = "humantime_serde",
+        serialize_with = "humantime_serde::serialize",
+        deserialize_with = "duration_unset_if_empty",
         skip_serializing_if = "Option::is_none"
     )]
     pub durability_horizon: Option<Duration>,
@@ -400,7 +423,7 @@ impl Config {
             self.relay.lease_timeout >= Duration::from_secs(1)
                 && self.relay.standby_retry < self.relay.lease_timeout,
             "relay.lease_timeout",
-            humantime::format_duration(self.relay.lease_timeout).to_string(),
+            crate::show::duration(self.relay.lease_timeout).to_string(),
             "at least 1s, and longer than relay.standby_retry",
         );
         check(
@@ -469,6 +492,30 @@ impl Config {
             subject_prefix: self.events.subject_prefix.clone(),
             mode: self.events.mode,
         }
+    }
+}
+
+/// An optional setting: an empty value (`MES_EVENTS_HTTP__ADDRESS=`) unsets it, as it does for
+/// every other program that reads its settings from the environment.
+fn unset_if_empty<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.trim().is_empty())
+        .map(T::from))
+}
+
+/// An optional duration written `30s`, `7d`; empty unsets it.
+fn duration_unset_if_empty<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()) {
+        None => Ok(None),
+        Some(s) => humantime::parse_duration(s.trim())
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration: {e}"))),
     }
 }
 

@@ -204,3 +204,30 @@ fn explicit_missing_file_is_an_error() {
     let err = Config::load(Some(Path::new("/nonexistent/mes.toml"))).unwrap_err();
     assert!(matches!(err, ConfigError::MissingFile { .. }));
 }
+
+#[test]
+fn an_empty_value_unsets_an_optional_setting() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "mes-events.toml",
+            "[http]\naddress = \"127.0.0.1:9464\"\n[nats]\nnkey = \"relay.nk\"\n[relay]\ndurability_horizon = \"6s\"\n",
+        )?;
+        let cfg = Config::load(None).unwrap();
+        assert_eq!(cfg.http.address.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(cfg.relay.durability_horizon, Some(Duration::from_secs(6)));
+        jail.set_env("MES_EVENTS_HTTP__ADDRESS", "");
+        jail.set_env("MES_EVENTS_NATS__NKEY", "");
+        jail.set_env("MES_EVENTS_RELAY__DURABILITY_HORIZON", "");
+        let cfg = Config::load(None).unwrap();
+        assert_eq!(
+            cfg.http.address, None,
+            "a second process from the same file serves nothing"
+        );
+        assert_eq!(cfg.nats.nkey, None);
+        assert_eq!(cfg.relay.durability_horizon, None);
+        jail.set_env("MES_EVENTS_RELAY__DURABILITY_HORIZON", "6 parsecs");
+        let text = Config::load(None).unwrap_err().to_string();
+        assert!(text.contains("relay.durability_horizon"), "{text}");
+        Ok(())
+    });
+}

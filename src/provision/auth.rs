@@ -47,7 +47,7 @@ use sha2::Digest as _;
 use super::load::Declaration;
 
 pub use super::decl::{ADMIN, RELAY, RESERVED};
-pub use super::seeds::{write, AuthError, SeedFate, Written};
+pub use super::seeds::{previous_path, write, AuthError, Change, SeedFate, Written};
 
 /// The account that has JetStream: the streams, their consumers and the admin.
 pub const JETSTREAM_ACCOUNT: &str = "MES";
@@ -250,22 +250,29 @@ pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
     out
 }
 
-/// The `accounts { … }` block for nats-server, users identified by NKey public keys: the
-/// JetStream account exporting to each identity's account exactly what that one imports.
-pub fn render(users: &[(User, String)]) -> String {
+/// The `accounts { … }` block for nats-server, users identified by NKey public keys (an
+/// identity being rotated has two, each with the same permissions): the JetStream account
+/// exporting to each identity's account exactly what that one imports.
+pub fn render(users: &[(User, Vec<String>)]) -> String {
     let q = |v: &[String]| {
         v.iter()
             .map(|s| format!("\"{s}\""))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let user = |u: &User, public: &str| {
-        format!(
-            "      # {}\n      {{ nkey: \"{public}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n",
-            u.name,
-            q(&u.publish),
-            q(&u.subscribe)
-        )
+    let user = |u: &User, keys: &[String]| {
+        keys.iter()
+            .enumerate()
+            .map(|(i, public)| {
+                let which = if i == 0 { "" } else { " (previous seed, until retired)" };
+                format!(
+                    "      # {}{which}\n      {{ nkey: \"{public}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }} }} }}\n",
+                    u.name,
+                    q(&u.publish),
+                    q(&u.subscribe)
+                )
+            })
+            .collect::<String>()
     };
     // One export per subject, naming every account that imports it.
     let mut exports: BTreeMap<&Import, Vec<String>> = BTreeMap::new();
@@ -541,11 +548,11 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
     #[test]
     fn the_rendered_configuration_exports_each_subject_to_its_importers_only() {
         let d = declaration();
-        let users: Vec<(User, String)> = users(&d, &Scope::default())
+        let users: Vec<(User, Vec<String>)> = users(&d, &Scope::default())
             .into_iter()
             .map(|u| {
                 let k = u.name.to_uppercase();
-                (u, k)
+                (u, vec![k])
             })
             .collect();
         let conf = render(&users);

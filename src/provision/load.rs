@@ -336,7 +336,7 @@ pub fn validate(sources: Vec<Source>) -> Result<Declaration, Vec<DeclError>> {
                 if b.first().is_some_and(|f| f.0 != w) {
                     errors.push(err(src, c.stream.span(), key("ack_wait"), format!(
                         "with backoff set the server waits backoff[0] ({}) for the first ack, not ack_wait ({}): drop ack_wait or make it equal backoff[0]",
-                        humantime::format_duration(b[0].0), humantime::format_duration(w)
+                        crate::show::duration(b[0].0), crate::show::duration(w)
                     )));
                 }
             }

@@ -145,7 +145,7 @@ fn dur(d: Duration) -> String {
     if d.is_zero() {
         "0s".into()
     } else {
-        humantime::format_duration(d).to_string()
+        crate::show::duration(d).to_string()
     }
 }
 

@@ -2,9 +2,11 @@
 //! [`super::auth`], written into one private folder.
 //!
 //! Seeds are generated once and kept (never in git); running again keeps them and only rewrites
-//! `auth.conf`, `--rotate NAME` replaces one identity's seed. A kept seed that group or others
-//! can read is refused: it may have leaked. Every check comes before any write, and every file is
-//! replaced in one rename.
+//! `auth.conf`. `--rotate NAME` gives one identity a new seed and keeps its old one beside it
+//! (`NAME.previous.nk`): both are accepted, so the system can move to the new one at its own
+//! time, until `--retire NAME` deletes the old one. A kept seed that group or others can read is
+//! refused: it may have leaked. Every check comes before any write, and every file is replaced
+//! in one rename.
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +33,16 @@ pub enum AuthError {
         name: String,
         mode: u32,
     },
-    #[error("--rotate {name}: no such identity (known: {known})")]
-    UnknownIdentity { name: String, known: String },
+    #[error("{flag} {name}: no such identity (known: {known})")]
+    UnknownIdentity {
+        flag: &'static str,
+        name: String,
+        known: String,
+    },
+    #[error("--rotate {name}: {name} is being rotated already ({path} is still accepted): once {name} uses its new seed, `--retire {name}`, then rotate again")]
+    RotationPending { name: String, path: PathBuf },
+    #[error("--retire {name}: {name} has no old seed to retire (it was not rotated, or the old one was retired already)")]
+    NothingToRetire { name: String },
 }
 
 /// What happened to one identity's seed.
@@ -40,7 +50,12 @@ pub enum AuthError {
 pub enum SeedFate {
     Kept,
     Created,
+    /// A new seed; the old one is kept as `previous` and still accepted.
     Rotated,
+    /// A new seed; the old one, exposed, is not kept: it is refused from the next reload.
+    Replaced,
+    /// Its old seed was deleted: only the current one is accepted from the next reload.
+    Retired,
 }
 
 /// One identity's seed file, its inbox prefix and what was done to it.
@@ -50,68 +65,131 @@ pub struct Written {
     pub path: PathBuf,
     pub inbox_prefix: String,
     pub fate: SeedFate,
+    /// Its old seed while a rotation is under way (accepted alongside the current one).
+    pub previous: Option<PathBuf>,
+}
+
+/// What to do to one identity's seeds besides keeping them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// A new seed, the current one kept as the previous one.
+    Rotate(&'a str),
+    /// The previous seed deleted.
+    Retire(&'a str),
+}
+
+/// Where an identity's previous seed is kept while it is being rotated.
+pub fn previous_path(out: &Path, name: &str) -> PathBuf {
+    out.join(format!("{name}.previous.nk"))
 }
 
 /// Writes `auth.conf` and one `<identity>.nk` seed per identity into `out`, keeping existing
-/// seeds (`rotate` names one identity whose seed is replaced). Nothing is written when a kept
-/// seed is unreadable, exposed, or `rotate` names no identity.
-pub fn write(d: &Declaration, out: &Path, rotate: Option<&str>) -> Result<Vec<Written>, AuthError> {
+/// seeds, and applies `change` to one identity. Nothing is written when a kept seed is
+/// unreadable or exposed, or `change` cannot be done.
+pub fn write(
+    d: &Declaration,
+    out: &Path,
+    change: Option<Change<'_>>,
+) -> Result<Vec<Written>, AuthError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| AuthError::Io { path, source }
     };
     let users = users(d, &Scope::default());
-    if let Some(r) = rotate {
-        if !users.iter().any(|u| u.name == r) {
-            return Err(AuthError::UnknownIdentity {
-                name: r.to_owned(),
-                known: users
-                    .iter()
-                    .map(|u| u.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+    let (rotate, retire) = match change {
+        Some(Change::Rotate(n)) => (Some(n), None),
+        Some(Change::Retire(n)) => (None, Some(n)),
+        None => (None, None),
+    };
+    for (flag, name) in [("--rotate", rotate), ("--retire", retire)] {
+        if let Some(r) = name {
+            if !users.iter().any(|u| u.name == r) {
+                return Err(AuthError::UnknownIdentity {
+                    flag,
+                    name: r.to_owned(),
+                    known: users
+                        .iter()
+                        .map(|u| u.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
         }
     }
     // First every check, then every write: a refusal leaves the folder as it was.
     let mut plan = Vec::new();
     for u in users {
         let path = out.join(format!("{}.nk", u.name));
-        let existing = if rotate == Some(u.name.as_str()) {
-            None
-        } else {
-            read_seed(&path, &u.name)?
+        let previous_file = previous_path(out, &u.name);
+        let rotating = rotate == Some(u.name.as_str());
+        // A seed others could read is no seed to keep accepting: rotating it replaces it.
+        let (current, exposed) = match read_seed(&path, &u.name) {
+            Err(AuthError::SeedExposed { .. }) if rotating => (None, true),
+            other => (other?, false),
         };
-        plan.push((u, path, existing));
+        let previous = read_seed(&previous_file, &u.name)?;
+        if rotate == Some(u.name.as_str()) && previous.is_some() {
+            return Err(AuthError::RotationPending {
+                name: u.name.clone(),
+                path: previous_file,
+            });
+        }
+        if retire == Some(u.name.as_str()) && previous.is_none() {
+            return Err(AuthError::NothingToRetire {
+                name: u.name.clone(),
+            });
+        }
+        plan.push((u, path, previous_file, current, previous, exposed));
     }
     create_private_dir(out).map_err(io(out))?;
     let mut rendered = Vec::new();
     let mut written = Vec::new();
-    for (u, path, existing) in plan {
-        let (pair, fate) = match existing {
-            Some(pair) => (pair, SeedFate::Kept),
+    for (u, path, previous_file, current, mut previous, exposed) in plan {
+        let mut fate = if exposed {
+            SeedFate::Replaced
+        } else {
+            SeedFate::Kept
+        };
+        let current = match current {
+            Some(pair) if rotate == Some(u.name.as_str()) => {
+                // The current seed stays accepted, as the previous one, until retired.
+                std::fs::rename(&path, &previous_file).map_err(io(&previous_file))?;
+                previous = Some(pair);
+                fate = SeedFate::Rotated;
+                None
+            }
+            other => other,
+        };
+        let pair = match current {
+            Some(pair) => pair,
             None => {
                 let pair = nkeys::KeyPair::new_user();
                 let seed = pair.seed().map_err(|_| AuthError::BadSeed {
                     path: path.clone(),
                     name: u.name.clone(),
                 })?;
-                let fate = if path.exists() {
-                    SeedFate::Rotated
-                } else {
-                    SeedFate::Created
-                };
+                if fate == SeedFate::Kept {
+                    fate = SeedFate::Created;
+                }
                 write_atomically(&path, &seed, 0o600).map_err(io(&path))?;
-                (pair, fate)
+                pair
             }
         };
+        if retire == Some(u.name.as_str()) {
+            std::fs::remove_file(&previous_file).map_err(io(&previous_file))?;
+            previous = None;
+            fate = SeedFate::Retired;
+        }
+        let mut keys = vec![pair.public_key()];
+        keys.extend(previous.as_ref().map(nkeys::KeyPair::public_key));
         written.push(Written {
             name: u.name.clone(),
             path,
             inbox_prefix: inbox_prefix(&u.name),
             fate,
+            previous: previous.is_some().then_some(previous_file),
         });
-        rendered.push((u, pair.public_key()));
+        rendered.push((u, keys));
     }
     // Public keys and permissions only, no secret: readable by the server's user (0644), and
     // replaced in one rename so that a server reloading meanwhile never reads half of it.

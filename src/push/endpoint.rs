@@ -376,7 +376,7 @@ impl Endpoint {
                 }
                 Verdict::Throttled(wait) => {
                     m.push_throttled.get_or_create(&self.label()).inc();
-                    warn!(system = %self.system, url = %self.shown, wait = %humantime::format_duration(wait), "the endpoint asks to wait; its events wait");
+                    warn!(system = %self.system, url = %self.shown, wait = %crate::show::duration(wait), "the endpoint asks to wait; its events wait");
                     self.pause_for(wait);
                 }
                 Verdict::Failed(reason) => {
@@ -495,7 +495,7 @@ impl Endpoint {
             s.paused_until = Some(Instant::now() + s.cool_down);
             if !s.circuit_open {
                 error!(system = %self.system, url = %self.shown, failures = s.failures_in_a_row, last_error = %reason,
-                    pause = %humantime::format_duration(s.cool_down),
+                    pause = %crate::show::duration(s.cool_down),
                     "endpoint paused (410 Gone, or failures in a row): its events wait (none is lost); it is tried again after the pause, or at once when `mes-events push` restarts");
             }
             s.circuit_open = true;

@@ -116,7 +116,7 @@ impl Liveness {
             }
             *self.last.lock().unwrap() = Instant::now();
             if gap > self.limit {
-                tracing::warn!(frozen = %humantime::format_duration(Duration::from_millis(gap.as_millis() as u64)),
+                tracing::warn!(frozen = %crate::show::duration(Duration::from_millis(gap.as_millis() as u64)),
                     "this process did not run for a while: another instance may deliver now; it lets go of the events it held and pulls afresh");
             }
         }

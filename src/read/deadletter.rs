@@ -20,6 +20,8 @@ pub const DEFAULT_STREAM: &str = "MES_DEAD_LETTERS";
 pub struct DeadLetter {
     /// Sequence of the advisory in the dead-letter stream (what `resend` takes).
     pub id: u64,
+    /// When the consumer gave up on it (the advisory's time in the dead-letter stream).
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// `max_deliveries` or `terminated`.
     pub reason: String,
     pub stream: String,
@@ -32,6 +34,10 @@ pub struct DeadLetter {
     pub event_id: Option<String>,
     pub event_type: Option<String>,
     pub event_subject: Option<String>,
+    /// The event's own time (CloudEvents `time`: when it happened).
+    pub event_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The event's data (JSON, or its text when it is not JSON).
+    pub data: Option<serde_json::Value>,
     /// Why the event itself could not be shown (e.g. aged out of its stream).
     pub problem: Option<String>,
 }
@@ -70,14 +76,13 @@ fn nats(e: impl std::fmt::Display) -> DeadLetterError {
     DeadLetterError::Nats(e.to_string())
 }
 
-async fn advisory<I>(
+/// The advisory at `seq` and when it was stored.
+async fn advisory_at<I>(
     dlq: &jetstream::stream::Stream<I>,
     seq: u64,
-) -> Result<Option<Advisory>, DeadLetterError> {
-    match dlq.get_raw_message(seq).await {
-        Ok(m) => Ok(serde_json::from_slice(&m.payload).ok()),
-        Err(_) => Ok(None),
-    }
+) -> Option<(Advisory, chrono::DateTime<chrono::Utc>)> {
+    let m = dlq.get_raw_message(seq).await.ok()?;
+    Some((serde_json::from_slice(&m.payload).ok()?, m.time))
 }
 
 /// Every dead letter still in the dead-letter stream, oldest first.
@@ -91,15 +96,16 @@ pub async fn list(js: &Context, dlq_stream: &str) -> Result<Vec<DeadLetter>, Dea
     let seqs = futures::stream::iter(state.first_sequence..=state.last_sequence)
         .map(|seq| {
             let dlq = &dlq;
-            async move { (seq, advisory(dlq, seq).await) }
+            async move { (seq, advisory_at(dlq, seq).await) }
         })
         .buffered(32)
         .collect::<Vec<_>>()
         .await;
     for (id, adv) in seqs {
-        let Some(a) = adv? else { continue };
+        let Some((a, at)) = adv else { continue };
         let mut dl = DeadLetter {
             id,
+            at: Some(at),
             reason: if a.ty.ends_with("terminated") {
                 "terminated"
             } else {
@@ -114,14 +120,30 @@ pub async fn list(js: &Context, dlq_stream: &str) -> Result<Vec<DeadLetter>, Dea
             event_id: None,
             event_type: None,
             event_subject: None,
+            event_time: None,
+            data: None,
             problem: None,
         };
-        match original(js, &a).await {
+        match original(js, &a, at).await {
             Ok(m) => match binding::decode(Some(&m.headers), &m.payload, Rule::Lenient) {
                 Ok(e) => {
                     dl.event_id = Some(e.id().to_owned());
                     dl.event_type = Some(e.ty().to_owned());
                     dl.event_subject = e.subject().map(str::to_owned);
+                    dl.event_time = e.time().copied();
+                    dl.data = match e.data() {
+                        Some(cloudevents::Data::Json(v)) => Some(v.clone()),
+                        Some(cloudevents::Data::String(t)) => Some(
+                            serde_json::from_str(t)
+                                .unwrap_or_else(|_| serde_json::Value::String(t.clone())),
+                        ),
+                        Some(cloudevents::Data::Binary(b)) => {
+                            Some(serde_json::from_slice(b).unwrap_or_else(|_| {
+                                serde_json::Value::String(String::from_utf8_lossy(b).into_owned())
+                            }))
+                        }
+                        None => None,
+                    };
                 }
                 Err(e) => dl.problem = Some(format!("not a CloudEvent: {e}")),
             },
@@ -132,24 +154,40 @@ pub async fn list(js: &Context, dlq_stream: &str) -> Result<Vec<DeadLetter>, Dea
     Ok(out)
 }
 
-async fn original(js: &Context, a: &Advisory) -> Result<jetstream::message::StreamMessage, String> {
+/// The event a dead letter names, by its stream sequence, if that sequence still holds it: a
+/// stream that lost its tail in a power cut and had it published again holds another event
+/// there, stored after the dead letter was (the one given up on then has another sequence now).
+async fn original(
+    js: &Context,
+    a: &Advisory,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<jetstream::message::StreamMessage, String> {
     let s = js
         .get_stream_no_info(&a.stream)
         .await
         .map_err(|e| e.to_string())?;
-    s.get_raw_message(a.stream_seq)
+    let m = s
+        .get_raw_message(a.stream_seq)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if m.time > at {
+        return Err(format!(
+            "the message at that sequence was stored after the dead letter ({} > {}): the stream lost the original and another event took its place (see `mes-events relay losses --all`); the event given up on is in the stream under a later sequence",
+            crate::event::id::rfc3339(m.time),
+            crate::event::id::rfc3339(at)
+        ));
+    }
+    Ok(m)
 }
 
 /// Sends a dead letter back to its consumer alone, then removes it from the dead letters.
 /// Returns the subject it was sent on.
 pub async fn resend(js: &Context, dlq_stream: &str, id: u64) -> Result<String, DeadLetterError> {
     let dlq = js.get_stream_no_info(dlq_stream).await.map_err(nats)?;
-    let a = advisory(&dlq, id)
-        .await?
+    let (a, at) = advisory_at(&dlq, id)
+        .await
         .ok_or(DeadLetterError::NotFound(id))?;
-    let m = original(js, &a)
+    let m = original(js, &a, at)
         .await
         .map_err(|why| DeadLetterError::EventGone {
             id,

@@ -18,7 +18,12 @@ use crate::event::binding::{self, Rule};
 #[derive(Debug, Clone)]
 pub enum Source {
     Subject(String),
-    Consumer { stream: String, name: String },
+    Consumer {
+        stream: String,
+        name: String,
+        /// Stop once every event waiting for the consumer when the tail started was shown.
+        until_caught_up: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +106,11 @@ pub async fn run(
                 shown += 1;
             }
         }
-        Source::Consumer { stream, name } => {
+        Source::Consumer {
+            stream,
+            name,
+            until_caught_up,
+        } => {
             let s = js.get_stream_no_info(stream).await.map_err(nats)?;
             let info = s.consumer_info(name).await.map_err(|e| {
                 if super::consumer_missing(&e) {
@@ -124,8 +133,12 @@ pub async fn run(
                 })
                 .await
                 .map_err(nats)?;
+            // What waits now: the ordered consumer's count at its start.
+            let mut ordered = ordered;
+            let waiting = ordered.info().await.map_err(nats)?.num_pending;
+            let caught_up = |n: usize| *until_caught_up && n as u64 >= waiting;
             let mut messages = ordered.messages().await.map_err(nats)?;
-            while !done(shown) {
+            while !done(shown) && !caught_up(shown) {
                 let m = tokio::select! {
                     m = messages.next() => m,
                     _ = shutdown.cancelled() => break,

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient};
 
 /// Counts of the outbox by state, for status output and tests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct Counts {
     /// Not yet published, not rejected, not discarded (includes rows of held keys).
     pub pending: i64,
@@ -148,18 +148,18 @@ pub async fn relays(client: &impl GenericClient) -> Result<Relays, tokio_postgre
     })
 }
 
-/// An outbox row's type and key, if the row exists.
-pub async fn type_and_key(
+/// An outbox row's type, key and data (as JSON text), if the row exists.
+pub async fn type_key_data(
     client: &impl GenericClient,
     id: i64,
-) -> Result<Option<(String, String)>, tokio_postgres::Error> {
+) -> Result<Option<(String, String, String)>, tokio_postgres::Error> {
     Ok(client
         .query_opt(
-            "select type, key from mes_events.outbox where id = $1",
+            "select type, key, data::text from mes_events.outbox where id = $1",
             &[&id],
         )
         .await?
-        .map(|r| (r.get(0), r.get(1))))
+        .map(|r| (r.get(0), r.get(1), r.get(2))))
 }
 
 /// A rejected row as operators see it.
@@ -274,17 +274,24 @@ pub enum ResolveError {
     Db(#[from] tokio_postgres::Error),
 }
 
-/// Queues a rejected row again, optionally with corrected data, and wakes the relay.
-pub async fn retry(client: &mut Client, id: i64, data: Option<&str>) -> Result<(), ResolveError> {
+/// Queues a rejected row again, optionally with a corrected type and data, and wakes the relay.
+/// It keeps its id, so its place in its key's order.
+pub async fn retry(
+    client: &mut Client,
+    id: i64,
+    ty: Option<&str>,
+    data: Option<&str>,
+) -> Result<(), ResolveError> {
     resolve(
         client,
         id,
         "update mes_events.outbox
             set rejected_at = null, reject_kind = null, reject_path = null, reject_rule = null,
                 reject_reason = null, retries = retries + 1,
-                data = coalesce($2::text::jsonb::json, data)
+                data = coalesce($2::text::jsonb::json, data),
+                type = coalesce($3, type)
           where id = $1 and rejected_at is not null and discarded_at is null",
-        &[&id, &data],
+        &[&id, &data, &ty],
     )
     .await
 }

@@ -21,5 +21,6 @@ mod provision;
 mod push;
 mod rejections;
 mod relay;
+mod reload;
 mod schemas;
 mod status;

@@ -1226,12 +1226,13 @@ fn exposed_seeds_are_refused_and_one_identity_rotates_alone() {
         auth_before
     );
 
-    // Rotating it replaces that seed alone, privately, and says to reload the server.
+    // Rotating the exposed one replaces it alone, privately, keeping nothing of it: the
+    // exposed seed is refused from the next reload.
     let o = credentials(d.path(), &creds, &["--rotate", "erp"]);
     let t = output_text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(
-        t.contains("ROTATED") && t.contains("reload nats-server"),
+        t.contains("REPLACED") && t.contains("reload nats-server"),
         "{t}"
     );
     let after = seeds(&all);
@@ -1245,15 +1246,98 @@ fn exposed_seeds_are_refused_and_one_identity_rotates_alone() {
     let public = |seed: &str| nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key();
     let auth_after = std::fs::read_to_string(creds.join("auth.conf")).unwrap();
     assert!(auth_after.contains(&public(&after[2])));
-    assert!(!auth_after.contains(&public(&before[2])));
+    assert!(
+        !auth_after.contains(&public(&before[2])),
+        "the exposed seed is not kept"
+    );
     assert!(auth_after.contains(&public(&before[3])));
+    let previous = creds.join("erp.previous.nk");
+    assert!(!previous.exists());
     for s in &after {
         assert!(!t.contains(s.trim()), "a seed was printed: {t}");
     }
+
+    // Rotating a sound seed keeps the old one beside the new (both accepted) until retired.
+    let o = credentials(d.path(), &creds, &["--rotate", "erp"]);
+    let t = output_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("ROTATED") && t.contains("--retire erp"), "{t}");
+    let rotated = seeds(&all);
+    let auth_rotated = std::fs::read_to_string(creds.join("auth.conf")).unwrap();
+    assert!(auth_rotated.contains(&public(&rotated[2])));
+    assert!(
+        auth_rotated.contains(&public(&after[2])),
+        "the old seed stays accepted"
+    );
+    assert_eq!(std::fs::read_to_string(&previous).unwrap(), after[2]);
+    assert_eq!(mode(&previous), 0o600);
+    // A second rotation before the first is retired is refused; retiring ends it.
+    let o = credentials(d.path(), &creds, &["--rotate", "erp"]);
+    assert_eq!(o.status.code(), Some(2), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("--retire erp"),
+        "{}",
+        output_text(&o)
+    );
+    let o = credentials(d.path(), &creds, &["--retire", "erp"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    let auth_retired = std::fs::read_to_string(creds.join("auth.conf")).unwrap();
+    assert!(auth_retired.contains(&public(&rotated[2])));
+    assert!(
+        !auth_retired.contains(&public(&after[2])),
+        "the old seed is gone"
+    );
+    assert!(!previous.exists());
+    let o = credentials(d.path(), &creds, &["--retire", "erp"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "nothing to retire: {}",
+        output_text(&o)
+    );
 
     // An identity that does not exist is named, with the ones that do.
     let o = credentials(d.path(), &creds, &["--rotate", "erpp"]);
     let t = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{t}");
     assert!(t.contains("admin, relay, erp, quality"), "{t}");
+}
+
+/// The relay started with the admin's seed by mistake would publish with every right on the
+/// bus: it refuses to start (exit 2) and says which seed to give it. With its own seed it runs,
+/// and its probe of its rights leaves no permission violation in its log.
+#[tokio::test]
+async fn the_relay_refuses_the_admins_seed_and_runs_quietly_with_its_own() {
+    let w = World::new("").await;
+    let db = TestDb::new().await;
+    let cfg = config_for(&db, &w.url);
+    let admin = w.seed_path(auth::ADMIN);
+    let mut wrong =
+        RelayProcess::spawn(&cfg, &[("MES_EVENTS_NATS__NKEY", admin.to_str().unwrap())]);
+    let status = wrong.wait_exit("refuse the admin's seed").await;
+    let said = wrong.stderr();
+    assert_eq!(status.code(), Some(2), "{said}");
+    for part in ["may manage JetStream", "relay.nk", "Nothing was sent"] {
+        assert!(said.contains(part), "{part} in: {said}");
+    }
+    let own = w.seed_path(auth::RELAY);
+    let relay = RelayProcess::spawn(
+        &cfg,
+        &[
+            ("MES_EVENTS_NATS__NKEY", own.to_str().unwrap()),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    emit_order(&db.client().await, "PO-1").await;
+    eventually(
+        Duration::from_secs(30),
+        "published with its own seed",
+        || async { pending(&db).await == 0 },
+    )
+    .await;
+    let log = relay.stderr();
+    assert!(
+        !log.contains("denied") && !log.contains("Permissions Violation") && !log.contains("ERROR"),
+        "{log}"
+    );
 }

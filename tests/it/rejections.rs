@@ -170,7 +170,7 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
 
     // Retry with fixed data: A's held events follow, in order.
     let mut admin = env.db.client().await;
-    operator::retry(&mut admin, a2, Some(&order_data("A")))
+    operator::retry(&mut admin, a2, None, Some(&order_data("A")))
         .await
         .unwrap();
     // Discard: C's later event goes out without it.
@@ -183,7 +183,7 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
     .await
     .unwrap();
     // Retry with smaller data.
-    operator::retry(&mut admin, d1, Some(&order_data("D")))
+    operator::retry(&mut admin, d1, None, Some(&order_data("D")))
         .await
         .unwrap();
     operator::discard(&mut admin, e1, "test@ci", "no process-variable stream here")
@@ -213,7 +213,7 @@ async fn each_rejection_reason_keeps_the_row_holds_its_key_and_lets_others_throu
     assert_eq!(discarded.get::<_, String>(0), "test@ci");
     // Retry and discard only apply to rejected rows.
     assert!(matches!(
-        operator::retry(&mut admin, a1, None).await,
+        operator::retry(&mut admin, a1, None, None).await,
         Err(operator::ResolveError::NotRejected(_))
     ));
     assert!(matches!(
@@ -322,7 +322,7 @@ async fn a_message_over_the_streams_max_msg_size_is_rejected_not_retried_forever
         (too_big, "too_large", 1)
     );
     let mut admin = env.db.client().await;
-    operator::retry(&mut admin, too_big, Some(&order_data("M")))
+    operator::retry(&mut admin, too_big, None, Some(&order_data("M")))
         .await
         .unwrap();
     eventually(
@@ -384,7 +384,7 @@ async fn a_rejection_holds_its_key_in_the_batch_already_read_ahead() {
     assert_eq!(published.len(), 81);
 
     let mut admin = env.db.client().await;
-    operator::retry(&mut admin, bad, Some(&order_data("A")))
+    operator::retry(&mut admin, bad, None, Some(&order_data("A")))
         .await
         .unwrap();
     env.drained(
@@ -395,4 +395,64 @@ async fn a_rejection_holds_its_key_in_the_batch_already_read_ahead() {
     relay.stop().await;
     let published = read_stream(&js, "MES_EVENTS").await;
     assert_exactly_once_in_order(&env.db, &published, &ids).await;
+}
+
+/// A mistyped event type (the form is right, the catalog has no such type): the row is
+/// rejected and its key's later events wait; `outbox retry --type` with the right type
+/// publishes it in its place, before them. A type the catalog does not have is refused before
+/// the row is touched.
+#[tokio::test]
+async fn a_mistyped_type_retried_with_the_right_one_goes_out_in_its_keys_order() {
+    let env = Env::new().await;
+    let relay = env.spawn_relay().await;
+    let wrong = "io.mesevents.mes.processorder.statuschange.v1";
+    let bad = emit(&env.db, wrong, "PO-12", &order_data("PO-12")).await;
+    let later = [
+        emit(&env.db, ORDER_TYPE, "PO-12", &order_data("PO-12")).await,
+        emit(&env.db, ORDER_TYPE, "PO-12", &order_data("PO-12")).await,
+    ];
+    let other = emit(&env.db, ORDER_TYPE, "PO-13", &order_data("PO-13")).await;
+    let js = env.js().await;
+    eventually(
+        Duration::from_secs(30),
+        "the other key published",
+        || async { published_ids(&js).await == vec![other] },
+    )
+    .await;
+    let retry = |ty: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+            .args(["outbox", "retry", &bad.to_string(), "--type", ty])
+            .env("MES_EVENTS_DATABASE__URL", &env.db.url)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    };
+    let refused = retry("io.mesevents.mes.processorder.statuschangd.v1");
+    assert_eq!(refused.status.code(), Some(2), "{}", output_text(&refused));
+    assert!(
+        output_text(&refused).contains("left as it is"),
+        "{}",
+        output_text(&refused)
+    );
+    let c = env.db.client().await;
+    assert_eq!(operator::counts(&c).await.unwrap().rejected, 1);
+    let o = retry(ORDER_TYPE);
+    assert!(o.status.success(), "{}", output_text(&o));
+    env.drained(Duration::from_secs(30), "the key's events published")
+        .await;
+    assert_eq!(
+        published_ids(&js).await,
+        vec![other, bad, later[0], later[1]],
+        "the retried row before its key's later ones"
+    );
+    let ty: String = c
+        .query_one(
+            "select type from mes_events.published where id = $1",
+            &[&bad],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, ORDER_TYPE);
+    relay.stop().await;
 }

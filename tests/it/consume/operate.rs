@@ -40,7 +40,8 @@ async fn emit_one(db: &TestDb, key: &str) -> i64 {
 #[tokio::test]
 async fn a_poison_event_becomes_a_dead_letter_others_flow_and_a_resend_is_handled_once() {
     let env = provisioned(ORDERS).await;
-    let relay = env.spawn_relay().await;
+    // A relay process: what it says about the resend is checked below.
+    let mut relay = RelayProcess::spawn(&env.cfg, &[("RUST_LOG", "info")]);
     let poison = emit_one(&env.db, "P").await;
     let mut later = vec![emit_one(&env.db, "P").await];
     for i in 0..20 {
@@ -110,6 +111,17 @@ async fn a_poison_event_becomes_a_dead_letter_others_flow_and_a_resend_is_handle
         ("max_deliveries", "orders", 3)
     );
     assert_eq!(d.event_subject.as_deref(), Some("P"));
+    // As the operator lists it: when, and the event's own time and data.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args(["dead-letters", "list", "--json"])
+        .env("MES_EVENTS_NATS__URL", env.nats.url())
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed[0]["at"].is_string(), "{listed:#}");
+    assert!(listed[0]["event_time"].is_string(), "{listed:#}");
+    assert_eq!(listed[0]["data"]["orderId"], "P", "{listed:#}");
     assert!(!log.lock().unwrap().iter().any(|(_, s)| *s == poison_seq));
 
     // Fixed, sent back: handled once, by this consumer only; the dead letter is gone.
@@ -137,16 +149,40 @@ async fn a_poison_event_becomes_a_dead_letter_others_flow_and_a_resend_is_handle
             .await
             .is_err()
     );
+    // The resend went into the relay's stream: the relay's next publish finds the stream moved
+    // on, and says so as the routine it is, not as a fault.
+    let after = emit_one(&env.db, "Q-after").await;
+    eventually(
+        Duration::from_secs(30),
+        "an event after the resend",
+        || async {
+            log.lock()
+                .unwrap()
+                .iter()
+                .any(|(_, s)| *s == format!("{after:020}"))
+        },
+    )
+    .await;
+    let said = relay.stderr();
+    // (Besides the development server's own: no authorization at all.)
+    assert!(
+        !said
+            .lines()
+            .any(|l| (l.contains(" WARN ") || l.contains(" ERROR "))
+                && !l.contains("no credentials")),
+        "a resend is no fault:\n{said}"
+    );
+    assert!(said.contains("did not publish"), "{said}");
     stop.cancel();
     consumer.await.unwrap().unwrap();
-    relay.stop().await;
+    assert!(relay.terminate().await.success());
     let handled = log.lock().unwrap();
     assert_eq!(
         handled.iter().filter(|(_, s)| *s == poison_seq).count(),
         1,
         "processed once"
     );
-    assert_eq!(handled.len(), 22);
+    assert_eq!(handled.len(), 23);
 }
 
 #[tokio::test]
