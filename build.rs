@@ -1,10 +1,14 @@
 //! Embeds the event catalog (schemas/catalog.json and every JSON Schema under schemas/) into the
 //! binary, so the relay validates against exactly the schemas it was built with and nothing has
 //! to be shipped beside it. Examples and the AsyncAPI document stay out (tests read them).
+//!
+//! Also names the commit the binary was built from (`mes-events --version`): `MES_BUILD_COMMIT`
+//! when set (an image built without `.git`), else `git rev-parse`, else `unknown`.
 
 use std::path::{Path, PathBuf};
 
 fn main() {
+    commit();
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("schemas");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
@@ -44,4 +48,32 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<String>) {
             );
         }
     }
+}
+
+fn commit() {
+    println!("cargo:rerun-if-env-changed=MES_BUILD_COMMIT");
+    let git = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join(".git");
+    if git.is_dir() {
+        // A new commit or a checkout moves HEAD or the ref it names.
+        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+        if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
+            if let Some(r) = head.trim().strip_prefix("ref: ") {
+                println!("cargo:rerun-if-changed={}", git.join(r).display());
+            }
+        }
+    }
+    let commit = std::env::var("MES_BUILD_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(|| {
+            let out = std::process::Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=MES_BUILD_COMMIT={commit}");
 }

@@ -28,13 +28,15 @@ pub enum ConnectError {
         source: std::io::Error,
     },
     /// The message names the cause, the URL and the identity; the client's own error is kept
-    /// in `source` (not chained in the message: it would only repeat the cause in its words).
+    /// in `client` but not as the error's source: a printed chain would only repeat the cause
+    /// in its words, twice (`IO error: Connection refused (os error 111): Connection refused
+    /// (os error 111)`).
     #[error("{}", .trouble.describe(.url, .identity))]
     Connect {
         url: String,
         identity: String,
         trouble: Trouble,
-        source: async_nats::ConnectError,
+        client: async_nats::ConnectError,
     },
 }
 
@@ -341,11 +343,11 @@ pub async fn connect(
     }
     opts.connect(servers)
         .await
-        .map_err(|source| ConnectError::Connect {
+        .map_err(|client| ConnectError::Connect {
             url,
             identity,
-            trouble: Trouble::of_connect(&source),
-            source,
+            trouble: Trouble::of_connect(&client),
+            client,
         })
 }
 

@@ -8,8 +8,16 @@ use clap::{Parser, Subcommand};
 ///
 /// Exit codes: 0 success; 1 runtime failure; 2 usage or configuration error; 3 not set up
 /// (schema not migrated, stream missing: the message says what to run).
+/// `mes-events --version`: the release and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MES_BUILD_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
-#[command(name = "mes-events", version, about, long_about = None)]
+#[command(name = "mes-events", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Configuration file (default: ./mes-events.toml if present). Environment variables
     /// MES_EVENTS_* (e.g. MES_EVENTS_RELAY__BATCH_SIZE), DATABASE_URL and NATS_URL override it.
@@ -61,6 +69,14 @@ pub enum Command {
     /// Run the whole pipeline on this machine: own database, own nats-server, relay, a plant
     /// simulator and a consumer. Removes what it created when it ends (Ctrl-C or --duration).
     Demo(DemoArgs),
+    /// Print a completion script for a shell, e.g. `mes-events completions bash >
+    /// /etc/bash_completion.d/mes-events`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `mes-events manpage > /usr/share/man/man1/mes-events.1`.
+    Manpage,
 }
 
 #[derive(Debug, Subcommand)]

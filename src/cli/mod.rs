@@ -23,6 +23,25 @@ use args::{Cli, Command, PushCommand, RelayCommand};
 /// happened into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // About the command line itself: no configuration needed (nor a broken one in the way).
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "mes-events", &mut text);
+            return print_all(&text);
+        }
+        Command::Manpage => {
+            let mut text = Vec::new();
+            let cmd = <Cli as clap::CommandFactory>::command();
+            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut text) {
+                eprintln!("error: rendering the manual page: {e}");
+                return ExitCode::from(exit::FAILURE);
+            }
+            return print_all(&text);
+        }
+        _ => {}
+    }
     let catalog = cli.catalog.clone();
     let result = Config::load(cli.config.as_deref())
         .map(|mut cfg| {
@@ -46,6 +65,19 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(exit::code_for(&e))
+        }
+    }
+}
+
+/// Writes `text` to standard output; a reader that stops early (`| head`) is no failure.
+fn print_all(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: writing to standard output: {e}");
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
@@ -105,5 +137,6 @@ async fn run(command: Command, cfg: Config) -> anyhow::Result<u8> {
         },
         Command::Demo(args) => operate::demo(&cfg, args).await,
         Command::Catalog(cmd) => catalog::run(&cfg, cmd),
+        Command::Completions { .. } | Command::Manpage => unreachable!("answered before"),
     }
 }

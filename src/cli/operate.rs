@@ -16,11 +16,11 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
         version = env!("CARGO_PKG_VERSION"),
         database = %mes_events::store::session::redacted(&cfg.database.url),
         nats = %nats::redact(&cfg.nats.url),
-        credentials = ?cfg.nats.nkey.as_ref().or(cfg.nats.credentials.as_ref()),
+        identity = %nats::identity(&cfg.nats),
         inbox_prefix = %cfg.nats.inbox_prefix(),
-        streams = ?cfg.relay.streams,
+        streams = %cfg.relay.streams.join(","),
         source = %cfg.profile().source,
-        mode = ?cfg.events.mode,
+        mode = %cfg.events.mode,
         "mes-events relay starting"
     );
     for p in cfg.placeholders() {
@@ -126,8 +126,8 @@ nothing was sent (declaration {})",
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         nats = %nats::redact(&cfg.nats.url),
-        credentials = ?credentials,
-        systems = ?targets.iter().map(|t| t.endpoint.system.as_str()).collect::<Vec<_>>(),
+        credentials = %credentials.as_deref().map_or("-".into(), |p| p.display().to_string()),
+        systems = %targets.iter().map(|t| t.endpoint.system.as_str()).collect::<Vec<_>>().join(","),
         "mes-events push starting"
     );
     mes_events::push::run(

@@ -34,8 +34,11 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
             .clone()
             .unwrap_or_else(|| cfg.provision.dir.clone()),
     };
-    // Which folder was read, on standard error (standard output may be JSON).
-    eprintln!("declaration: {}", dir.display());
+    // Which folder was read, when it is not the one every command reads by default (on
+    // standard error: standard output may be JSON). An error names its files anyway.
+    if dir != std::path::Path::new("nats") {
+        eprintln!("declaration: {}", dir.display());
+    }
     // Validate everything before any call to a server.
     let decl =
         provision::load_dir(&dir).map_err(|errors| Usage(Invalid { dir, errors }.to_string()))?;
@@ -76,6 +79,9 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
                 println!("{plan}");
                 println!("{schemas}");
             }
+            for h in credential_hints(&decl, &plan, cfg.push.credentials.as_deref()) {
+                eprintln!("hint: {h}");
+            }
             Ok(if plan.pending() || schemas.pending() {
                 exit::CHANGES
             } else {
@@ -94,10 +100,15 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
             // Streams and consumers first (the bucket's replicas follow the streams'), then
             // the schemas; a refusal of one does not keep the other from being applied.
             let (mut refused, mut applied) = (Vec::new(), Vec::new());
-            let streams = provision::apply(&js, &decl, options)
-                .await
-                .map(|p| p.to_string());
-            print_or_keep(streams, &mut refused, &mut applied)?;
+            let streams = provision::apply(&js, &decl, options).await;
+            let hints = match &streams {
+                Ok(plan) => credential_hints(&decl, plan, cfg.push.credentials.as_deref()),
+                Err(_) => Vec::new(),
+            };
+            print_or_keep(streams.map(|p| p.to_string()), &mut refused, &mut applied)?;
+            for h in hints {
+                eprintln!("hint: {h}");
+            }
             let bucket = schemas::apply(&js, &decl, &catalog)
                 .await
                 .map(|p| p.to_string());
@@ -115,6 +126,55 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
         }
         ProvisionCommand::Credentials { .. } => unreachable!("handled above"),
     }
+}
+
+/// What the server's authorization still needs for the systems of this declaration: a system
+/// whose consumers are all new here has, most likely, no identity on the server yet; and, when
+/// the credentials folder is known (`push.credentials`), a system without a seed there or
+/// without an account in its `auth.conf`.
+fn credential_hints(
+    decl: &Declaration,
+    plan: &provision::plan::Plan,
+    credentials: Option<&std::path::Path>,
+) -> Vec<String> {
+    use provision::plan::{Action, Kind};
+    let twice = "then reload nats-server twice, a second apart (README: Adding a system)";
+    let mut hints = Vec::new();
+    let auth = credentials.and_then(|d| std::fs::read_to_string(d.join("auth.conf")).ok());
+    for sys in &decl.systems {
+        let name = sys.decl.name.get_ref();
+        let new = !sys.consumers.is_empty()
+            && sys.consumers.iter().all(|(consumer, c)| {
+                plan.items.iter().any(|i| {
+                    i.kind == Kind::Consumer
+                        && i.consumer.as_deref() == Some(consumer.as_str())
+                        && i.stream == *c.stream.get_ref()
+                        && i.action == Action::Create
+                })
+            });
+        match credentials {
+            Some(dir) => {
+                let seed = dir.join(format!("{name}.nk"));
+                let account = auth::account(name);
+                let in_auth = auth
+                    .as_deref()
+                    .is_some_and(|a| a.contains(&format!("\"{account}\"")));
+                if !seed.is_file() || !in_auth {
+                    hints.push(format!(
+                        "system {name} has {} in {}: run `mes-events provision credentials --out {}`, {twice}",
+                        if seed.is_file() { "no account in auth.conf" } else { "no seed" },
+                        dir.display(),
+                        dir.display()
+                    ));
+                }
+            }
+            None if new => hints.push(format!(
+                "system {name} is new on this server: give it an identity with `mes-events provision credentials --out DIR` (its seed, its account in auth.conf), {twice}"
+            )),
+            None => {}
+        }
+    }
+    hints
 }
 
 /// A part of `apply` done: its summary printed, or its refusals kept for the end.
@@ -143,7 +203,8 @@ fn credentials(
     change: Option<auth::Change<'_>>,
 ) -> anyhow::Result<u8> {
     // Identities new to an auth.conf a server may already run with.
-    let had_auth = out.join("auth.conf").is_file();
+    let before = std::fs::read_to_string(out.join("auth.conf")).ok();
+    let had_auth = before.is_some();
     let written = match auth::write(decl, out, change) {
         Ok(w) => w,
         Err(
@@ -195,6 +256,19 @@ fn credentials(
             if added.len() == 1 { "y" } else { "ies" },
             added.join(", ")
         );
+    }
+    let told = !added.is_empty()
+        || written.iter().any(|w| {
+            matches!(
+                w.fate,
+                SeedFate::Rotated | SeedFate::Replaced | SeedFate::Retired
+            )
+        });
+    let after = std::fs::read_to_string(out.join("auth.conf")).ok();
+    if had_auth && before != after && !told {
+        println!("auth.conf changed: reload nats-server (nats-server --signal reload=PID, or SIGHUP) for it to take effect");
+    } else if had_auth && before == after {
+        println!("auth.conf is as it was: nothing to reload");
     }
     for w in &written {
         match w.fate {

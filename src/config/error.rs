@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use super::ENV_PREFIX;
+use crate::show::{did_you_mean, in_user_words};
 
 /// Why the configuration could not be used. Each variant's message names the key and source.
 #[derive(Debug, thiserror::Error)]
@@ -23,38 +24,6 @@ pub enum ConfigError {
     },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ConfigError>),
-}
-
-/// The known key nearest to an unknown one, if it is near enough to be a typo.
-fn did_you_mean<'a>(unknown: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(unknown, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-/// A deserializer's words for what it expected, in a user's words (no Rust type names).
-fn in_user_words(said: &str) -> String {
-    let mut s = said.to_owned();
-    for (rust, user) in [
-        ("expected usize", "expected a whole number (0 or more)"),
-        ("expected u64", "expected a whole number (0 or more)"),
-        ("expected u32", "expected a whole number (0 or more)"),
-        ("expected u16", "expected a whole number (0 or more)"),
-        ("expected i64", "expected a whole number"),
-        ("expected i32", "expected a whole number"),
-        ("expected f64", "expected a number"),
-        (
-            "expected a sequence",
-            "expected a list (TOML: [\"A\", \"B\"]; environment: A,B)",
-        ),
-        ("expected a boolean", "expected true or false"),
-    ] {
-        s = s.replace(rust, user);
-    }
-    s.replace("expected one of `", "expected one of: `")
 }
 
 /// One line per problem: the key path, where the value came from, what is wrong, what is accepted.
@@ -80,9 +49,6 @@ fn describe(errors: &figment::Error) -> String {
             (None, _) => "defaults".to_owned(),
         };
         let mut what = in_user_words(&e.kind.to_string());
-        if what.contains("expected a duration") {
-            what.push_str(" (write it like 250ms, 30s, 5m, 7d)");
-        }
         if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
             what = format!(
                 "unknown key{}; expected one of: {}",

@@ -45,6 +45,16 @@ pub enum Mode {
     Structured,
 }
 
+impl std::fmt::Display for Mode {
+    /// As the configuration writes it (`binary`, `structured`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Binary => "binary",
+            Mode::Structured => "structured",
+        })
+    }
+}
+
 /// Which rule decides the mode of a received message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Rule {

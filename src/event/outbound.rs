@@ -75,8 +75,10 @@ pub enum EventError {
     UnknownType(String),
     #[error("data is not JSON: {0}")]
     Json(String),
-    #[error("{0}")]
-    Schema(Violation),
+    /// Every violation of the schema (never empty): the first decides the rejection's path and
+    /// rule, the message names them all.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Schema(Vec<Violation>),
     #[error("data field {field} is {found} but the event's key is {key:?}: the key given to emit must be the data's {field}")]
     KeyMismatch {
         field: String,
@@ -95,7 +97,11 @@ impl EventError {
             EventError::InvalidType { .. } => (InvalidType, None, None),
             EventError::UnknownType(_) => (UnknownType, None, None),
             EventError::Json(_) => (Schema, Some(String::new()), Some("type".to_owned())),
-            EventError::Schema(v) => (Schema, Some(v.path.clone()), Some(v.rule.clone())),
+            EventError::Schema(v) => (
+                Schema,
+                v.first().map(|v| v.path.clone()),
+                v.first().map(|v| v.rule.clone()),
+            ),
             EventError::KeyMismatch { field, .. } => (
                 KeyMismatch,
                 Some(format!("/{field}")),
@@ -133,7 +139,10 @@ fn validated<'c>(
         .get(ty)
         .ok_or_else(|| EventError::UnknownType(ty.to_owned()))?;
     let data: Value = serde_json::from_str(data).map_err(|e| EventError::Json(e.to_string()))?;
-    entry.validate(&data).map_err(EventError::Schema)?;
+    let violations = entry.violations(&data);
+    if !violations.is_empty() {
+        return Err(EventError::Schema(violations));
+    }
     let field = &entry.decl.key;
     match data.get(field) {
         Some(Value::String(k)) if *k == key => {}

@@ -341,24 +341,139 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Parses one file; syntax, unknown keys and bad values come back with their line.
+/// Parses one file; syntax, unknown keys and bad values come back with their line (the first;
+/// [`parse_all`] gives every one).
 pub fn parse(path: &Path, text: &str) -> Result<Source, DeclError> {
-    match toml::from_str::<File>(text) {
-        Ok(file) => Ok(Source {
-            path: path.to_owned(),
-            text: text.to_owned(),
-            file,
-        }),
-        Err(e) => {
-            let line = e.span().map_or(0, |s| line_of(text, s.start));
-            Err(DeclError {
+    match parse_all(path, text) {
+        (Some(source), errors) if errors.is_empty() => Ok(source),
+        (_, mut errors) => Err(errors.remove(0)),
+    }
+}
+
+/// Parses one file and tells every mistake in it at once, not one per run: each key the file
+/// cannot take (unknown, or of the wrong kind) is set aside and the file read again, so the
+/// next one shows. Gives what the file says without them too (so that what no single file can
+/// check is checked in the same run), unless its syntax is broken.
+pub fn parse_all(path: &Path, text: &str) -> (Option<Source>, Vec<DeclError>) {
+    // Broken syntax: one error, and nothing can be read around it.
+    if let Err(e) = text.parse::<toml::Table>() {
+        let offset = e.span().map_or(0, |s| s.start);
+        return (
+            None,
+            vec![DeclError {
+                file: path.display().to_string(),
+                line: e.span().map_or(0, |_| line_of(text, offset)),
+                key: key_at(text, offset),
+                message: e.message().trim().to_owned(),
+            }],
+        );
+    }
+    let mut current = text.to_owned();
+    let mut errors = Vec::new();
+    let mut set_aside = std::collections::BTreeSet::new();
+    for _ in 0..64 {
+        let e = match toml::from_str::<File>(&current) {
+            Ok(file) => {
+                let source = Source {
+                    path: path.to_owned(),
+                    text: text.to_owned(),
+                    file,
+                };
+                return (Some(source), errors);
+            }
+            Err(e) => e,
+        };
+        let offset = e.span().map_or(0, |s| s.start);
+        let line = e.span().map_or(0, |_| line_of(&current, offset));
+        let message = in_words(e.message().trim());
+        let key = key_at(&current, offset);
+        // A key set aside already, now missing: a consequence, not another mistake.
+        let repeated = set_aside.contains(&line);
+        if !repeated {
+            errors.push(DeclError {
                 file: path.display().to_string(),
                 line,
-                key: key_at(text, e.span().map_or(0, |s| s.start)),
-                message: e.message().trim().to_owned(),
-            })
+                key,
+                message,
+            });
+        }
+        if line == 0 || repeated || !set_aside_line(&mut current, line) {
+            return (None, errors);
+        }
+        set_aside.insert(line);
+    }
+    (None, errors)
+}
+
+/// A TOML or serde complaint in the user's words, with a near miss for an unknown key.
+fn in_words(said: &str) -> String {
+    let said = crate::show::in_user_words(said);
+    let Some(rest) = said.strip_prefix("unknown field `") else {
+        return said;
+    };
+    let Some((field, rest)) = rest.split_once('`') else {
+        return said;
+    };
+    let known: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let near = crate::show::did_you_mean(field, &known)
+        .map(|k| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default();
+    if known.is_empty() {
+        return format!("unknown key `{field}`{near}");
+    }
+    format!(
+        "unknown key `{field}`{near}; expected one of: {}",
+        known.join(", ")
+    )
+}
+
+/// Comments out line `line` (1-based) of `text`, and the lines its value or table spans (an
+/// array over several lines; a `[table]`'s keys), so the rest can be read. False when that
+/// cannot be done safely.
+fn set_aside_line(text: &mut String, line: usize) -> bool {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let Some(first) = lines.get(line - 1) else {
+        return false;
+    };
+    let trimmed = first.trim_start();
+    if trimmed.starts_with('#') {
+        return false;
+    }
+    let mut end = line - 1;
+    if trimmed.starts_with('[') {
+        // A table: its keys go with it, up to the next table.
+        while end + 1 < lines.len() && !lines[end + 1].trim_start().starts_with('[') {
+            end += 1;
+        }
+    } else {
+        // A value over several lines: until its brackets close.
+        let mut depth = open_brackets(first);
+        while depth > 0 && end + 1 < lines.len() {
+            end += 1;
+            depth += open_brackets(&lines[end]);
         }
     }
+    for l in &mut lines[line - 1..=end] {
+        l.insert(0, '#');
+    }
+    *text = lines.join("\n");
+    true
+}
+
+/// `[` and `{` opened minus closed on a line, outside strings and comments.
+fn open_brackets(line: &str) -> i32 {
+    let (mut depth, mut quote) = (0, None);
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '#') => break,
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth -= 1,
+            _ => {}
+        }
+    }
+    depth
 }
 
 /// The `key = ` at the start of the line holding `offset`, for parse errors.
@@ -377,6 +492,47 @@ fn key_at(text: &str, offset: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_mistake_of_a_file_is_told_at_once_in_a_users_words() {
+        let text = r#"
+[system]
+name = "erp"
+
+[[consumer]]
+stream = "MES_EVENTS"
+filter_subject = "mes.>"
+max_deliver = "ten"
+ack_wait = "soon"
+backof = [
+  "1s",
+  "2s",
+]
+"#;
+        let (source, errors) = parse_all(Path::new("erp.toml"), text);
+        let said: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}:{} {}", e.line, e.key, e.message))
+            .collect();
+        assert_eq!(errors.len(), 4, "{said:#?}");
+        assert!(said[0].starts_with("7:filter_subject unknown key `filter_subject` (did you mean `filter_subjects`?); expected one of: "), "{said:#?}");
+        assert!(
+            said[1].starts_with("8:max_deliver") && said[1].contains("expected a whole number"),
+            "{said:#?}"
+        );
+        assert!(
+            said[2].starts_with("9:ack_wait") && said[2].contains("250ms, 30s, 5m, 7d"),
+            "{said:#?}"
+        );
+        assert!(
+            said[3].starts_with("10:backof") && said[3].contains("did you mean `backoff`?"),
+            "{said:#?}"
+        );
+        assert!(source.is_some(), "what the file says without them is read");
+        // A file whose syntax is broken: one error, nothing read.
+        let (source, errors) = parse_all(Path::new("x.toml"), "[system\nname = 1\n");
+        assert!(source.is_none() && errors.len() == 1, "{errors:?}");
+    }
 
     #[test]
     fn sizes() {

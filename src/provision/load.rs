@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::decl::{
-    line_of, parse, ConsumerDecl, DeclError, Deliver, PushDecl, Source, StreamDecl, SystemDecl,
+    line_of, parse_all, ConsumerDecl, DeclError, Deliver, PushDecl, Source, StreamDecl, SystemDecl,
     RESERVED,
 };
 
@@ -58,15 +58,20 @@ pub fn load_dir(dir: &Path) -> Result<Declaration, Vec<DeclError>> {
                 continue;
             }
         };
-        match parse(&path, &text) {
-            Ok(s) => sources.push(s),
-            Err(e) => errors.push(e),
+        // Every mistake of every file at once; what a file says without its broken keys is
+        // still checked with the others.
+        let (source, mut wrong) = parse_all(&path, &text);
+        errors.append(&mut wrong);
+        sources.extend(source);
+    }
+    match validate(sources) {
+        Ok(d) if errors.is_empty() => Ok(d),
+        Ok(_) => Err(errors),
+        Err(mut more) => {
+            errors.append(&mut more);
+            Err(errors)
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    validate(sources)
 }
 
 fn collect(dir: &Path, recurse: bool, out: &mut Vec<PathBuf>) {

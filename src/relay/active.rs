@@ -334,7 +334,7 @@ impl<'a> Active<'a> {
         // the heartbeat's included: drop it (the cursor stays: publishes may be in flight).
         self.reader.drop_ahead();
         warn!(
-            unconfirmed_for = ?lead.lease.age(),
+            unconfirmed_for = %crate::show::duration(lead.lease.age()),
             "lease not confirmed recently: publishing nothing until PostgreSQL confirms it"
         );
         tokio::select! {

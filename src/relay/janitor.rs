@@ -66,8 +66,8 @@ pub(crate) async fn run(cfg: Config, stability: Arc<Stability>, shutdown: Cancel
                 janitor.connection = None;
                 if !failing {
                     failing = true;
-                    let every = cfg.relay.purge_interval;
-                    warn!(error = %e, "cannot purge the published log now; retrying every {every:?}");
+                    let every = crate::show::duration(cfg.relay.purge_interval);
+                    warn!(error = %e, "cannot purge the published log now; retrying every {every}");
                 } else {
                     debug!(error = %e, "cannot purge the published log yet");
                 }

@@ -149,7 +149,7 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
             Ok(None) => return Ok(()),
             Ok(Some(lead)) => {
                 if let Some(since) = postgres_away.take() {
-                    info!(after = ?since.elapsed(), "PostgreSQL reachable again");
+                    info!(after = %crate::show::duration(since.elapsed()), "PostgreSQL reachable again");
                     metrics.postgres_reconnects.inc();
                 }
                 reconnect.reset();

@@ -422,7 +422,7 @@ impl<'a> Publisher<'a> {
     /// between must not send it when it wakes on an old lease's word).
     pub async fn publish(&mut self, row: &Row, may_send: impl Fn() -> bool) -> Publish {
         if row.traceparent.is_some() && !event::outbound::traced(row) {
-            warn!(id = row.id, traceparent = ?row.traceparent, "not a W3C traceparent: the event goes out without it (and its tracestate)");
+            warn!(id = row.id, traceparent = %row.traceparent.as_deref().unwrap_or_default(), "not a W3C traceparent: the event goes out without it (and its tracestate)");
         }
         let out = match event::outbound(&self.profile, self.catalog, row) {
             Ok(out) => out,

@@ -483,3 +483,41 @@ async fn generated_credentials_give_each_system_its_own_consumer_and_nothing_els
         "erp must not pull quality's events: {got:?}"
     );
 }
+
+/// Four mistakes in two files (an unknown key with a near miss, a number that is not one, a
+/// duration that is not one, a reserved system name): all four in one run, each with its file,
+/// line and what to write, before any call to a server.
+#[test]
+fn a_declaration_with_four_mistakes_reports_all_four_in_one_run() {
+    let d = decl_dir(&[
+        ("streams.toml", STREAMS),
+        (
+            "systems/erp.toml",
+            "[system]\nname = \"erp\"\n[[consumer]]\nstream = \"MES_EVENTS\"\nfilter_subject = \"mes.>\"\nmax_deliver = \"ten\"\nack_wait = \"soon\"\n",
+        ),
+        (
+            "systems/admin.toml",
+            "[system]\nname = \"admin\"\n[[consumer]]\nstream = \"MES_EVENTS\"\n",
+        ),
+    ]);
+    let no_server = format!("nats://127.0.0.1:{}", free_port());
+    let o = provision(&no_server, d.path(), &["plan"]);
+    assert_code(&o, 2);
+    let text = output_text(&o);
+    for part in [
+        "erp.toml:5",
+        "did you mean `filter_subjects`?",
+        "erp.toml:6",
+        "expected a whole number",
+        "erp.toml:7",
+        "250ms, 30s, 5m, 7d",
+        "admin.toml",
+        "4 problem(s)",
+    ] {
+        assert!(text.contains(part), "{part} in:\n{text}");
+    }
+    assert!(
+        !text.contains("expected i64") && !text.contains("refused the connection"),
+        "{text}"
+    );
+}

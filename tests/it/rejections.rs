@@ -456,3 +456,30 @@ async fn a_mistyped_type_retried_with_the_right_one_goes_out_in_its_keys_order()
     assert_eq!(ty, ORDER_TYPE);
     relay.stop().await;
 }
+
+/// Data missing two required fields: `emit` names both in one run, and writes nothing.
+#[tokio::test]
+async fn emit_names_every_schema_violation_at_once() {
+    let db = TestDb::new().await;
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args([
+            "emit",
+            "--type",
+            ORDER_TYPE,
+            "--key",
+            "PO-1",
+            "--data",
+            r#"{"orderId": "PO-1", "previousStatus": "released"}"#,
+        ])
+        .env("MES_EVENTS_DATABASE__URL", &db.url)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    for field in ["\"status\"", "\"hierarchyScope\""] {
+        assert!(text.contains(field), "{field} in: {text}");
+    }
+    let c = db.client().await;
+    assert_eq!(operator::counts(&c).await.unwrap().pending, 0);
+}
