@@ -3,7 +3,10 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin mes-events
+# The commit `mes-events --version` names (.git stays out of the build context):
+# docker build --build-arg MES_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG MES_BUILD_COMMIT=unknown
+RUN MES_BUILD_COMMIT=$MES_BUILD_COMMIT cargo build --release --locked --bin mes-events
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/mes-events /usr/local/bin/mes-events

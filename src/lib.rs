@@ -43,5 +43,5 @@ pub mod secret;
 pub mod show;
 pub mod store;
 
-/// Kept at the paths the README and the examples use.
+/// Kept at the paths the guides and the examples use.
 pub use read::consume;

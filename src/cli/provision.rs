@@ -79,7 +79,7 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
                 println!("{plan}");
                 println!("{schemas}");
             }
-            for h in credential_hints(&decl, &plan, cfg.push.credentials.as_deref()) {
+            for h in credential_hints(&decl, &plan, credentials_dir(cfg).as_deref()) {
                 eprintln!("hint: {h}");
             }
             Ok(if plan.pending() || schemas.pending() {
@@ -102,7 +102,7 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
             let (mut refused, mut applied) = (Vec::new(), Vec::new());
             let streams = provision::apply(&js, &decl, options).await;
             let hints = match &streams {
-                Ok(plan) => credential_hints(&decl, plan, cfg.push.credentials.as_deref()),
+                Ok(plan) => credential_hints(&decl, plan, credentials_dir(cfg).as_deref()),
                 Err(_) => Vec::new(),
             };
             print_or_keep(streams.map(|p| p.to_string()), &mut refused, &mut applied)?;
@@ -128,9 +128,18 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// Where `provision credentials` wrote the seeds, if this configuration says: `push.credentials`,
+/// else the folder of the admin's own seed when `auth.conf` is beside it.
+fn credentials_dir(cfg: &Config) -> Option<std::path::PathBuf> {
+    cfg.push.credentials.clone().or_else(|| {
+        let dir = cfg.nats.nkey.as_deref()?.parent()?;
+        dir.join("auth.conf").is_file().then(|| dir.to_owned())
+    })
+}
+
 /// What the server's authorization still needs for the systems of this declaration: a system
 /// whose consumers are all new here has, most likely, no identity on the server yet; and, when
-/// the credentials folder is known (`push.credentials`), a system without a seed there or
+/// the credentials folder is known (see [`credentials_dir`]), a system without a seed there or
 /// without an account in its `auth.conf`.
 fn credential_hints(
     decl: &Declaration,
@@ -138,7 +147,7 @@ fn credential_hints(
     credentials: Option<&std::path::Path>,
 ) -> Vec<String> {
     use provision::plan::{Action, Kind};
-    let twice = "then reload nats-server twice, a second apart (README: Adding a system)";
+    let twice = "then reload nats-server twice, a second apart (docs/operators.md: Add a system)";
     let mut hints = Vec::new();
     let auth = credentials.and_then(|d| std::fs::read_to_string(d.join("auth.conf")).ok());
     for sys in &decl.systems {
@@ -169,7 +178,7 @@ fn credential_hints(
                 }
             }
             None if new => hints.push(format!(
-                "system {name} is new on this server: give it an identity with `mes-events provision credentials --out DIR` (its seed, its account in auth.conf), {twice}"
+                "system {name} is new on this server: if it has no identity yet, give it one with `mes-events provision credentials --out DIR` (its seed, its account in auth.conf), {twice}"
             )),
             None => {}
         }

@@ -10,7 +10,7 @@
 //! break that attribution).
 //!
 //! The keys, their defaults and their validation are here; how an error names the key, its
-//! source and what is accepted is in [`error`]; the tests of that contract with the README's
+//! source and what is accepted is in [`error`]; the tests of that contract with the reference's
 //! Configuration section are in `tests.rs`.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The configuration's contract with the README: precedence, every error class naming the key
+//! The configuration's contract with docs/reference.md: precedence, every error class naming the key
 //! once with what is accepted, lists from the environment.
 #![allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 

@@ -303,9 +303,9 @@ mod tests {
         }
     }
 
-    /// The README's wildcard recipes, checked against real subjects.
+    /// The integrators' guide's wildcard recipes (docs/integrators.md), checked against real subjects.
     #[test]
-    fn readme_wildcard_recipes() {
+    fn guide_wildcard_recipes() {
         let line2 = Location {
             site: Some("bsl".into()),
             area: Some("gran".into()),

@@ -23,9 +23,9 @@
 //! request that crossed an account boundary in the *requester's* account (`getRequestInfo` in
 //! `server/jetstream_api.go`), where there are no streams. Only pulls, acks and publishes work
 //! across accounts. The same is why a system cannot read its consumer's info: clients bind to
-//! the consumer by name without looking it up (see the README). The relay's seed is therefore
+//! the consumer by name without looking it up (see docs/design.md). The relay's seed is therefore
 //! as sensitive as the admin's: through reply subjects of its own requests it could have
-//! JetStream act on its account (see "What each identity can do" in the README).
+//! JetStream act on its account (see "Who may do what" in docs/design.md).
 //!
 //! Every subject is derived from the subjects the server itself listens on (nats-server 2.10 to
 //! 2.15, `server/consumer.go` and `server/jetstream_api.go`), never from the shape a client

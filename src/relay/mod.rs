@@ -154,6 +154,16 @@ pub async fn run(cfg: &Config, js: Context, shutdown: CancellationToken) -> Resu
                 }
                 reconnect.reset();
                 metrics.epoch.set(lead.epoch);
+                // Not known to refuse until the publisher says so: an active relay whose
+                // publisher is not built yet must not read as refused by every stream.
+                for stream in &cfg.relay.streams {
+                    metrics
+                        .stream_accepting
+                        .get_or_create(&crate::metrics::Stream {
+                            stream: stream.clone(),
+                        })
+                        .set(1);
+                }
                 metrics.active.set(1);
                 // The streams as they are now (one missing at start may have come since); as
                 // last read while NATS is away.

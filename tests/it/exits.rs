@@ -1,4 +1,4 @@
-//! Exit codes, as the README's table gives them: one case per row and per command family, all
+//! Exit codes, as docs/reference.md's table gives them: one case per row and per command family, all
 //! through the one mapping in `cli::exit`.
 
 use crate::support::*;
@@ -109,11 +109,14 @@ async fn every_exit_code_of_the_readme_table_for_every_command_family() {
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
-    // Every row of the README's table has a case.
+    // Every row of the reference's table has a case.
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md")).unwrap();
     for code in 0..=5 {
-        assert!(readme.contains(&format!("| {code} |")), "README row {code}");
+        assert!(
+            readme.contains(&format!("| {code} |")),
+            "docs/reference.md row {code}"
+        );
         assert!(cases.iter().any(|c| c.3 == code), "a case for {code}");
     }
 }

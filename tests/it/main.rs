@@ -12,6 +12,7 @@ mod durability;
 mod examples;
 mod exits;
 mod failover;
+mod guides;
 mod interop;
 mod layout;
 mod migrate;

@@ -867,7 +867,7 @@ async fn answers_to_allowed_requests_cannot_be_aimed_at_others_streams_consumers
     // publish, a stream's info, a message) is answered by the server's own clients, which the
     // JetStream API does not take requests from, so they can neither purge, delete nor touch
     // a consumer; `$JS.ACK` replies are refused by the server itself. What remains is written in
-    // the README: its answers can reach subjects of its account (inboxes, advisories).
+    // docs/design.md: its answers can reach subjects of its account (inboxes, advisories).
     let before = states(&admin).await;
     let tails = stream_tails(&admin).await;
     let mut raw = w.raw(auth::RELAY).await;
