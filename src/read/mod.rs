@@ -1,5 +1,6 @@
 //! Read side: what external systems and operators do with the streams. Binding to a durable
-//! consumer by name ([`bind`]) and handling each key's events in order ([`consume`]), watching events live
+//! consumer by name ([`bind`]), pulling from it with pull requests alone ([`pull`]), and
+//! handling each key's events in order ([`consume`]), watching events live
 //! ([`tail`]), moving a consumer back or forward ([`replay`]), and the events consumers gave up
 //! on ([`deadletter`]).
 //!
@@ -8,6 +9,7 @@
 pub mod bind;
 pub mod consume;
 pub mod deadletter;
+pub mod pull;
 pub mod replay;
 pub mod tail;
 

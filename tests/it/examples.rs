@@ -76,7 +76,7 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
     mes_events::provision::auth::write(&decl, creds.path(), None).unwrap();
     let auth = std::fs::read_to_string(creds.path().join("auth.conf")).unwrap();
 
-    let nats = NatsServer::start_with_config(&auth).await;
+    let mut nats = NatsServer::start_with_config(&auth).await;
     let db = TestDb::new().await;
     let mut cfg = config(&db, &nats);
     // The admin provisions; the relay publishes with its own identity.
@@ -194,6 +194,34 @@ async fn python_and_javascript_examples_receive_ack_and_resume_with_generated_cr
         || async { seen.lock().unwrap().len() >= published.len() },
     )
     .await;
+
+    // The server restarted under it: it pulls again by itself, asking nothing it may not ask
+    // (async-nats' own pull stream asks for the consumer's info after a reconnect, is denied,
+    // and sends no pull for about 45 s while it retries).
+    nats.kill().await;
+    nats.restart().await;
+    let relay = spawn_relay_as(cfg.clone()).await;
+    for i in 20..30 {
+        let id = emit_order(&c, &format!("PO-{}", i % 4)).await;
+        published.insert(format!("{id:020}"));
+    }
+    eventually(
+        Duration::from_secs(20),
+        "rust-app handled the events published after the restart",
+        || async { seen.lock().unwrap().len() >= published.len() },
+    )
+    .await;
+    relay.stop().await;
+    let server_log = std::fs::read_to_string(nats.local().log_file()).unwrap();
+    assert!(
+        !server_log.contains("Publish Violation"),
+        "a permission violation: {}",
+        server_log
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     stop.cancel();
     run.await
         .unwrap()

@@ -220,10 +220,23 @@ async fn the_guides_run_as_written() {
     println!("{said}");
     assert!(said.contains("### the guides ran to the end"), "{said}");
     // What the runbook claims along the way, seen in what it printed.
-    for expected in ["healthy", "PO-2"] {
+    for expected in [
+        "healthy",
+        "PO-2",
+        // push holds its pin: it pulls as a system may, never asking CONSUMER.INFO
+        "delivering: an instance, since",
+        // adding a system without an identity says what to run
+        "hint: system workflow",
+    ] {
         assert!(
             said.contains(expected),
             "the guides' output lacks {expected:?}:\n{said}"
+        );
+    }
+    for unexpected in ["refuses messages", "hint: system erp"] {
+        assert!(
+            !said.contains(unexpected),
+            "the guides' output says {unexpected:?}:\n{said}"
         );
     }
 }

@@ -291,32 +291,28 @@ where
         consumer: consumer.to_owned(),
         message,
     };
-    let (c, max_deliver, ack_wait) = match opts.declared {
-        Some(d) => (
-            bind_in_group(js, stream, consumer, opts.group.as_deref()),
-            d.max_deliver,
-            d.ack_wait,
-        ),
+    let (max_deliver, ack_wait) = match opts.declared {
+        Some(d) => (d.max_deliver, d.ack_wait),
         None => {
             let mut c: PullConsumer = js
                 .get_consumer_from_stream(consumer, stream)
                 .await
                 .map_err(|e| bind(e.to_string()))?;
             let info = c.info().await.map_err(|e| bind(e.to_string()))?;
-            let (max_deliver, ack_wait) = (info.config.max_deliver, info.config.ack_wait);
-            (c, max_deliver, ack_wait)
+            (info.config.max_deliver, info.config.ack_wait)
         }
     };
     let ack_wait = ack_wait.max(Duration::from_secs(1));
-    let builder = c
-        .stream()
-        .max_messages_per_batch(opts.batch)
-        .heartbeat(opts.heartbeat);
-    let builder = match &opts.group {
-        Some(g) => builder.expires(opts.heartbeat * 3).group(g.clone()),
-        None => builder.expires(opts.heartbeat * 6),
+    let request = super::pull::Request {
+        batch: opts.batch,
+        heartbeat: opts.heartbeat,
+        // Pinned: a pull must come well within the pin's timeout.
+        expires: opts.heartbeat * if opts.group.is_some() { 3 } else { 6 },
+        group: opts.group.clone(),
     };
-    let mut messages = builder.messages().await.map_err(|e| bind(e.to_string()))?;
+    let mut messages = super::pull::messages(js, stream, consumer, request)
+        .await
+        .map_err(|e| bind(e.to_string()))?;
 
     let mut keys: HashMap<String, Key> = HashMap::new();
     let mut tasks: JoinSet<(Vec<Held>, Vec<Outcome>)> = JoinSet::new();
