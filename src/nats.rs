@@ -186,27 +186,83 @@ pub enum Rights {
     Limited,
 }
 
-/// Whether this connection's identity may manage JetStream: it asks `$JS.API.INFO` (the
-/// account's JetStream usage), which no identity `provision credentials` writes but the admin's
-/// may ask. A denial is expected and not told as trouble.
+/// Whether this connection's identity may manage JetStream. It asks the server who it is
+/// (`$SYS.REQ.USER.INFO`, which every identity `provision credentials` writes may ask: the
+/// answer is its own permissions and nothing else), and reads whether those let it call
+/// `$JS.API.INFO` (the account's JetStream usage), which no generated identity but the admin's
+/// may. Where the server does not answer that (an older auth.conf, events off) it asks
+/// `$JS.API.INFO` itself; that denial is expected and not told as trouble (nats-server logs it).
 pub async fn rights(client: &async_nats::Client) -> Rights {
+    const WHO: &str = "$SYS.REQ.USER.INFO";
     const PROBE: &str = "$JS.API.INFO";
-    *EXPECTED_DENIAL.lock().unwrap_or_else(|p| p.into_inner()) = Some(PROBE.to_owned());
-    let asked = tokio::time::timeout(
-        std::time::Duration::from_secs(1),
-        client.request(PROBE, "".into()),
-    )
-    .await;
-    match asked {
-        // An answer that is an error of JetStream's (not enabled) is an answer all the same.
-        Ok(Ok(m))
-            if m.status
-                .is_none_or(|s| s != async_nats::StatusCode::NO_RESPONDERS) =>
-        {
-            Rights::ManagesJetStream
+    let ask = |subject: &'static str| async move {
+        *EXPECTED_DENIAL.lock().unwrap_or_else(|p| p.into_inner()) = Some(subject.to_owned());
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            client.request(subject, "".into()),
+        )
+        .await;
+        match asked {
+            Ok(Ok(m))
+                if m.status
+                    .is_none_or(|s| s != async_nats::StatusCode::NO_RESPONDERS) =>
+            {
+                Some(m)
+            }
+            _ => None,
         }
-        _ => Rights::Limited,
+    };
+    if let Some(rights) = ask(WHO).await.and_then(|m| rights_in(&m.payload)) {
+        return rights;
     }
+    match ask(PROBE).await {
+        // An answer that is an error of JetStream's (not enabled) is an answer all the same.
+        Some(_) => Rights::ManagesJetStream,
+        None => Rights::Limited,
+    }
+}
+
+/// The rights a `$SYS.REQ.USER.INFO` answer gives (pure): `None` when it is not one.
+pub fn rights_in(answer: &[u8]) -> Option<Rights> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        data: Option<Info>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Info {
+        // Absent or null: no permissions, every right (the admin's, or no authorization).
+        permissions: Option<Permissions>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Permissions {
+        publish: Option<Lists>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Lists {
+        #[serde(default)]
+        allow: Vec<String>,
+        #[serde(default)]
+        deny: Vec<String>,
+    }
+    const PROBE: &str = "$JS.API.INFO";
+    let info = serde_json::from_slice::<Answer>(answer).ok()?.data?;
+    let Some(publish) = info.permissions.and_then(|p| p.publish) else {
+        return Some(Rights::ManagesJetStream);
+    };
+    let allowed = publish.allow.is_empty()
+        || publish
+            .allow
+            .iter()
+            .any(|f| crate::event::subject::matches(f, PROBE));
+    let denied = publish
+        .deny
+        .iter()
+        .any(|f| crate::event::subject::matches(f, PROBE));
+    Some(if allowed && !denied {
+        Rights::ManagesJetStream
+    } else {
+        Rights::Limited
+    })
 }
 
 /// The last trouble a connection of this process told (an answer that timed out may have been
@@ -383,6 +439,43 @@ pub fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConnectError> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn who_may_manage_jetstream_is_read_from_the_servers_answer() {
+        use super::{rights_in, Rights};
+        let answer = |perms: &str| {
+            format!(
+                r#"{{"server":{{"name":"n"}},"data":{{"user":"U","account":"MES","permissions":{perms}}}}}"#
+            )
+        };
+        for (perms, rights) in [
+            ("null", Rights::ManagesJetStream),
+            (
+                r#"{"publish":{"allow":[">"]},"subscribe":{"allow":[">"]}}"#,
+                Rights::ManagesJetStream,
+            ),
+            (
+                r#"{"publish":{"allow":["$JS.API.>"]}}"#,
+                Rights::ManagesJetStream,
+            ),
+            (
+                r#"{"subscribe":{"allow":["_INBOX_relay.>"]}}"#,
+                Rights::ManagesJetStream,
+            ),
+            (
+                r#"{"publish":{"allow":[">"],"deny":["$JS.API.*"]}}"#,
+                Rights::Limited,
+            ),
+            (
+                r#"{"publish":{"allow":["mes.>","$JS.API.STREAM.INFO.MES_EVENTS","$SYS.REQ.USER.INFO"]}}"#,
+                Rights::Limited,
+            ),
+        ] {
+            assert_eq!(rights_in(answer(perms).as_bytes()), Some(rights), "{perms}");
+        }
+        assert_eq!(rights_in(br#"{"error":{"code":400}}"#), None);
+        assert_eq!(rights_in(b"not json"), None);
+    }
+
     #[test]
     fn a_comma_separated_list_is_several_servers() {
         let s = super::servers("nats://n1:4222, nats://n2:4222,nats://n3:4222").unwrap();

@@ -186,6 +186,9 @@ fn service_subjects(imports: &[Import]) -> Vec<String> {
         .collect()
 }
 
+/// The server's answer to "who am I": an identity's own account and permissions.
+pub const WHO_AM_I: &str = "$SYS.REQ.USER.INFO";
+
 /// Every identity, its account, imports and permissions (pure).
 pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
     // The relay: publish on the event streams' subjects (the PubAck is the answer);
@@ -201,6 +204,10 @@ pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
         relay.push(format!("$JS.API.STREAM.INFO.{name}"));
         relay.push(format!("$JS.API.STREAM.MSG.GET.{name}"));
     }
+    // Every identity but the admin may ask the server who it is (`$SYS.REQ.USER.INFO`: its own
+    // account and permissions, nothing of anyone else's): the relay and push read from it that
+    // they run with no more than their job's rights, without probing a subject they may not ask.
+    relay.push(WHO_AM_I.into());
     let mut out = vec![
         User {
             name: ADMIN.into(),
@@ -239,10 +246,12 @@ pub fn users(d: &Declaration, scope: &Scope) -> Vec<User> {
                 subject: p.get_ref().clone(),
             });
         }
+        let mut publish = service_subjects(&imports);
+        publish.push(WHO_AM_I.into());
         out.push(User {
             name: name.clone(),
             account: account(name),
-            publish: service_subjects(&imports),
+            publish,
             subscribe,
             imports,
         });
@@ -452,7 +461,7 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
                     }
                     continue;
                 }
-                if u.name != RELAY {
+                if u.name != RELAY && g != WHO_AM_I {
                     for s in everything_else {
                         assert!(!overlap(g, s), "{} may publish {g}, inside {s}", u.name);
                     }
@@ -474,7 +483,7 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
             }
         }
         let relay = users.iter().find(|u| u.name == RELAY).unwrap();
-        for g in &relay.publish {
+        for g in relay.publish.iter().filter(|g| *g != WHO_AM_I) {
             for s in [
                 "$JS.API.CONSUMER.>",
                 "$JS.ACK.>",
@@ -522,6 +531,7 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
                 "$JS.ACK.MES_PV.scada-pv.*.*.*.*.*".into(),
                 format!("$JS.ACK._.{hash}.MES_PV.scada-pv.*.*.*.*.*"),
                 "$JS.API.DIRECT.GET.KV_MES_SCHEMAS.$KV.MES_SCHEMAS.>".into(),
+                WHO_AM_I.into(),
             ]
         );
         assert_eq!(
@@ -535,10 +545,12 @@ subjects = ["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.MES_EVENTS.>"]
         assert_eq!(users[0].account, JETSTREAM_ACCOUNT);
         assert_eq!(users[1].account, JETSTREAM_ACCOUNT);
         assert_eq!(scada.account, "MES_SYSTEM_scada");
-        // What a system may publish is exactly what it imports, and what it watches live is
-        // imported as a stream.
+        // What a system may publish is exactly what it imports (and who it is), and what it
+        // watches live is imported as a stream.
         for u in &users[2..] {
-            assert_eq!(u.publish, service_subjects(&u.imports), "{}", u.name);
+            let mut imported = service_subjects(&u.imports);
+            imported.push(WHO_AM_I.into());
+            assert_eq!(u.publish, imported, "{}", u.name);
         }
         assert!(users[3].imports.contains(&Import::Stream {
             subject: "mes.*.*.*.*.document.>".into()

@@ -122,7 +122,7 @@ fn credentials(decl: &Path, out: &Path, extra: &[&str]) -> Output {
 struct World {
     _decl: tempfile::TempDir,
     creds: tempfile::TempDir,
-    _nats: NatsServer,
+    nats: NatsServer,
     url: String,
 }
 
@@ -151,7 +151,7 @@ impl World {
         World {
             _decl: decl,
             creds,
-            _nats: nats,
+            nats,
             url,
         }
     }
@@ -812,6 +812,7 @@ async fn answers_to_allowed_requests_cannot_be_aimed_at_others_streams_consumers
                 let ack = own.next().unwrap();
                 for (subject, body) in [
                     (read.as_str(), ""),
+                    (auth::WHO_AM_I, ""),
                     (next.as_str(), "{\"batch\":1,\"no_wait\":true}"),
                     (next.as_str(), "{\"batch\":1,\"expires\":100000000}"),
                     (ack.as_str(), "+NXT {\"batch\":1,\"no_wait\":true}"),
@@ -1340,4 +1341,60 @@ async fn the_relay_refuses_the_admins_seed_and_runs_quietly_with_its_own() {
         !log.contains("denied") && !log.contains("Permissions Violation") && !log.contains("ERROR"),
         "{log}"
     );
+    // It learnt its rights by asking who it is, not by trying what it may not do: nothing in the
+    // server's log for the relay's own start.
+    let mut w = w;
+    let server_log = std::fs::read_to_string(w.nats.local().log_file()).unwrap();
+    let relay_key = nkeys::KeyPair::from_seed(w.seed(auth::RELAY).trim())
+        .unwrap()
+        .public_key();
+    let violations: Vec<&str> = server_log
+        .lines()
+        .filter(|l| l.contains("Violation") && l.contains(&relay_key))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Asking the server who one is answers with one's own account and permissions, nothing of
+/// anyone else's, and no other identity's "who is" can be asked.
+#[tokio::test]
+async fn who_am_i_tells_a_system_its_own_rights_and_nobody_elses() {
+    let w = World::new("").await;
+    for me in SYSTEMS {
+        let c = w.client(me).await;
+        let answer =
+            tokio::time::timeout(Duration::from_secs(5), c.request(auth::WHO_AM_I, "".into()))
+                .await
+                .unwrap_or_else(|_| panic!("{me}: no answer to {}", auth::WHO_AM_I))
+                .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+        assert_eq!(v["data"]["account"], auth::account(me), "{me}: {v}");
+        let text = v.to_string();
+        for other in SYSTEMS.iter().filter(|o| **o != me) {
+            assert!(
+                !text.contains(&auth::inbox_prefix(other)),
+                "{me} learns of {other}: {text}"
+            );
+        }
+        assert_eq!(
+            mes_events::nats::rights_in(&answer.payload),
+            Some(mes_events::nats::Rights::Limited),
+            "{me}: {text}"
+        );
+    }
+    // The server's per-account form of the request is not theirs to ask.
+    let failures = attack(
+        &w,
+        "erp",
+        &[
+            publish("$SYS.REQ.USER.MES.INFO", ""),
+            publish(
+                format!("$SYS.REQ.USER.{}.INFO", auth::account("quality")),
+                "",
+            ),
+            publish("$SYS.REQ.USER.INFO.x", ""),
+        ],
+    )
+    .await;
+    assert!(failures.is_empty(), "{failures:#?}");
 }
