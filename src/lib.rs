@@ -12,6 +12,8 @@
 //! - [`metrics`]: the process's metrics and health, updated by every layer above.
 //! - [`secret`]: URLs fit to print (passwords and tokens as `***`).
 //! - [`show`]: values as people write them (durations in days, hours, minutes, seconds).
+//! - [`tls`]: TLS to every server (rustls): certificates, the three checks, failures in words;
+//!   PostgreSQL's settings as libpq reads them.
 //! - [`config`]: what the operator sets (defaults < file < environment), validated up front.
 //! - [`store`]: every SQL statement, one file per concern (session, migrate, write, lease,
 //!   outbox, operator), the lease fence written once.
@@ -42,6 +44,7 @@ pub mod relay;
 pub mod secret;
 pub mod show;
 pub mod store;
+pub mod tls;
 
 /// Kept at the paths the guides and the examples use.
 pub use read::consume;

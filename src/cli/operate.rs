@@ -15,6 +15,7 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         database = %mes_events::store::session::redacted(&cfg.database.url),
+        database_tls = %mes_events::store::session::protection(&cfg.database.url).0,
         nats = %nats::redact(&cfg.nats.url),
         identity = %nats::identity(&cfg.nats),
         inbox_prefix = %cfg.nats.inbox_prefix(),
@@ -23,6 +24,9 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
         mode = %cfg.events.mode,
         "mes-events relay starting"
     );
+    if let (how, true) = mes_events::store::session::protection(&cfg.database.url) {
+        tracing::warn!("the connection to PostgreSQL is {how}: anyone on the path can read or forge the plant's events; set database.sslmode = \"verify-full\" and database.sslrootcert");
+    }
     for p in cfg.placeholders() {
         tracing::warn!("{p}");
     }

@@ -22,6 +22,8 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    #[error("invalid configuration: {key}: {said}")]
+    Tls { key: &'static str, said: String },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ConfigError>),
 }

@@ -105,6 +105,82 @@ pub struct DatabaseConfig {
     /// The relay keeps one session per process (advisory lock, LISTEN and queries), so it must be
     /// a direct or session-pooled connection, not PgBouncer transaction pooling.
     pub url: String,
+    /// libpq's `sslmode` (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`), as the
+    /// URL's own `sslmode=` would set it (set it in one place). Unset: the URL's, else
+    /// `PGSSLMODE`, else `prefer`.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sslmode: Option<String>,
+    /// The CA certificate(s) (PEM) the server's certificate must chain to, or `system` for this
+    /// host's store. Unset: the URL's, else `PGSSLROOTCERT`, else `~/.postgresql/root.crt`.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sslrootcert: Option<String>,
+    /// This client's certificate (PEM), for servers that ask for one (`clientcert=verify-full`,
+    /// `cert` authentication). Unset: the URL's, else `PGSSLCERT`, else
+    /// `~/.postgresql/postgresql.crt` where it exists.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sslcert: Option<String>,
+    /// Its private key (PEM, readable by its owner only). Unset: the URL's, else `PGSSLKEY`,
+    /// else `~/.postgresql/postgresql.key`.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sslkey: Option<String>,
+}
+
+impl DatabaseConfig {
+    /// The connection string with the `ssl*` keys of this table in it, as libpq would read
+    /// them from the string itself. A key set both here and in the URL, differently, is refused.
+    pub fn connection_string(&self) -> Result<String, crate::tls::libpq::SettingError> {
+        use crate::tls::libpq::{split, Given};
+        let (_, in_url) = split(&self.url)?;
+        let here = Given {
+            sslmode: self.sslmode.clone(),
+            sslrootcert: self.sslrootcert.clone(),
+            sslcert: self.sslcert.clone(),
+            sslkey: self.sslkey.clone(),
+        };
+        in_url.clone().with(&here)?;
+        let mut url = self.url.clone();
+        let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+        for (k, v, already) in [
+            ("sslmode", &here.sslmode, &in_url.sslmode),
+            ("sslrootcert", &here.sslrootcert, &in_url.sslrootcert),
+            ("sslcert", &here.sslcert, &in_url.sslcert),
+            ("sslkey", &here.sslkey, &in_url.sslkey),
+        ] {
+            let (Some(v), None) = (v, already) else {
+                continue;
+            };
+            if uri {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(
+                    &url::form_urlencoded::Serializer::new(String::new())
+                        .append_pair(k, v)
+                        .finish(),
+                );
+            } else {
+                url.push_str(&format!(
+                    " {k}='{}'",
+                    v.replace('\\', "\\\\").replace('\'', "\\'")
+                ));
+            }
+        }
+        Ok(url)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +323,10 @@ impl Default for Config {
         Config {
             database: DatabaseConfig {
                 url: "postgresql://postgres@127.0.0.1:5432/postgres".into(),
+                sslmode: None,
+                sslrootcert: None,
+                sslcert: None,
+                sslkey: None,
             },
             nats: NatsConfig {
                 url: "nats://127.0.0.1:4222".into(),
@@ -326,7 +406,16 @@ impl Config {
 
     /// Extracts and validates a configuration from any set of layered sources.
     pub fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        // From here on database.url is the whole connection string, database.ssl* in it.
+        config.database.url =
+            config
+                .database
+                .connection_string()
+                .map_err(|e| ConfigError::Tls {
+                    key: "database",
+                    said: e.to_string(),
+                })?;
         config.validate()?;
         Ok(config)
     }
@@ -370,11 +459,19 @@ impl Config {
                 && s.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
+        match crate::tls::libpq::split(&self.database.url)
+            .and_then(|(_, given)| crate::tls::libpq::Tls::of(&given))
+        {
+            // The URL's own form is checked below.
+            Ok(_) | Err(crate::tls::libpq::SettingError::Quote) => {}
+            Err(e) => bad.borrow_mut().push(ConfigError::Tls {
+                key: "database",
+                said: e.to_string(),
+            }),
+        }
         check(
-            self.database
-                .url
-                .parse::<tokio_postgres::Config>()
-                .is_ok(),
+            crate::tls::libpq::split(&self.database.url)
+                .is_ok_and(|(rest, _)| rest.parse::<tokio_postgres::Config>().is_ok()),
             "database.url",
             crate::secret::redact(&self.database.url),
             "a PostgreSQL URL (postgresql://user@host:5432/dbname) or a key=value connection string (host=… dbname=…)",

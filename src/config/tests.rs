@@ -231,3 +231,46 @@ fn an_empty_value_unsets_an_optional_setting() {
         Ok(())
     });
 }
+
+#[test]
+fn database_tls_keys_join_the_connection_string_and_must_agree_with_it() {
+    Jail::expect_with(|jail| {
+        jail.create_file("ca.pem", "not read here")?;
+        jail.create_file(
+            DEFAULT_FILE,
+            r#"
+            [database]
+            url = "postgresql://relay@db.plant/mes?application_name=x"
+            sslmode = "verify-full"
+            sslrootcert = "ca.pem"
+            "#,
+        )?;
+        let c = Config::load(None).unwrap();
+        assert_eq!(
+            c.database.url,
+            "postgresql://relay@db.plant/mes?application_name=x&sslmode=verify-full&sslrootcert=ca.pem"
+        );
+        // The key=value form, a key from the environment.
+        jail.set_env("MES_EVENTS_DATABASE__URL", "host=db.plant dbname=mes");
+        jail.set_env("MES_EVENTS_DATABASE__SSLCERT", "/etc/mes/relay crt.pem");
+        jail.set_env("MES_EVENTS_DATABASE__SSLKEY", "/etc/mes/relay.key");
+        let c = Config::load(None).unwrap();
+        assert_eq!(
+            c.database.url,
+            "host=db.plant dbname=mes sslmode='verify-full' sslrootcert='ca.pem' sslcert='/etc/mes/relay crt.pem' sslkey='/etc/mes/relay.key'"
+        );
+        // Twice, differently: refused, naming both.
+        jail.set_env("MES_EVENTS_DATABASE__URL", "host=db.plant sslmode=require");
+        let e = Config::load(None).unwrap_err().to_string();
+        assert!(
+            e.contains("sslmode") && e.contains("set it in one place"),
+            "{e}"
+        );
+        // A mode libpq does not know.
+        jail.set_env("MES_EVENTS_DATABASE__URL", "host=db.plant");
+        jail.set_env("MES_EVENTS_DATABASE__SSLMODE", "verify");
+        let e = Config::load(None).unwrap_err().to_string();
+        assert!(e.contains("verify-full"), "{e}");
+        Ok(())
+    });
+}

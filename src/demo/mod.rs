@@ -20,7 +20,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 pub mod local_nats;
@@ -55,12 +54,16 @@ pub struct Options {
 pub enum DemoError {
     #[error(transparent)]
     Nats(#[from] LocalNatsError),
-    #[error("PostgreSQL at {url} is not reachable: start it, or set DATABASE_URL")]
+    #[error(
+        "PostgreSQL at {} is not reachable ({source}): start it, or set DATABASE_URL",
+        pg::redacted(url)
+    )]
     Postgres {
         url: String,
-        #[source]
-        source: tokio_postgres::Error,
+        source: pg::ConnectError,
     },
+    #[error(transparent)]
+    PgConnect(#[from] pg::ConnectError),
     #[error("database error")]
     Db(#[from] tokio_postgres::Error),
     #[error(transparent)]
@@ -242,25 +245,18 @@ pub async fn run(
         }
     );
 
-    let (admin, conn) = pg::parse(&base.database.url, "mes-events demo")
-        .map_err(|source| DemoError::Postgres {
-            url: base.database.url.clone(),
-            source,
-        })?
-        .connect(NoTls)
+    let admin_session = pg::connect(&base.database.url, "mes-events demo")
         .await
         .map_err(|source| DemoError::Postgres {
             url: base.database.url.clone(),
             source,
         })?;
-    let admin_task = tokio::spawn(conn);
+    let admin = &admin_session.client;
     let dbname = format!("mes_events_demo_{}", std::process::id());
     admin
         .batch_execute(&format!("create database {dbname}"))
         .await?;
-    let mut db_cfg = pg::parse(&base.database.url, "mes-events demo")?;
-    db_cfg.dbname(&dbname);
-    let db_url = pg::to_url(&db_cfg);
+    let db_url = pg::with_database(&base.database.url, &dbname)?;
     println!("PostgreSQL  database {dbname} (created for the demo)");
 
     // A server the demo did not start may be an installation's: a namespace of its own there.
@@ -285,8 +281,7 @@ pub async fn run(
             .batch_execute(&format!("drop database if exists {dbname} with (force)"))
             .await?;
     }
-    drop(admin);
-    let _ = admin_task.await;
+    drop(admin_session);
     drop(local);
     result
 }

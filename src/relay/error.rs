@@ -67,6 +67,8 @@ pub enum NatsError {
 pub(crate) enum Interrupt {
     #[error("postgres")]
     Db(#[from] tokio_postgres::Error),
+    #[error("postgres")]
+    Connect(#[from] crate::store::session::ConnectError),
     #[error("postgres session closed")]
     SessionClosed,
     #[error("lease taken over by another relay (epoch {0})")]

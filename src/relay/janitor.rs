@@ -28,7 +28,16 @@ use std::time::Duration;
 
 use super::durability::Stability;
 use crate::config::Config;
-use crate::store::session::{self, Session};
+use crate::store::session::{self, ConnectError, Session};
+
+/// What interrupted a turn of the janitor: retried at the next.
+#[derive(Debug, thiserror::Error)]
+enum TurnError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Db(#[from] tokio_postgres::Error),
+}
 use crate::store::{kept, outbox};
 
 /// Entries deleted per statement: one short transaction each.
@@ -96,7 +105,7 @@ impl Janitor {
         stability: &Stability,
         purge_log: bool,
         shutdown: &CancellationToken,
-    ) -> Result<u64, tokio_postgres::Error> {
+    ) -> Result<u64, TurnError> {
         if self
             .connection
             .as_ref()

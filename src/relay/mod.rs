@@ -241,6 +241,7 @@ fn is_postgres_away(e: &Interrupt) -> bool {
             let c = c.code();
             c.starts_with("08") || c.starts_with("57P")
         }),
+        Interrupt::Connect(e) => e.is_away(),
         _ => false,
     }
 }

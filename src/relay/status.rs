@@ -87,6 +87,8 @@ pub struct Durability {
 pub enum StatusError {
     #[error(transparent)]
     Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::store::session::ConnectError),
     /// The schema is missing or older or newer than this binary: the message says what to run.
     #[error(transparent)]
     Schema(#[from] MigrateError),

@@ -10,7 +10,7 @@
 //!   the record of losses.
 //! - [`operator`]: counts, rejected rows, retry and discard.
 //!
-//! Imports only the event layer (for rows and rejections). Never decides anything: the relay
+//! Imports only the event layer (for rows and rejections) and TLS (for its sessions). Never decides anything: the relay
 //! and the CLI do.
 
 /// A statement fenced by the relay lease: prefixes `lease as (…)`, which locks the lease row

@@ -2,7 +2,8 @@
 //!
 //! The relay needs LISTEN, so its connection is driven by `poll_message` in a task this module
 //! owns (spawning the bare connection future would drop notifications). Owns the session-level
-//! settings (LISTEN, commit without flush) and nothing of the `mes_events` schema.
+//! settings (LISTEN, commit without flush) and nothing of the `mes_events` schema. Every
+//! session is encrypted as its connection string's libpq TLS keys say ([`crate::tls::libpq`]).
 
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 /// A connected session and the signals its driver task raises.
@@ -105,12 +106,87 @@ pub fn to_url(cfg: &tokio_postgres::Config) -> String {
     s
 }
 
-/// The database `url` names, fit to print (host, port, database, user; never the password).
+/// The connection string `url` with another database, its TLS keys kept (e.g. to hand a
+/// database that was just created to another component).
+pub fn with_database(url: &str, dbname: &str) -> Result<String, ConnectError> {
+    let (rest, given) = crate::tls::libpq::split(url)?;
+    let mut cfg: tokio_postgres::Config = rest.parse().map_err(ConnectError::Url)?;
+    cfg.dbname(dbname);
+    let mut s = to_url(&cfg);
+    let quoted = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    for (k, v) in [
+        ("sslmode", &given.sslmode),
+        ("sslrootcert", &given.sslrootcert),
+        ("sslcert", &given.sslcert),
+        ("sslkey", &given.sslkey),
+    ] {
+        if let Some(v) = v {
+            s.push_str(&format!(" {k}={}", quoted(v)));
+        }
+    }
+    Ok(s)
+}
+
+/// The database `url` names, fit to print (host, port, database, user, its TLS mode where one
+/// is given; never the password).
 pub fn redacted(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(cfg) => without_password(&cfg),
+    let Ok((rest, given)) = crate::tls::libpq::split(url) else {
+        return "(not a PostgreSQL URL)".into();
+    };
+    match rest.parse::<tokio_postgres::Config>() {
+        Ok(cfg) => match given.sslmode {
+            Some(m) => format!("{} sslmode={m}", without_password(&cfg)),
+            None => without_password(&cfg),
+        },
         Err(_) => "(not a PostgreSQL URL)".into(),
     }
+}
+
+/// How a session to `url` is protected, in a line for start-up logs, and whether that deserves
+/// a warning (a server on another host whose certificate is not checked, or no TLS to it).
+pub fn protection(url: &str) -> (String, bool) {
+    match parse(url, "") {
+        Ok((cfg, tls)) => {
+            let local = cfg.get_hosts().iter().all(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => {
+                    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+                }
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(_) => true,
+            });
+            (tls.summary(), !local && !tls.verified())
+        }
+        Err(e) => (e.to_string(), true),
+    }
+}
+
+/// The server a configuration names, as `host:port` (the first, where there are several).
+fn peer(cfg: &tokio_postgres::Config) -> String {
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    format!(
+        "{host}:{}",
+        cfg.get_ports().first().copied().unwrap_or(5432)
+    )
+}
+
+/// An error with its causes, each said once.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 fn without_password(cfg: &tokio_postgres::Config) -> String {
@@ -134,13 +210,68 @@ impl Drop for Session {
     }
 }
 
-/// Parses a libpq-style URL or key/value string and sets the application name (visible in
-/// `pg_stat_activity`, which is how operators and tests find the relay's sessions).
+/// A connection that could not be made, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("database.url is not a PostgreSQL URL or key=value string: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("database TLS settings: {0}")]
+    Settings(#[from] crate::tls::libpq::SettingError),
+    /// The server could not be reached, or refused: `said` tells what and what to change.
+    #[error("{said}")]
+    Failed {
+        said: String,
+        /// A matter of TLS or of the server's rules for it: retrying soon will not help.
+        tls: bool,
+        source: tokio_postgres::Error,
+    },
+}
+
+impl ConnectError {
+    /// The driver's error, where a connection was tried.
+    pub fn db(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            ConnectError::Failed { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// Whether PostgreSQL is (briefly) out of reach, not refusing this client for its TLS or
+    /// its settings: worth trying again soon.
+    pub fn is_away(&self) -> bool {
+        match self {
+            ConnectError::Failed {
+                tls: false, source, ..
+            } => source.code().is_none_or(|c| {
+                let c = c.code();
+                c.starts_with("08") || c.starts_with("57P")
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Parses a libpq-style URL or key/value string, its TLS keys as libpq reads them, and sets the
+/// application name (visible in `pg_stat_activity`, which is how operators and tests find the
+/// relay's sessions).
 pub fn parse(
     url: &str,
     application_name: &str,
-) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
-    let mut cfg: tokio_postgres::Config = url.parse()?;
+) -> Result<(tokio_postgres::Config, crate::tls::libpq::Tls), ConnectError> {
+    let (rest, given) = crate::tls::libpq::split(url)?;
+    let mut cfg: tokio_postgres::Config = rest.parse().map_err(ConnectError::Url)?;
+    let mut tls = crate::tls::libpq::Tls::of(&given)?;
+    // As libpq: no TLS over a Unix socket.
+    #[cfg(unix)]
+    if !cfg.get_hosts().is_empty()
+        && cfg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        tls.mode = crate::tls::libpq::SslMode::Disable;
+    }
+    cfg.ssl_mode(tls.driver_mode());
     cfg.application_name(application_name);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));
@@ -150,11 +281,20 @@ pub fn parse(
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(5))
         .keepalives_retries(3);
-    Ok(cfg)
+    Ok((cfg, tls))
 }
 
-pub async fn connect(url: &str, application_name: &str) -> Result<Session, tokio_postgres::Error> {
-    let (client, mut connection) = parse(url, application_name)?.connect(NoTls).await?;
+pub async fn connect(url: &str, application_name: &str) -> Result<Session, ConnectError> {
+    let (cfg, tls) = parse(url, application_name)?;
+    let connector = tls.connector()?;
+    let (client, mut connection) = cfg.connect(connector).await.map_err(|source| {
+        let told = crate::tls::libpq::describe(&source, &peer(&cfg), &tls);
+        ConnectError::Failed {
+            tls: told.is_some(),
+            said: told.unwrap_or_else(|| chain(&source)),
+            source,
+        }
+    })?;
     let wake = Arc::new(Notify::new());
     let closed = CancellationToken::new();
     let driver = tokio::spawn({

@@ -18,6 +18,7 @@ mod layout;
 mod migrate;
 mod observe;
 mod permissions;
+mod pg_tls;
 mod provision;
 mod push;
 mod rejections;

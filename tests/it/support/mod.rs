@@ -1,6 +1,7 @@
 //! Shared test support: real servers, relays in-process or as processes, writers, and the checks
 //! every guarantee test ends with.
 
+pub mod certs;
 pub mod db;
 pub mod nats;
 pub mod pg;

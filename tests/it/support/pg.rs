@@ -25,6 +25,63 @@ pub struct PrivatePg {
 
 impl PrivatePg {
     pub fn start() -> PrivatePg {
+        let pg = Self::init();
+        pg.start_server();
+        pg
+    }
+
+    /// A server with `conf` added to its postgresql.conf, `hba` as its whole pg_hba.conf (a
+    /// `local` trust line is kept first, for pg_ctl), and `files` copied into its data folder
+    /// (owner-only, as PostgreSQL demands of a key).
+    pub fn start_with(conf: &str, hba: &str, files: &[(&str, &Path)]) -> PrivatePg {
+        let pg = Self::init();
+        for (name, from) in files {
+            pg.put(name, &std::fs::read(from).unwrap());
+        }
+        let data = pg.data();
+        let mut c = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        c.push('\n');
+        c.push_str(conf);
+        c.push('\n');
+        std::fs::write(data.join("postgresql.conf"), c).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            format!("local all all trust\n{hba}\n"),
+        )
+        .unwrap();
+        pg.start_server();
+        pg
+    }
+
+    /// Writes a file into the data folder, owner-only, owned by the server's user.
+    pub fn put(&self, name: &str, bytes: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.data().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if is_root() {
+            let (uid, gid) = postgres_ids();
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+
+    /// Has the server read its configuration (and its TLS files) again.
+    pub fn reload(&self) {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("reload")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl reload failed");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn init() -> PrivatePg {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("mes-pg-")
@@ -58,7 +115,6 @@ impl PrivatePg {
             "initdb failed: {}",
             String::from_utf8_lossy(&status.stderr)
         );
-        pg.start_server();
         pg
     }
 
