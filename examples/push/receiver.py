@@ -18,6 +18,7 @@ Prints one JSON line per event handled (id, type, subject, sequence).
 import argparse
 import json
 import os
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -66,7 +67,8 @@ class Receiver:
         return 204
 
 
-def serve(receiver: Receiver, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def serve(receiver: Receiver, port: int, host: str = "127.0.0.1", tls_cert: str = None,
+          tls_key: str = None, tls_client_ca: str = None) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -85,7 +87,16 @@ def serve(receiver: Receiver, port: int, host: str = "127.0.0.1") -> ThreadingHT
         def log_message(self, *args):
             pass
 
-    return ThreadingHTTPServer((host, port), Handler)
+    server = ThreadingHTTPServer((host, port), Handler)
+    if tls_cert:
+        # HTTPS with the plant's certificate; with a client CA, only senders it signed get in.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tls_cert, tls_key)
+        if tls_client_ca:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(tls_client_ca)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    return server
 
 
 def main() -> None:
@@ -94,8 +105,12 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--secret-env", default="WEBHOOK_SECRET",
                     help="environment variable holding the whsec_ secret")
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="and its key (PEM)")
+    ap.add_argument("--tls-client-ca", help="accept only senders with a certificate this CA signed")
     args = ap.parse_args()
-    server = serve(Receiver(os.environ[args.secret_env]), args.port, args.host)
+    server = serve(Receiver(os.environ[args.secret_env]), args.port, args.host,
+                   args.tls_cert, args.tls_key, args.tls_client_ca)
     server.serve_forever()
 
 

@@ -87,6 +87,14 @@ pub struct PushDecl {
     /// 3 s.
     #[serde(default, with = "humantime_serde::option")]
     pub takeover: Option<Duration>,
+    /// HTTPS: a CA certificate file (PEM) trusted for this endpoint in addition to this
+    /// host's store, e.g. the plant's own CA. There is no switch to skip verification.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// HTTPS: this client's certificate (PEM) for an endpoint that asks for one (mutual TLS),
+    /// with `client_key`.
+    pub client_cert: Option<Spanned<PathBuf>>,
+    /// Its private key (PEM, readable by its owner only).
+    pub client_key: Option<Spanned<PathBuf>>,
     /// Extra headers on every request (not secrets: the declaration is not a secret store).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

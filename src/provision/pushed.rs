@@ -66,6 +66,36 @@ pub(super) fn check(src: &Source, p: &PushDecl, has_consumer: bool) -> Vec<DeclE
         Ok(u) if !u.username().is_empty() || u.password().is_some() => e(p.url.span(), "url", "a user or password in the URL would be printed in logs and status: remove it; the receiver authenticates each request by its webhook-signature".into()),
         Ok(_) => {}
     }
+    let https = url::Url::parse(p.url.get_ref()).is_ok_and(|u| u.scheme() == "https");
+    for (key, given) in [
+        ("ca_file", &p.ca_file),
+        ("client_cert", &p.client_cert),
+        ("client_key", &p.client_key),
+    ] {
+        if let (Some(f), false) = (given, https) {
+            e(
+                f.span(),
+                key,
+                format!(
+                    "{key} is for https:// endpoints: this one is not (use https, or remove {key})"
+                ),
+            );
+        }
+    }
+    match (&p.client_cert, &p.client_key) {
+        (Some(c), None) => e(
+            c.span(),
+            "client_key",
+            "client_cert needs its key: client_key = \"/etc/mes-events/<system>.key\"".into(),
+        ),
+        (None, Some(k)) => e(
+            k.span(),
+            "client_cert",
+            "client_key needs its certificate: client_cert = \"/etc/mes-events/<system>.crt\""
+                .into(),
+        ),
+        _ => {}
+    }
     match (&p.secret_file, &p.secret_env) {
         (Some(_), Some(env)) => e(env.span(), "secret_env", "give the signing secret one way: secret_file or secret_env, not both".into()),
         (None, None) => e(p.url.span(), "secret_file", "a push endpoint needs its signing secret (whsec_…): secret_file = \"/run/secrets/<system>.whsec\" or secret_env = \"<VARIABLE>\" (never the secret itself in this file)".into()),
@@ -252,6 +282,18 @@ mod tests {
                 "",
                 "push.url",
                 "is not a URL",
+            ),
+            (
+                "url = \"http://wf.example/hook\"\nsecret_env = \"A\"\nca_file = \"/ca.pem\"",
+                "",
+                "push.ca_file",
+                "for https:// endpoints",
+            ),
+            (
+                &format!("{ok}\nclient_cert = \"/c.pem\""),
+                "",
+                "push.client_key",
+                "needs its key",
             ),
             (
                 &format!("{ok}\nretry = []"),

@@ -309,7 +309,50 @@ impl Refusal {
             }
             cause = c.source();
         }
+        // Some clients keep rustls's error only as text in their chain (an io::Error's source
+        // skips its inner error): read rustls's own words.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(r) = Refusal::from_text(&c.to_string()) {
+                return Some(r);
+            }
+            cause = c.source();
+        }
         None
+    }
+
+    /// rustls's words for a refused certificate or a received alert, as a refusal.
+    fn from_text(said: &str) -> Option<Refusal> {
+        if let Some((_, what)) = said.split_once("invalid peer certificate: ") {
+            return Some(
+                if what.starts_with("UnknownIssuer") || what.starts_with("BadSignature") {
+                    Refusal::UnknownIssuer
+                } else if what.contains("expired") || what.starts_with("Expired") {
+                    Refusal::Expired
+                } else if what.contains("not valid yet") || what.starts_with("NotValidYet") {
+                    Refusal::NotYetValid
+                } else if what.contains("not valid for name") || what.starts_with("NotValidForName")
+                {
+                    Refusal::WrongName
+                } else {
+                    Refusal::Other(format!("invalid peer certificate: {what}"))
+                },
+            );
+        }
+        let (_, alert) = said.split_once("received fatal alert: ")?;
+        let alert = alert.split(|c: char| !c.is_alphanumeric()).next()?;
+        matches!(
+            alert,
+            "CertificateRequired"
+                | "BadCertificate"
+                | "UnknownCA"
+                | "CertificateUnknown"
+                | "CertificateExpired"
+                | "CertificateRevoked"
+                | "UnsupportedCertificate"
+                | "AccessDenied"
+        )
+        .then(|| Refusal::ClientRefused(alert.to_owned()))
     }
 
     fn from_rustls(e: &rustls::Error) -> Refusal {
@@ -364,5 +407,27 @@ impl Refusal {
             ),
             Refusal::Other(said) => format!("TLS with {peer} failed: {said}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    #[test]
+    fn rustls_words_in_a_chain_are_read_as_refusals() {
+        for (said, r) in [
+            ("client error (Connect): invalid peer certificate: UnknownIssuer", Refusal::UnknownIssuer),
+            ("invalid peer certificate: certificate expired: verification time 1 (UNIX), but certificate is not valid after 0", Refusal::Expired),
+            ("invalid peer certificate: certificate not valid for name \"x\"; certificate is only valid for DnsName(\"y\")", Refusal::WrongName),
+            ("received fatal alert: UnknownCA", Refusal::ClientRefused("UnknownCA".into())),
+        ] {
+            assert_eq!(Refusal::from_text(said), Some(r), "{said}");
+        }
+        assert_eq!(
+            Refusal::from_text("received fatal alert: HandshakeFailure"),
+            None
+        );
+        assert_eq!(Refusal::from_text("connection refused"), None);
     }
 }

@@ -13,7 +13,7 @@ Prints one JSON line per event of each request: {"status", "webhook_id", "id", "
 "sequence", "batch", "handled"} ("handled" false for a refusal or an event already handled;
 "batch" the number of events in the request).
 
-    python push_receiver.py --port P --secret-env S --control FILE
+    python push_receiver.py --port P --secret-env S --control FILE [--tls-cert C --tls-key K [--tls-client-ca CA]]
 """
 
 import argparse
@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--secret-env", required=True)
     ap.add_argument("--control", required=True)
+    ap.add_argument("--tls-cert")
+    ap.add_argument("--tls-key")
+    ap.add_argument("--tls-client-ca")
     args = ap.parse_args()
 
     handled = []
@@ -103,7 +106,8 @@ def main() -> None:
         return answer(status, {i for (t, i) in handled[before:] if t == me})
 
     receiver.receive = receive
-    server = serve(receiver, args.port)
+    server = serve(receiver, args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                   tls_client_ca=args.tls_client_ca)
     say({"listening": args.port})
     server.serve_forever()
 

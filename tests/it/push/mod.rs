@@ -10,10 +10,12 @@
 //! - [`availability`]: the push service killed at random moments loses nothing and keeps each
 //!   key's order; of several instances one delivers, and a killed or frozen one is replaced.
 //! - [`batched`]: batched requests keep every guarantee; a poison event is singled out.
+//! - [`https`]: HTTPS endpoints of the plant's own CA, with and without client certificates.
 
 mod availability;
 mod batched;
 mod delivery;
+mod https;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
