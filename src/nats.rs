@@ -27,6 +27,10 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(crate::tls::TlsError),
+    #[error("nats.tls_cert and nats.tls_key go together: give both, or neither")]
+    TlsPair,
     /// The message names the cause, the URL and the identity; the client's own error is kept
     /// in `client` but not as the error's source: a printed chain would only repeat the cause
     /// in its words, twice (`IO error: Connection refused (os error 111): Connection refused
@@ -47,8 +51,8 @@ pub enum Trouble {
     Refused,
     /// No answer in time.
     TimedOut,
-    /// The TLS handshake failed.
-    Tls,
+    /// The TLS handshake failed: why, where it is known.
+    Tls(Option<crate::tls::Refusal>),
     /// The server refused the identity.
     Authorization,
     /// The identity's key could not sign the server's challenge.
@@ -73,12 +77,14 @@ impl Trouble {
                 match io {
                     Some(std::io::ErrorKind::TimedOut) => Trouble::TimedOut,
                     // A TLS handshake that fails (rustls's errors) comes as invalid data.
-                    Some(std::io::ErrorKind::InvalidData) => Trouble::Tls,
+                    Some(std::io::ErrorKind::InvalidData) => {
+                        Trouble::Tls(crate::tls::Refusal::of(e))
+                    }
                     _ => Trouble::Refused,
                 }
             }
             ConnectErrorKind::TimedOut => Trouble::TimedOut,
-            ConnectErrorKind::Tls => Trouble::Tls,
+            ConnectErrorKind::Tls => Trouble::Tls(crate::tls::Refusal::of(e)),
             ConnectErrorKind::AuthorizationViolation => Trouble::Authorization,
             ConnectErrorKind::Authentication => Trouble::Authentication,
             ConnectErrorKind::Dns => Trouble::Dns,
@@ -104,7 +110,7 @@ impl Trouble {
             Event::ClientError(ClientError::Other(said)) => match said.as_str() {
                 "IO error" => Trouble::Refused,
                 "timed out" => Trouble::TimedOut,
-                "TLS error" => Trouble::Tls,
+                "TLS error" => Trouble::Tls(None),
                 "authorization violation" => Trouble::Authorization,
                 "failed signing nonce" => Trouble::Authentication,
                 "DNS error" => Trouble::Dns,
@@ -123,8 +129,12 @@ impl Trouble {
             Trouble::TimedOut => format!(
                 "NATS at {url} did not answer {identity} in time: check nats.url (a wrong port, or a host that drops packets), the firewall, and that the server is not frozen"
             ),
-            Trouble::Tls => format!(
-                "TLS with NATS at {url} failed for {identity}: check the scheme (tls:// needs a server with TLS, nats:// takes what the server asks), the server's certificate and the CAs this host trusts"
+            Trouble::Tls(Some(r)) => format!(
+                "{} (connecting as {identity}; nats.tls_ca, nats.tls_cert, nats.tls_key)",
+                r.describe(&format!("NATS at {url}"), "this host's store and nats.tls_ca")
+            ),
+            Trouble::Tls(None) => format!(
+                "TLS with NATS at {url} failed for {identity}: check that the server speaks TLS (tls:// and nats.tls_* need a server with a tls {{}} block; a server with tls_first needs nats.tls_first), the server's certificate and the CAs this host trusts (nats.tls_ca)"
             ),
             Trouble::Authorization => format!(
                 "NATS at {url} refused {identity} (authorization violation): check nats.credentials / nats.nkey, and that the server runs with the accounts `mes-events provision credentials` wrote"
@@ -375,6 +385,27 @@ pub async fn connect(
         })?;
         opts = opts.nkey(seed.trim().to_owned());
     }
+    // TLS: the plant's CA, this client's certificate (mutual TLS), TLS before the server's
+    // INFO where the server asks for it. The key is checked as every key is, before use.
+    if let Some(ca) = &cfg.tls_ca {
+        crate::tls::read_certs("nats.tls_ca", ca).map_err(ConnectError::Tls)?;
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => {
+            crate::tls::read_certs("nats.tls_cert", cert).map_err(ConnectError::Tls)?;
+            crate::tls::read_key("nats.tls_key", key).map_err(ConnectError::Tls)?;
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        (None, None) => {}
+        _ => return Err(ConnectError::TlsPair),
+    }
+    if cfg.tls_ca.is_some() || cfg.tls_cert.is_some() || cfg.tls_first {
+        opts = opts.require_tls(true);
+    }
+    if cfg.tls_first {
+        opts = opts.tls_first();
+    }
     if wait_for_server {
         opts = opts.retry_on_initial_connect();
     }
@@ -490,7 +521,7 @@ mod tests {
         for (t, says) in [
             (Trouble::Refused, "refused the connection of user relay"),
             (Trouble::TimedOut, "did not answer user relay in time"),
-            (Trouble::Tls, "failed for user relay"),
+            (Trouble::Tls(None), "failed for user relay"),
             (Trouble::Authorization, "refused user relay"),
             (
                 Trouble::Permission("Permissions Violation for Publish to \"x\"".into()),
@@ -506,7 +537,7 @@ mod tests {
             ))
         };
         assert_eq!(text("IO error"), Some(Trouble::Refused));
-        assert_eq!(text("TLS error"), Some(Trouble::Tls));
+        assert_eq!(text("TLS error"), Some(Trouble::Tls(None)));
         assert_eq!(
             text("authorization violation"),
             Some(Trouble::Authorization)

@@ -10,6 +10,7 @@
 //
 //   npm ci
 //   node consumer.mjs --url nats://mes-nats:4222 --system quality --seed quality.nk
+//   # over TLS, with a client certificate: --tls-ca plant-ca.pem --tls-cert quality.crt --tls-key quality.key
 //
 // Prints one JSON line per event (id, type, subject, sequence).
 import { readFileSync } from "node:fs";
@@ -27,6 +28,9 @@ const { values: a } = parseArgs({
     consumer: { type: "string" },
     max: { type: "string", default: "0" },
     batch: { type: "string", default: "50" },
+    "tls-ca": { type: "string" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
   },
 });
 const max = Number(a.max);
@@ -55,6 +59,10 @@ const nc = await connect({
   servers: a.url,
   authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
   inboxPrefix: `_INBOX_${a.system}`,
+  // TLS with the plant's CA, and a client certificate where the server verifies clients.
+  ...(a["tls-ca"] || a["tls-cert"]
+    ? { tls: { caFile: a["tls-ca"], certFile: a["tls-cert"], keyFile: a["tls-key"] } }
+    : {}),
 });
 const name = a.consumer ?? a.system;
 const consumer = jetstream(nc).consumers.getConsumerFromInfo({

@@ -10,6 +10,7 @@ program at any point and start it again, and it resumes after the last acked eve
 
     pip install -r requirements.txt
     python consumer.py --url nats://mes-nats:4222 --system erp --seed erp.nk
+    # over TLS, with a client certificate: --tls-ca plant-ca.pem --tls-cert erp.crt --tls-key erp.key
 
 Prints one JSON line per event (id, type, subject, sequence).
 
@@ -23,6 +24,7 @@ write it. The line then also says "valid" and, when not, the first error.
 import argparse
 import asyncio
 import json
+import ssl
 
 import jsonschema
 import nats
@@ -124,9 +126,18 @@ async def main() -> None:
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--validate", action="store_true",
                     help="check each event against its schema, fetched from the bus")
+    ap.add_argument("--tls-ca", help="the CA (PEM) the server's certificate chains to (the plant's)")
+    ap.add_argument("--tls-cert", help="this system's client certificate (PEM), where the server verifies clients")
+    ap.add_argument("--tls-key", help="its private key (PEM)")
     args = ap.parse_args()
 
-    nc = await nats.connect(args.url, nkeys_seed=args.seed, inbox_prefix=f"_INBOX_{args.system}")
+    tls = None
+    if args.tls_ca or args.tls_cert:
+        tls = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert:
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+    nc = await nats.connect(args.url, nkeys_seed=args.seed, inbox_prefix=f"_INBOX_{args.system}",
+                            tls=tls)
     js = nc.jetstream()
     schemas = BusSchemas(nc)
     sub = await js.pull_subscribe_bind(consumer=args.consumer or args.system, stream=args.stream)

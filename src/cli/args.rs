@@ -317,6 +317,23 @@ pub enum ProvisionCommand {
         /// accepted.
         #[arg(long, value_name = "NAME")]
         retire: Option<String>,
+        /// Also write TLS certificates for a plant without a PKI: a CA, nats-server's
+        /// certificate and one per identity in DIR/tls/, and DIR/tls.conf for nats-server to
+        /// include (clients verified against that CA). Existing files are kept.
+        #[arg(long)]
+        tls: bool,
+        /// A name clients reach nats-server by (host name or IP address), for its
+        /// certificate; several separated by commas or the flag repeated.
+        #[arg(
+            long = "tls-name",
+            value_name = "NAME",
+            value_delimiter = ',',
+            requires = "tls"
+        )]
+        tls_names: Vec<String>,
+        /// Where nats-server sees DIR (tls.conf names the files under it); default DIR.
+        #[arg(long, value_name = "PATH", requires = "tls")]
+        tls_server_dir: Option<std::path::PathBuf>,
     },
 }
 

@@ -46,6 +46,9 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
         out,
         rotate,
         retire,
+        tls,
+        tls_names,
+        tls_server_dir,
         ..
     } = &cmd
     {
@@ -54,7 +57,11 @@ pub async fn run(cfg: &Config, cmd: ProvisionCommand) -> anyhow::Result<u8> {
             (None, Some(n)) => Some(auth::Change::Retire(n)),
             (None, None) => None,
         };
-        return credentials(&decl, out, change);
+        let code = credentials(&decl, out, change)?;
+        if *tls {
+            certificates(&decl, out, tls_names, tls_server_dir.as_deref())?;
+        }
+        return Ok(code);
     }
     // The active catalog goes on the bus with the streams: checked before any call too.
     let catalog = Catalog::load(cfg.events.catalog.as_deref())?;
@@ -203,6 +210,44 @@ fn print_or_keep(
         }
         Err(e) => return Err(e),
     }
+    Ok(())
+}
+
+/// `credentials --tls`: the CA and certificates beside the seeds, and what to do with them.
+fn certificates(
+    decl: &Declaration,
+    out: &std::path::Path,
+    names: &[String],
+    server_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let names = if names.is_empty() {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    } else {
+        names.to_vec()
+    };
+    let mut identities = vec![auth::ADMIN, auth::RELAY];
+    identities.extend(decl.systems.iter().map(|s| s.decl.name.get_ref().as_str()));
+    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_owned());
+    let written =
+        provision::certs::write(&identities, &names, out, server_dir.unwrap_or(&absolute))
+            .map_err(|e| {
+                Usage(format!(
+                    "{e}\nthe seeds and auth.conf were written; no certificate was changed"
+                ))
+            })?;
+    println!(
+        "TLS certificates in {} (server names: {}):",
+        provision::certs::dir(out).display(),
+        names.join(", ")
+    );
+    for w in &written {
+        println!(
+            "  {} ({})",
+            w.path.display(),
+            if w.created { "new" } else { "kept" }
+        );
+    }
+    println!("include tls.conf in the nats-server configuration (clients then need a certificate of this CA); give each identity its tls/<name>.crt and .key (nats.tls_cert, nats.tls_key) and tls/ca.crt (nats.tls_ca); ca.key signs them: keep it off the servers");
     Ok(())
 }
 

@@ -225,6 +225,32 @@ pub struct NatsConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub monitoring_url: Option<String>,
+    /// TLS: the CA certificate(s) (PEM) the servers' certificates must chain to, besides this
+    /// host's store (the plant's own CA). Set, TLS is required.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS: this client's certificate (PEM), for servers that verify clients (`tls { verify:
+    /// true }`), with `tls_key`.
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM, readable by its owner only).
+    #[serde(
+        default,
+        deserialize_with = "unset_if_empty",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// TLS before the server's INFO, for servers with `tls { handshake_first: true }`.
+    #[serde(default)]
+    pub tls_first: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -335,6 +361,10 @@ impl Default for Config {
                 inbox_prefix: None,
                 request_timeout: Duration::from_secs(5),
                 monitoring_url: None,
+                tls_ca: None,
+                tls_cert: None,
+                tls_key: None,
+                tls_first: false,
             },
             events: EventsConfig {
                 installation: "mes".into(),

@@ -8,6 +8,8 @@
 //! - [`apply`]: reading live state, applying a plan, consumer status.
 //! - [`auth`]: NATS server accounts and permissions generated from the same declaration.
 //! - [`seeds`]: the identities' seed files and `auth.conf` on disk.
+//! - [`certs`]: a CA and TLS certificates for the server and each identity, for a plant without
+//!   a PKI of its own (`credentials --tls`).
 //! - [`schemas`]: the active catalog's schemas in the `MES_SCHEMAS` bucket, for every system to
 //!   read.
 //!
@@ -16,6 +18,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod certs;
 pub mod decl;
 pub mod load;
 pub mod plan;

@@ -253,7 +253,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Writes `text` with permissions `mode` (a seed: 0600, readable by its owner only), replacing
 /// any file at `path` in one rename, so a reader never sees half of it.
-fn write_atomically(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut builder = tempfile::Builder::new();
     builder.prefix(".mes-events-");

@@ -84,16 +84,5 @@ pub(crate) enum Interrupt {
 
 /// An error with its causes, `a: b: c`, for log lines.
 pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        // Clients often wrap an error in one that says the same: say it once.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
+    crate::show::chain(e)
 }

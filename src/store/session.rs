@@ -174,21 +174,6 @@ fn peer(cfg: &tokio_postgres::Config) -> String {
     )
 }
 
-/// An error with its causes, each said once.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
-}
-
 fn without_password(cfg: &tokio_postgres::Config) -> String {
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
@@ -291,7 +276,7 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Session, Conne
         let told = crate::tls::libpq::describe(&source, &peer(&cfg), &tls);
         ConnectError::Failed {
             tls: told.is_some(),
-            said: told.unwrap_or_else(|| chain(&source)),
+            said: told.unwrap_or_else(|| crate::show::chain(&source)),
             source,
         }
     })?;

@@ -392,7 +392,7 @@ pub fn describe(e: &tokio_postgres::Error, peer: &str, tls: &Tls) -> Option<Stri
         return None;
     }
     let text = e.to_string();
-    let chain = chain(e);
+    let chain = crate::show::chain(e);
     if chain.contains("server does not support TLS") {
         return Some(format!(
             "PostgreSQL at {peer} does not speak TLS and sslmode={} requires it: turn ssl on on the server (ssl = on, ssl_cert_file, ssl_key_file), or check database.url names the right server",
@@ -406,20 +406,6 @@ pub fn describe(e: &tokio_postgres::Error, peer: &str, tls: &Tls) -> Option<Stri
         return Some(format!("TLS with PostgreSQL at {peer} failed: {chain}"));
     }
     None
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

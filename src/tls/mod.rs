@@ -97,10 +97,24 @@ pub fn read_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static
         path: path.to_owned(),
         source,
     };
+    check_private(what, path)?;
+    let pem = std::fs::read(path).map_err(read)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey {
+        what,
+        path: path.to_owned(),
+    })
+}
+
+/// Refuses a key file others may read: 0600 or less, 0640 or less when root owns it.
+pub fn check_private(what: &'static str, path: &Path) -> Result<(), TlsError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).map_err(read)?;
+        let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.to_owned(),
+            source,
+        })?;
         let mode = meta.mode() & 0o7777;
         let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
         if mode & !allowed & 0o777 != 0 {
@@ -111,11 +125,7 @@ pub fn read_key(what: &'static str, path: &Path) -> Result<PrivateKeyDer<'static
             });
         }
     }
-    let pem = std::fs::read(path).map_err(read)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey {
-        what,
-        path: path.to_owned(),
-    })
+    Ok(())
 }
 
 /// Trusted CAs: those of a PEM file, or this host's store (`None`).
@@ -290,6 +300,8 @@ pub enum Refusal {
     WrongName,
     /// The server refused this client's certificate (or its lack of one).
     ClientRefused(String),
+    /// The server answered the handshake in plain text: it does not speak TLS there.
+    NotTls,
     /// Anything else rustls said.
     Other(String),
 }
@@ -339,6 +351,9 @@ impl Refusal {
                 },
             );
         }
+        if said.contains("corrupt message of type InvalidContentType") {
+            return Some(Refusal::NotTls);
+        }
         let (_, alert) = said.split_once("received fatal alert: ")?;
         let alert = alert.split(|c: char| !c.is_alphanumeric()).next()?;
         matches!(
@@ -382,6 +397,9 @@ impl Refusal {
                 | A::UnsupportedCertificate
                 | A::AccessDenied),
             ) => Refusal::ClientRefused(format!("{a:?}")),
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                Refusal::NotTls
+            }
             other => Refusal::Other(other.to_string()),
         }
     }
@@ -405,6 +423,9 @@ impl Refusal {
             Refusal::ClientRefused(alert) => format!(
                 "{peer} refused this client's certificate ({alert}): give a client certificate and key signed by a CA the server trusts"
             ),
+            Refusal::NotTls => format!(
+                "{peer} does not speak TLS (it answered the handshake in plain text): turn TLS on on the server, or connect without TLS settings if it is meant to be plain"
+            ),
             Refusal::Other(said) => format!("TLS with {peer} failed: {said}"),
         }
     }
@@ -421,6 +442,7 @@ mod tests {
             ("invalid peer certificate: certificate expired: verification time 1 (UNIX), but certificate is not valid after 0", Refusal::Expired),
             ("invalid peer certificate: certificate not valid for name \"x\"; certificate is only valid for DnsName(\"y\")", Refusal::WrongName),
             ("received fatal alert: UnknownCA", Refusal::ClientRefused("UnknownCA".into())),
+            ("received corrupt message of type InvalidContentType", Refusal::NotTls),
         ] {
             assert_eq!(Refusal::from_text(said), Some(r), "{said}");
         }

@@ -189,6 +189,18 @@ fn every_nats_config_passes_nats_server_t_with_generated_credentials() {
     let etc = tempfile::tempdir().unwrap();
     let decl = mes_events::provision::load_dir(&root().join("nats")).unwrap();
     mes_events::provision::auth::write(&decl, &etc.path().join("creds"), None).unwrap();
+    // As the credentials job writes them (`--tls`): certificates and the tls.conf the servers
+    // include, naming the files where the servers see them.
+    let mut identities = vec!["admin", "relay"];
+    identities.extend(decl.systems.iter().map(|s| s.decl.name.get_ref().as_str()));
+    let creds = etc.path().join("creds");
+    mes_events::provision::certs::write(
+        &identities,
+        &["nats".into(), "nats-1".into(), "localhost".into()],
+        &creds,
+        &creds,
+    )
+    .unwrap();
     std::fs::create_dir(etc.path().join("cluster")).unwrap();
     let mut configs = vec![etc.path().join("server.conf")];
     std::fs::copy(root().join("nats/server.conf"), &configs[0]).unwrap();
@@ -211,5 +223,71 @@ fn every_nats_config_passes_nats_server_t_with_generated_credentials() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// The TLS variant is the only one: the credentials job writes a CA and certificates, every
+/// NATS server includes the tls.conf it writes, and every mes-events service that talks to NATS
+/// has the CA and a certificate of its own identity (the one its seed names), all of them files
+/// the credentials job writes.
+#[test]
+fn compose_runs_nats_with_tls_and_every_client_has_its_own_certificate() {
+    let c = compose();
+    let services = c["services"].as_mapping().unwrap();
+    let credentials = strings(&c["services"]["credentials"]["command"]);
+    assert!(credentials.contains(&"--tls".to_owned()), "{credentials:?}");
+    let names = credentials
+        .iter()
+        .skip_while(|a| *a != "--tls-name")
+        .nth(1)
+        .cloned()
+        .unwrap_or_default();
+    for (conf, host) in [
+        ("nats/server.conf", "nats"),
+        ("nats/cluster/nats-1.conf", "nats-1"),
+        ("nats/cluster/nats-2.conf", "nats-2"),
+        ("nats/cluster/nats-3.conf", "nats-3"),
+    ] {
+        let text = std::fs::read_to_string(root().join(conf)).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.trim().starts_with("include") && l.contains("creds/tls.conf")),
+            "{conf} does not include tls.conf"
+        );
+        assert!(
+            names.split(',').any(|n| n == host),
+            "{host} not in --tls-name {names}"
+        );
+    }
+    for (name, s) in services {
+        let name = name.as_str().unwrap();
+        let Some(env) = s["environment"].as_mapping() else {
+            continue;
+        };
+        let get = |k: &str| env.get(k).and_then(|v| v.as_str()).map(str::to_owned);
+        let Some(seed) = get("MES_EVENTS_NATS__NKEY") else {
+            continue;
+        };
+        let identity = Path::new(&seed)
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            get("MES_EVENTS_NATS__TLS_CA").as_deref(),
+            Some("/creds/tls/ca.crt"),
+            "{name}"
+        );
+        for (k, ext) in [
+            ("MES_EVENTS_NATS__TLS_CERT", "crt"),
+            ("MES_EVENTS_NATS__TLS_KEY", "key"),
+        ] {
+            assert_eq!(
+                get(k),
+                Some(format!("/creds/tls/{identity}.{ext}")),
+                "{name}: {k} is not {identity}'s own"
+            );
+        }
     }
 }

@@ -11,7 +11,7 @@ use crate::support::*;
 
 const HINT: &str = "run scripts/test.sh: it installs examples/python/requirements.txt and examples/javascript/package.json";
 
-const SYSTEMS: &str = r#"
+pub(crate) const SYSTEMS: &str = r#"
 [system]
 name = "python-app"
 [[consumer]]
@@ -20,12 +20,17 @@ filter_subjects = ["mes.*.*.*.*.processorder.>"]
 max_deliver = 5
 "#;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_owned()
 }
 
 /// Runs an example to completion; returns the `sequence` of every event it printed.
-async fn run_example(program: &str, script: &Path, cwd: &Path, args: &[String]) -> Vec<String> {
+pub(crate) async fn run_example(
+    program: &str,
+    script: &Path,
+    cwd: &Path,
+    args: &[String],
+) -> Vec<String> {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new(program)

@@ -16,6 +16,7 @@ mod guides;
 mod interop;
 mod layout;
 mod migrate;
+mod nats_tls;
 mod observe;
 mod permissions;
 mod pg_tls;

@@ -157,7 +157,7 @@ async fn each_nats_failure_names_its_cause_the_url_and_the_identity_never_the_pa
         (
             "TLS",
             with(&plain.url(), "relay:s3cret").replacen("nats://", "tls://", 1),
-            "TLS with NATS at",
+            "does not speak TLS",
         ),
         (
             "authorization",
