@@ -124,10 +124,10 @@ impl Trouble {
     pub fn describe(&self, url: &str, identity: &str) -> String {
         match self {
             Trouble::Refused => format!(
-                "NATS at {url} refused the connection of {identity} (or closed it at once): check nats.url and that nats-server runs there and listens on that port"
+                "NATS at {url} refused the connection of {identity} (or closed it at once): check nats.url and that nats-server runs there and listens on that port (a server whose tls {{}} has handshake_first closes a client that does not start with TLS: set nats.tls_first = true)"
             ),
             Trouble::TimedOut => format!(
-                "NATS at {url} did not answer {identity} in time: check nats.url (a wrong port, or a host that drops packets), the firewall, and that the server is not frozen"
+                "NATS at {url} did not answer {identity} in time: check nats.url (a wrong port, or a host that drops packets), the firewall, that the server is not frozen, and, for a server whose tls {{}} has handshake_first, nats.tls_first = true"
             ),
             Trouble::Tls(Some(r)) => format!(
                 "{} (connecting as {identity}; nats.tls_ca, nats.tls_cert, nats.tls_key)",

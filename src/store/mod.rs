@@ -2,6 +2,7 @@
 //! they run on.
 //!
 //! - [`session`]: connecting, and driving a connection so NOTIFY wakes the relay.
+//! - [`pgpass`]: the password from `PGPASSWORD` or the password file, as libpq finds it.
 //! - [`migrate`]: the versioned `mes_events` schema (`migrations/*.sql`).
 //! - [`write`]: `mes_events.emit`, the write side.
 //! - [`lease`]: the relay's advisory lock, lease epoch and stream watermarks.
@@ -32,5 +33,6 @@ pub mod lease;
 pub mod migrate;
 pub mod operator;
 pub mod outbox;
+pub mod pgpass;
 pub mod session;
 pub mod write;

@@ -257,6 +257,9 @@ pub fn parse(
         tls.mode = crate::tls::libpq::SslMode::Disable;
     }
     cfg.ssl_mode(tls.driver_mode());
+    if let Some(p) = super::pgpass::password_for(&cfg) {
+        cfg.password(p);
+    }
     cfg.application_name(application_name);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(Duration::from_secs(10));

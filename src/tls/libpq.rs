@@ -392,7 +392,20 @@ pub fn describe(e: &tokio_postgres::Error, peer: &str, tls: &Tls) -> Option<Stri
         return None;
     }
     let text = e.to_string();
-    let chain = crate::show::chain(e);
+    // The causes, each said once (this layer sits below `show`).
+    let chain = std::iter::successors(Some(e as &dyn std::error::Error), |c| c.source()).fold(
+        String::new(),
+        |mut s, c| {
+            let text = c.to_string();
+            if !s.contains(&text) {
+                if !s.is_empty() {
+                    s.push_str(": ");
+                }
+                s.push_str(&text);
+            }
+            s
+        },
+    );
     if chain.contains("server does not support TLS") {
         return Some(format!(
             "PostgreSQL at {peer} does not speak TLS and sslmode={} requires it: turn ssl on on the server (ssl = on, ssl_cert_file, ssl_key_file), or check database.url names the right server",

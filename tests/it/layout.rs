@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 0),
     ("secret", 0),
     ("show", 0),
+    ("tls", 0),
     ("http", 2),
     ("config", 1),
     ("store", 2),

@@ -314,5 +314,39 @@ async fn everything_works_over_mutual_tls_and_each_refusal_is_named() {
         assert!(!text.contains(key.trim()), "{what}: a key printed");
         println!("{what}: {}", text.trim());
     }
+
+    // A server that wants TLS before it says anything (handshake_first): nats.tls_first.
+    let first = NatsServer::start_with_config(&format!(
+        "{auth}\n{}",
+        tls.replace("verify: true", "verify: true\n  handshake_first: true")
+    ))
+    .await;
+    let first_url = format!(
+        "nats://localhost:{}",
+        first.url().rsplit(':').next().unwrap()
+    );
+    let status = |env: &Env| {
+        cli(
+            &first_url,
+            env,
+            &[
+                "provision",
+                "status",
+                "--dir",
+                decl_dir.path().to_str().unwrap(),
+            ],
+        )
+    };
+    let o = status(&admin_env);
+    assert_ne!(o.status.code(), Some(0), "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("nats.tls_first"),
+        "{}",
+        output_text(&o)
+    );
+    let mut env = admin_env.clone();
+    env.push(("MES_EVENTS_NATS__TLS_FIRST".into(), "true".into()));
+    let o = status(&env);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     drop(relay);
 }

@@ -10,12 +10,17 @@ use crate::support::pg::PrivatePg;
 use crate::support::*;
 
 fn mes_events(url: &str, args: &[&str]) -> Output {
+    mes_events_with(url, &[], args)
+}
+
+fn mes_events_with(url: &str, env: &[(&str, &std::path::Path)], args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mes-events"))
         .args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::temp_dir())
         .env("MES_EVENTS_DATABASE__URL", url)
+        .envs(env.iter().copied())
         .current_dir(std::env::temp_dir())
         .output()
         .unwrap()
@@ -40,6 +45,7 @@ async fn postgres_over_tls_verify_full_works_everywhere_and_each_mistake_is_name
     let pg = PrivatePg::start_with(
         "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'",
         "hostssl all certuser 127.0.0.1/32 trust clientcert=verify-full\n\
+         hostssl all pwuser 127.0.0.1/32 scram-sha-256\n\
          hostssl all all 127.0.0.1/32 trust",
         &[
             ("server.crt", &server.cert),
@@ -65,6 +71,7 @@ async fn postgres_over_tls_verify_full_works_everywhere_and_each_mistake_is_name
     for sql in [
         "create database mes",
         "create role certuser login superuser",
+        "create role pwuser login superuser password 'pw-s3cret'",
     ] {
         admin.client.batch_execute(sql).await.unwrap();
     }
@@ -153,6 +160,29 @@ async fn postgres_over_tls_verify_full_works_everywhere_and_each_mistake_is_name
     let o = mes_events(&with_cert, &["outbox", "status"]);
     assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
 
+    // A password from the password file (owner-only), never from the URL, never printed; a
+    // password file others may read is ignored, as libpq ignores it.
+    let pgpass = pki.dir.path().join("pgpass");
+    crate::support::certs::write_private(&pgpass, b"localhost:*:mes:pwuser:pw-s3cret\n");
+    let pw_url = url(
+        &pg,
+        "localhost",
+        "mes",
+        "pwuser",
+        &format!("sslmode=verify-full {ca}"),
+    );
+    let o = mes_events_with(&pw_url, &[("PGPASSFILE", &pgpass)], &["outbox", "status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = mes_events_with(&pw_url, &[("PGPASSFILE", &pgpass)], &["outbox", "status"]);
+    let text = output_text(&o);
+    assert_ne!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("chmod 600") && !text.contains("pw-s3cret"),
+        "{text}"
+    );
+
     // Each mistake in its own words, naming what to change, never a key's content.
     let key_text = std::fs::read_to_string(&client.key).unwrap();
     let cases: Vec<(&str, String, &[&str])> = vec![
@@ -215,7 +245,6 @@ async fn postgres_over_tls_verify_full_works_everywhere_and_each_mistake_is_name
     }
 
     // A key others may read is refused as libpq refuses it.
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&client.key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = mes_events(&with_cert, &["outbox", "status"]);
     assert!(output_text(&o).contains("chmod 600"), "{}", output_text(&o));
