@@ -280,6 +280,7 @@ pub enum ProvisionCommand {
         /// Also plan deleting durable consumers that no file declares.
         #[arg(long)]
         prune: bool,
+        /// One JSON object instead of the plan.
         #[arg(long)]
         json: bool,
     },
@@ -299,6 +300,7 @@ pub enum ProvisionCommand {
     Status {
         #[command(flatten)]
         decl: DeclArgs,
+        /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -341,8 +343,10 @@ pub enum ProvisionCommand {
 pub enum DeadLetterCommand {
     /// Every dead letter with its consumer, stream sequence, deliveries and event.
     List {
+        /// The dead-letter stream.
         #[arg(long, default_value = "MES_DEAD_LETTERS")]
         stream: String,
+        /// One JSON array instead of the listing.
         #[arg(long)]
         json: bool,
     },

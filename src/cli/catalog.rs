@@ -110,8 +110,21 @@ fn list(c: &Catalog, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
+    // Columns as wide as their longest value (a site catalog's types may be longer).
+    let width = |f: fn(&mes_events::event::catalog::EventDecl) -> usize, title: &str| {
+        c.entries()
+            .map(|e| f(&e.decl))
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
+    };
+    let (tw, kw, sw) = (
+        width(|d| d.ty.len(), "type"),
+        width(|d| d.key.len(), "key"),
+        width(|d| d.stream.len(), "stream"),
+    );
     println!(
-        "{:<52} {:>7}  {:<22} {:<12} subject",
+        "{:<tw$} {:>7}  {:<kw$} {:<sw$} subject",
         "type", "version", "key", "stream"
     );
     for e in c.entries() {
@@ -122,7 +135,7 @@ fn list(c: &Catalog, json: bool) -> anyhow::Result<()> {
             .and_then(|s| s.rsplit_once(".v"))
             .map_or("?".to_owned(), |(_, v)| v.to_owned());
         println!(
-            "{:<52} {:>7}  {:<22} {:<12} {}",
+            "{:<tw$} {:>7}  {:<kw$} {:<sw$} {}",
             d.ty, version, d.key, d.stream, d.subject
         );
     }

@@ -23,6 +23,31 @@ use args::{Cli, Command, PushCommand, RelayCommand};
 /// happened into an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that only show something stop quietly when their reader does (`| head`), as
+    // Unix tools do: SIGPIPE back to its default for them. Not for those that run, write or
+    // change things (relay, push, demo, migrate, emit, replay, apply, retry, …): Rust ignores
+    // SIGPIPE so that a closed socket is an error they handle, not their end.
+    let shows_only = match &cli.command {
+        Command::Outbox(o) => matches!(
+            o,
+            args::OutboxCommand::Rejected { .. }
+                | args::OutboxCommand::Discarded { .. }
+                | args::OutboxCommand::Status { .. }
+        ),
+        Command::DeadLetters(d) => matches!(d, args::DeadLetterCommand::List { .. }),
+        Command::Provision(p) => matches!(
+            p,
+            args::ProvisionCommand::Plan { .. } | args::ProvisionCommand::Status { .. }
+        ),
+        Command::Catalog(_) | Command::Tail(_) | Command::Ready => true,
+        _ => false,
+    };
+    if shows_only {
+        // SAFETY: at start, before any thread; only restores the default disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // About the command line itself: no configuration needed (nor a broken one in the way).
     match cli.command {
         Command::Completions { shell } => {

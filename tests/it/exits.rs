@@ -120,3 +120,34 @@ async fn every_exit_code_of_the_readme_table_for_every_command_family() {
         assert!(cases.iter().any(|c| c.3 == code), "a case for {code}");
     }
 }
+
+/// A command that only shows something ends quietly when its reader stops early (`| head`), as
+/// Unix tools do: killed by SIGPIPE, no panic on standard error.
+#[test]
+fn a_reader_that_stops_early_ends_a_listing_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mes-events"))
+        .args(["catalog", "asyncapi"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .current_dir(std::env::temp_dir())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone (its end dropped): the rest of the 200 kB document has nowhere to go.
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        status.success() || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}: {err}"
+    );
+}

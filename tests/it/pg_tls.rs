@@ -263,6 +263,20 @@ async fn postgres_over_tls_verify_full_works_everywhere_and_each_mistake_is_name
         },
     )
     .await;
+    // And one not valid yet.
+    let early = pki.server_not_yet_valid("early", &["localhost"]);
+    pg.put("server.crt", &std::fs::read(&early.cert).unwrap());
+    pg.put("server.key", &std::fs::read(&early.key).unwrap());
+    pg.reload();
+    eventually(
+        Duration::from_secs(10),
+        "the early certificate is named",
+        || async {
+            let o = mes_events(&db_url, &["outbox", "status"]);
+            output_text(&o).contains("is not valid yet")
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

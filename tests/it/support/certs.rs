@@ -66,6 +66,18 @@ impl Pki {
         self.issue(file, p)
     }
 
+    /// A server certificate for `names` valid only from next year on (a clock behind, or a
+    /// certificate issued ahead of time).
+    pub fn server_not_yet_valid(&self, file: &str, names: &[&str]) -> Pair {
+        let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        p.not_before = rcgen::date_time_ymd(2100, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2101, 1, 1);
+        self.issue(file, p)
+    }
+
     /// A client certificate whose common name is `cn` (PostgreSQL maps it to the user).
     pub fn client(&self, file: &str, cn: &str) -> Pair {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
