@@ -131,7 +131,10 @@ impl Trouble {
             ),
             Trouble::Tls(Some(r)) => format!(
                 "{} (connecting as {identity}; nats.tls_ca, nats.tls_cert, nats.tls_key)",
-                r.describe(&format!("NATS at {url}"), "this host's store and nats.tls_ca")
+                r.describe(
+                    &format!("NATS at {url}"),
+                    "nats.tls_ca, or this host's store where it is unset",
+                )
             ),
             Trouble::Tls(None) => format!(
                 "TLS with NATS at {url} failed for {identity}: check that the server speaks TLS (tls:// and nats.tls_* need a server with a tls {{}} block; a server with tls_first needs nats.tls_first), the server's certificate and the CAs this host trusts (nats.tls_ca)"

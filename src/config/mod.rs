@@ -225,8 +225,8 @@ pub struct NatsConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub monitoring_url: Option<String>,
-    /// TLS: the CA certificate(s) (PEM) the servers' certificates must chain to, besides this
-    /// host's store (the plant's own CA). Set, TLS is required.
+    /// TLS: the CA certificate(s) (PEM) the servers' certificates must chain to (the plant's
+    /// own CA), instead of this host's store. Set, TLS is required.
     #[serde(
         default,
         deserialize_with = "unset_if_empty",

@@ -69,6 +69,12 @@ pub fn write(
     std::fs::create_dir_all(&tls).map_err(io(&tls))?;
     let mut written = Vec::new();
     let (ca_cert, ca_key) = (tls.join("ca.crt"), tls.join("ca.key"));
+    // A new CA (none yet, or its key gone): every certificate is issued again, none of the old
+    // ones would chain to it. New server names: the server's certificate is issued again.
+    let fresh_ca = !ca_key.is_file();
+    let names_file = tls.join("server.names");
+    let names_text = names.join("\n") + "\n";
+    let same_names = std::fs::read_to_string(&names_file).is_ok_and(|t| t == names_text);
     let issuer = if ca_key.is_file() {
         check_private(&ca_key)?;
         let pem = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
@@ -92,12 +98,12 @@ pub fn write(
         });
         Issuer::new(ca_params(), key)
     };
-    let mut leaf = |file: &str, what: String, params: CertificateParams| {
+    let mut leaf = |file: &str, what: String, params: CertificateParams, keep: bool| {
         let (crt, key) = (
             tls.join(format!("{file}.crt")),
             tls.join(format!("{file}.key")),
         );
-        if crt.is_file() && key.is_file() {
+        if keep && !fresh_ca && crt.is_file() && key.is_file() {
             check_private(&key)?;
             written.push(Written {
                 path: crt,
@@ -121,11 +127,14 @@ pub fn write(
         .map_err(|_| CertError::Name(names.join(",")))?
         .subject_alt_names;
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf("server", "the server".into(), server)?;
+    leaf("server", "the server".into(), server, same_names)?;
+    if !same_names {
+        write_atomically(&names_file, &names_text, 0o644).map_err(io(&names_file))?;
+    }
     for id in identities {
         let mut p = leaf_params(id, 825).map_err(issue(id))?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        leaf(id, format!("identity {id}"), p)?;
+        leaf(id, format!("identity {id}"), p, true)?;
     }
     let conf = out.join("tls.conf");
     let on_server = dir(server_dir);
@@ -207,6 +216,13 @@ mod tests {
         assert_eq!(created.len(), 1, "{second:?}");
         assert!(created[0].path.ends_with("tls/erp.crt"));
         assert_eq!(std::fs::read(out.path().join("tls/ca.crt")).unwrap(), ca);
+        // Another name: the server's certificate again, the others kept.
+        let more = vec!["nats".to_string(), "nats.plant".to_string()];
+        let third =
+            super::write(&["admin", "relay", "erp"], &more, out.path(), out.path()).unwrap();
+        let created: Vec<_> = third.iter().filter(|w| w.created).collect();
+        assert_eq!(created.len(), 1, "{third:?}");
+        assert!(created[0].path.ends_with("tls/server.crt"));
         let conf = std::fs::read_to_string(out.path().join("tls.conf")).unwrap();
         assert!(
             conf.contains("verify: true") && conf.contains("tls/server.crt"),

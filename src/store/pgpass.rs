@@ -20,30 +20,34 @@ pub fn lookup(text: &str, host: &str, port: u16, database: &str, user: &str) -> 
         if fields.len() != 5 {
             continue;
         }
-        let matches = fields[..4].iter().zip(wanted).all(|(f, w)| {
-            // As libpq: `localhost` also stands for a connection over a Unix socket.
-            f == "*" || f == w || (f == "localhost" && w.starts_with('/'))
+        let matches = fields[..4].iter().zip(wanted).all(|((f, escaped), w)| {
+            // As libpq: `localhost` also stands for a connection over a Unix socket; `\*` is a
+            // star, not a wildcard.
+            (f == "*" && !escaped) || f == w || (f == "localhost" && w.starts_with('/'))
         });
         if matches {
-            return Some(fields[4].clone());
+            return Some(fields[4].0.clone());
         }
     }
     None
 }
 
-/// A line's fields: `:` separates, `\` escapes the next character.
-fn split_fields(line: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
+/// A line's fields, each with whether it held an escape: `:` separates, `\` escapes the next
+/// character.
+fn split_fields(line: &str) -> Vec<(String, bool)> {
+    let mut out = vec![(String::new(), false)];
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
+            ':' if out.len() < 5 => out.push((String::new(), false)),
             '\\' => {
                 if let Some(n) = chars.next() {
-                    out.last_mut().expect("a field").push(n);
+                    let field = out.last_mut().expect("a field");
+                    field.0.push(n);
+                    field.1 = true;
                 }
             }
-            ':' if out.len() < 5 => out.push(String::new()),
-            c => out.last_mut().expect("a field").push(c),
+            c => out.last_mut().expect("a field").0.push(c),
         }
     }
     out
@@ -73,7 +77,9 @@ pub fn password_for(cfg: &tokio_postgres::Config) -> Option<String> {
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
     };
-    let user = cfg.get_user()?;
+    // No user given: the operating system's, as libpq and tokio-postgres take it.
+    let os_user = std::env::var("USER").ok();
+    let user = cfg.get_user().or(os_user.as_deref())?;
     lookup(
         &text,
         &host,
@@ -129,5 +135,10 @@ mod tests {
             None
         );
         assert_eq!(lookup("broken line\n", "h", 1, "d", "u"), None);
+        assert_eq!(lookup("h:1:d:\\*:p\n", "h", 1, "d", "u"), None);
+        assert_eq!(
+            lookup("h:1:d:\\*:p\n", "h", 1, "d", "*").as_deref(),
+            Some("p")
+        );
     }
 }

@@ -256,6 +256,11 @@ pub fn parse(
     {
         tls.mode = crate::tls::libpq::SslMode::Disable;
     }
+    // No host name to check a certificate against (hostaddr alone): libpq's default, prefer,
+    // connects as it did before TLS was offered, in the clear; require and above say so.
+    if cfg.get_hosts().is_empty() && tls.mode == crate::tls::libpq::SslMode::Prefer {
+        tls.mode = crate::tls::libpq::SslMode::Disable;
+    }
     cfg.ssl_mode(tls.driver_mode());
     if let Some(p) = super::pgpass::password_for(&cfg) {
         cfg.password(p);

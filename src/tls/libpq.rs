@@ -130,26 +130,34 @@ impl Given {
 pub fn split(conn: &str) -> Result<(String, Given), SettingError> {
     let mut given = Given::default();
     if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        let Some((base, query)) = conn.split_once('?') else {
+        // The query starts after the credentials (a password may hold a `?`).
+        let from = conn.rfind('@').unwrap_or(0);
+        let Some(q) = conn[from..].find('?').map(|i| from + i) else {
             return Ok((conn.to_owned(), given));
         };
-        let mut rest = url::form_urlencoded::Serializer::new(String::new());
-        let mut kept = 0;
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            match given.slot(&k) {
-                Some(slot) => *slot = Some(v.into_owned()),
-                None => {
-                    rest.append_pair(&k, &v);
-                    kept += 1;
+        let (base, query) = (&conn[..q], &conn[q + 1..]);
+        // Other pairs go through byte for byte (tokio-postgres only percent-decodes: a `+` is
+        // a plus); the TLS values are percent-decoded as tokio-postgres would have.
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_encoding::percent_decode_str(k).decode_utf8_lossy();
+            match given.slot(&key) {
+                Some(slot) => {
+                    *slot = Some(
+                        percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned(),
+                    )
                 }
+                None => kept.push(pair),
             }
         }
-        let rest = rest.finish();
         return Ok((
-            if kept == 0 {
+            if kept.is_empty() {
                 base.to_owned()
             } else {
-                format!("{base}?{rest}")
+                format!("{base}?{}", kept.join("&"))
             },
             given,
         ));
@@ -190,8 +198,9 @@ pub fn split(conn: &str) -> Result<(String, Given), SettingError> {
                         break;
                     }
                     Some(b'\\') if i + 1 < b.len() => {
-                        value.push(b[i + 1] as char);
-                        i += 2;
+                        let c = conn[i + 1..].chars().next().expect("a char");
+                        value.push(c);
+                        i += 1 + c.len_utf8();
                     }
                     Some(_) => {
                         let c = conn[i..].chars().next().expect("a char");
@@ -201,11 +210,17 @@ pub fn split(conn: &str) -> Result<(String, Given), SettingError> {
                 }
             }
         } else {
-            let v = i;
+            // Unquoted: up to whitespace, `\` escaping the next character (a space too).
             while i < b.len() && !b[i].is_ascii_whitespace() {
-                i += 1;
+                let at = if b[i] == b'\\' && i + 1 < b.len() {
+                    i + 1
+                } else {
+                    i
+                };
+                let c = conn[at..].chars().next().expect("a char");
+                value.push(c);
+                i = at + c.len_utf8();
             }
-            value.push_str(&conn[v..i]);
         }
         match given.slot(key) {
             Some(slot) => *slot = Some(value),
@@ -312,6 +327,14 @@ impl Tls {
     /// The rustls connector (files read now: a missing or exposed one is told before any
     /// connection is tried).
     pub fn connector(&self) -> Result<MakeRustlsConnect, SettingError> {
+        if self.mode == SslMode::Disable {
+            // No TLS, so no file of it read (libpq reads none either).
+            return Ok(MakeRustlsConnect::new(super::client_config(
+                rustls::RootCertStore::empty(),
+                Check::Nothing,
+                None,
+            )?));
+        }
         let roots = match (&self.root, self.check()) {
             (_, Check::Nothing) => rustls::RootCertStore::empty(),
             (Root::File(p), _) => super::roots(Some(p))?,
@@ -371,7 +394,7 @@ impl Tls {
 pub fn describe(e: &tokio_postgres::Error, peer: &str, tls: &Tls) -> Option<String> {
     if let Some(db) = e.as_db_error() {
         let said = db.message();
-        if said.contains("no encryption") {
+        if said.contains("no encryption") && !said.contains("\"[local]\"") {
             return Some(format!(
                 "PostgreSQL at {peer} accepts only encrypted connections from here (its pg_hba.conf has hostssl lines only) and this one is not (sslmode={}): set sslmode=verify-full and sslrootcert to the server's CA",
                 tls.mode.as_str()
@@ -457,6 +480,20 @@ mod tests {
             split("host=x sslkey='/k"),
             Err(SettingError::Quote)
         ));
+        // A password with a `?`, and values whose `+` and `%20` must reach tokio-postgres as
+        // they were written.
+        let (rest, g) = split(
+            "postgresql://u:pa?ss@db/mes?options=-c%20search_path%3Dx&sslrootcert=%2Fetc%2Fca+x.pem&application_name=a+b",
+        )
+        .unwrap();
+        assert_eq!(
+            rest,
+            "postgresql://u:pa?ss@db/mes?options=-c%20search_path%3Dx&application_name=a+b"
+        );
+        assert_eq!(g.sslrootcert.as_deref(), Some("/etc/ca+x.pem"));
+        // Escapes: a multi-byte character after a backslash, an escaped space unquoted.
+        let (_, g) = split("password='\\é' sslkey=/a\\ b/k host=x").unwrap();
+        assert_eq!(g.sslkey.as_deref(), Some("/a b/k"));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub enum TlsError {
     },
     #[error("no trusted CA could be loaded from this host's certificate store: install the CA certificates (apt-get install ca-certificates) or name a CA file")]
     NoSystemRoots,
+    #[error("the server's certificate is to be checked and no trusted CA was loaded: name a CA file that holds the CA's certificate")]
+    NoAnchors,
 }
 
 /// How a server's certificate is checked.
@@ -133,10 +135,14 @@ pub fn roots(file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     match file {
         Some(path) => {
-            for c in read_certs("root certificate", path)? {
-                // A file's certificate that is not a CA is refused by the check itself, later,
-                // as an unknown issuer: say so then rather than here.
-                let _ = roots.add(c);
+            let (added, _) = roots.add_parsable_certificates(read_certs("root certificate", path)?);
+            // A block that is not a certificate (a line lost in a copy): no anchor at all
+            // must never mean no check at all.
+            if added == 0 {
+                return Err(TlsError::NoCertificate {
+                    what: "root certificate",
+                    path: path.to_owned(),
+                });
             }
         }
         None => {
@@ -160,14 +166,21 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring offers the default protocol versions");
-    let full = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .ok();
-    let verifier: Arc<dyn ServerCertVerifier> = match (check, full) {
-        (Check::Full, Some(full)) => full,
-        (Check::Chain, Some(full)) => Arc::new(ChainOnly(full)),
-        // An empty store with nothing to verify against: only the handshake's signatures.
-        _ => Arc::new(Unverified(provider)),
+    let verifier: Arc<dyn ServerCertVerifier> = match check {
+        // Only where no check was asked for: the handshake's signatures alone.
+        Check::Nothing => Arc::new(Unverified(provider.clone())),
+        Check::Full | Check::Chain => {
+            // Asked to check and nothing to check against: refused, never unchecked.
+            let full =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|_| TlsError::NoAnchors)?;
+            if check == Check::Full {
+                full
+            } else {
+                Arc::new(ChainOnly(full))
+            }
+        }
     };
     let builder = builder
         .dangerous()
@@ -385,6 +398,9 @@ impl Refusal {
                 }
                 CertificateError::NotValidForName
                 | CertificateError::NotValidForNameContext { .. } => Refusal::WrongName,
+                CertificateError::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
+                    Refusal::Other("the server presents a CA certificate (CA:TRUE) as its own: issue it a server certificate signed by the CA, with its names as subject alternative names".into())
+                }
                 other => Refusal::Other(format!("{other:?}")),
             },
             rustls::Error::AlertReceived(
@@ -434,6 +450,29 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::Refusal;
+
+    #[test]
+    fn asked_to_check_with_nothing_to_check_against_is_refused_never_unchecked() {
+        // A PEM block that is no certificate (a line lost in a copy): not an empty store.
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\nTUlJQm5vdCBhIGNlcnRpZmljYXRl\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        assert!(super::roots(Some(&bad)).is_err());
+        for check in [super::Check::Full, super::Check::Chain] {
+            assert!(matches!(
+                super::client_config(rustls::RootCertStore::empty(), check, None),
+                Err(super::TlsError::NoAnchors)
+            ));
+        }
+        assert!(
+            super::client_config(rustls::RootCertStore::empty(), super::Check::Nothing, None)
+                .is_ok()
+        );
+    }
 
     #[test]
     fn rustls_words_in_a_chain_are_read_as_refusals() {
