@@ -5,6 +5,7 @@
 //!
 //! - [`request`]: an event as a signed request, and what an answer means (pure).
 //! - [`endpoint`]: sending, the endpoint's rate limit, asked waits and circuit breaker.
+//! - [`transport`]: HTTPS as declared and transport failures in words.
 //! - [`status`]: each pushed consumer's state, as the server says it (`push status`).
 //!
 //! Order and retries are [`crate::read::consume`]'s: one event per key at a time, a failed one
@@ -32,6 +33,7 @@
 pub mod endpoint;
 pub mod request;
 pub mod status;
+mod transport;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

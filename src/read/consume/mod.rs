@@ -17,7 +17,8 @@
 //! terminated on its own, so the ordering rule is the same. [`run`] is a batch of one.
 //!
 //! Owns pulling, dispatch and acknowledgement ([`answer`]: what is said to the server for each
-//! event); never decides what an event means.
+//! event; [`receive`]: a pulled message decoded into a delivery); never decides what an event
+//! means.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -30,11 +31,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::event::binding::{self, Rule};
-
 pub use super::bind::{bind_by_name, bind_in_group};
 
 mod answer;
+mod receive;
 use answer::{nak_panicked, reply_all, settle_one, Reply};
 
 /// What became of one event in the handler.
@@ -363,7 +363,7 @@ where
                         settled_at = tokio::time::Instant::now() + opts.settle;
                     }
                 }
-                let Some(held) = receive(msg).await else { continue };
+                let Some(held) = receive::receive(msg).await else { continue };
                 let k = keys.entry(held.delivery.key.clone()).or_default();
                 let seq = held.delivery.stream_seq;
                 let ident = Ident::of(&held.delivery);
@@ -559,45 +559,4 @@ where
     acking.close();
     acking.wait().await;
     Ok(stats)
-}
-
-/// Decodes a message; one that is not a valid CloudEvent is terminated (it can never succeed).
-async fn receive(msg: jetstream::Message) -> Option<Held> {
-    let info = msg.info().ok()?;
-    let (stream_seq, delivered) = (info.stream_sequence, info.delivered);
-    let size = msg.payload.len()
-        + msg.headers.as_ref().map_or(0, |h| {
-            h.iter()
-                .map(|(n, vs)| {
-                    let n: &str = n.as_ref();
-                    vs.iter()
-                        .map(|v| n.len() + v.as_str().len() + 4)
-                        .sum::<usize>()
-                })
-                .sum()
-        });
-    match binding::decode(msg.headers.as_ref(), &msg.payload, Rule::Lenient) {
-        Ok(event) => {
-            let key = event
-                .extension("partitionkey")
-                .map(|v| v.to_string())
-                .or_else(|| event.subject().map(str::to_owned))
-                .unwrap_or_default();
-            Some(Held {
-                msg,
-                delivery: Delivery {
-                    event,
-                    key,
-                    stream_seq,
-                    delivered,
-                },
-                size,
-            })
-        }
-        Err(e) => {
-            warn!(seq = stream_seq, error = %e, "not a valid CloudEvent: terminated");
-            let _ = msg.ack_with(AckKind::Term).await;
-            None
-        }
-    }
 }
