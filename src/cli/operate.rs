@@ -12,10 +12,11 @@ use super::signal::Shutdown;
 
 pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
     let shutdown = Shutdown::on_signal();
+    let (protection, exposed) = mes_events::store::session::protection(&cfg.database.url);
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         database = %mes_events::store::session::redacted(&cfg.database.url),
-        database_tls = %mes_events::store::session::protection(&cfg.database.url).0,
+        database_tls = %protection,
         nats = %nats::redact(&cfg.nats.url),
         identity = %nats::identity(&cfg.nats),
         inbox_prefix = %cfg.nats.inbox_prefix(),
@@ -24,8 +25,8 @@ pub async fn relay(cfg: &Config) -> anyhow::Result<u8> {
         mode = %cfg.events.mode,
         "mes-events relay starting"
     );
-    if let (how, true) = mes_events::store::session::protection(&cfg.database.url) {
-        tracing::warn!("the connection to PostgreSQL is {how}: anyone on the path can read or forge the plant's events; set database.sslmode = \"verify-full\" and database.sslrootcert");
+    if exposed {
+        tracing::warn!("the connection to PostgreSQL is {protection}: anyone on the path can read or forge the plant's events; set database.sslmode = \"verify-full\" and database.sslrootcert");
     }
     for p in cfg.placeholders() {
         tracing::warn!("{p}");

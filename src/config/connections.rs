@@ -65,28 +65,9 @@ impl DatabaseConfig {
         };
         in_url.clone().with(&here)?;
         let mut url = self.url.clone();
-        let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
-        for (k, v, already) in [
-            ("sslmode", &here.sslmode, &in_url.sslmode),
-            ("sslrootcert", &here.sslrootcert, &in_url.sslrootcert),
-            ("sslcert", &here.sslcert, &in_url.sslcert),
-            ("sslkey", &here.sslkey, &in_url.sslkey),
-        ] {
-            let (Some(v), None) = (v, already) else {
-                continue;
-            };
-            if uri {
-                url.push(if url.contains('?') { '&' } else { '?' });
-                url.push_str(
-                    &url::form_urlencoded::Serializer::new(String::new())
-                        .append_pair(k, v)
-                        .finish(),
-                );
-            } else {
-                url.push_str(&format!(
-                    " {k}='{}'",
-                    v.replace('\\', "\\\\").replace('\'', "\\'")
-                ));
+        for ((key, value), (_, already)) in here.pairs().into_iter().zip(in_url.pairs()) {
+            if let (Some(v), None) = (value, already) {
+                url = crate::tls::libpq::append(&url, key, v);
             }
         }
         Ok(url)

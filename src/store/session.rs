@@ -113,15 +113,9 @@ pub fn with_database(url: &str, dbname: &str) -> Result<String, ConnectError> {
     let mut cfg: tokio_postgres::Config = rest.parse().map_err(ConnectError::Url)?;
     cfg.dbname(dbname);
     let mut s = to_url(&cfg);
-    let quoted = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    for (k, v) in [
-        ("sslmode", &given.sslmode),
-        ("sslrootcert", &given.sslrootcert),
-        ("sslcert", &given.sslcert),
-        ("sslkey", &given.sslkey),
-    ] {
-        if let Some(v) = v {
-            s.push_str(&format!(" {k}={}", quoted(v)));
+    for (key, value) in given.pairs() {
+        if let Some(v) = value {
+            s = crate::tls::libpq::append(&s, key, v);
         }
     }
     Ok(s)

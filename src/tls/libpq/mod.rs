@@ -16,7 +16,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod string;
 
-pub use string::{split, Given};
+pub use string::{append, split, Given};
 
 use super::{Check, Refusal, TlsError};
 

@@ -16,6 +16,16 @@ pub struct Given {
 const KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 impl Given {
+    /// Each key with its value.
+    pub fn pairs(&self) -> [(&'static str, Option<&str>); 4] {
+        [
+            ("sslmode", self.sslmode.as_deref()),
+            ("sslrootcert", self.sslrootcert.as_deref()),
+            ("sslcert", self.sslcert.as_deref()),
+            ("sslkey", self.sslkey.as_deref()),
+        ]
+    }
+
     fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
         match key {
             "sslmode" => Some(&mut self.sslmode),
@@ -51,10 +61,8 @@ impl Given {
 /// Both libpq forms: `postgresql://…?sslmode=…&…` and `host=… sslmode='…'`.
 pub fn split(conn: &str) -> Result<(String, Given), SettingError> {
     let mut given = Given::default();
-    if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        // The query starts after the credentials (a password may hold a `?`).
-        let from = conn.rfind('@').unwrap_or(0);
-        let Some(q) = conn[from..].find('?').map(|i| from + i) else {
+    if is_uri(conn) {
+        let Some(q) = query_start(conn) else {
             return Ok((conn.to_owned(), given));
         };
         let (base, query) = (&conn[..q], &conn[q + 1..]);
@@ -157,6 +165,44 @@ pub fn split(conn: &str) -> Result<(String, Given), SettingError> {
     Ok((out, given))
 }
 
+fn is_uri(conn: &str) -> bool {
+    conn.starts_with("postgres://") || conn.starts_with("postgresql://")
+}
+
+/// Where a URL's query starts: after the credentials (a password may hold a `?`).
+fn query_start(conn: &str) -> Option<usize> {
+    let from = conn.rfind('@').unwrap_or(0);
+    conn[from..].find('?').map(|i| from + i)
+}
+
+/// `conn` with `key` set to `value`, in the string's own form: a percent-encoded query pair
+/// of a URL (read back by [`split`] as it was), or a quoted `key='value'` pair.
+pub fn append(conn: &str, key: &str, value: &str) -> String {
+    if is_uri(conn) {
+        let sep = if query_start(conn).is_some() {
+            '&'
+        } else {
+            '?'
+        };
+        // What would end or change the pair; the rest stays readable (`verify-full`, `/ca.pem`).
+        const PAIR: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+            .add(b' ')
+            .add(b'#')
+            .add(b'%')
+            .add(b'&')
+            .add(b'+')
+            .add(b'=')
+            .add(b'?')
+            .add(b'"')
+            .add(b'\'');
+        let v = percent_encoding::utf8_percent_encode(value, PAIR);
+        format!("{conn}{sep}{key}={v}")
+    } else {
+        let v = value.replace('\\', "\\\\").replace('\'', "\\'");
+        format!("{conn} {key}='{v}'")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +253,24 @@ mod tests {
         // Escapes: a multi-byte character after a backslash, an escaped space unquoted.
         let (_, g) = split("password='\\é' sslkey=/a\\ b/k host=x").unwrap();
         assert_eq!(g.sslkey.as_deref(), Some("/a b/k"));
+    }
+
+    #[test]
+    fn what_append_writes_split_reads_back_as_it_was() {
+        for conn in [
+            "postgresql://u:p?w@db/mes",
+            "postgresql://db/mes?application_name=x",
+            "host=db dbname=mes",
+        ] {
+            let with = append(conn, "sslrootcert", "/etc/a b+c'd\\e.pem");
+            let (rest, g) = split(&with).unwrap();
+            assert_eq!(rest, conn);
+            assert_eq!(
+                g.sslrootcert.as_deref(),
+                Some("/etc/a b+c'd\\e.pem"),
+                "{with}"
+            );
+        }
     }
 
     #[test]

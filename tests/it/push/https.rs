@@ -7,24 +7,11 @@ use std::process::Command;
 use super::*;
 use crate::support::certs::Pki;
 
+/// [`system`], at an https:// URL by the name the receivers' certificates carry.
 fn https_system(name: &str, port: u16, tls: &str) -> String {
-    format!(
-        r#"
-[system]
-name = "{name}"
-[[consumer]]
-stream = "MES_EVENTS"
-filter_subjects = ["mes.*.*.*.*.processorder.>"]
-ack_wait = "2s"
-[push]
-url = "https://localhost:{port}/hooks/mes"
-secret_env = "PUSH_SECRET"
-retry = ["200ms", "400ms"]
-after_last = "hold"
-timeout = "2s"
-{tls}
-"#
-    )
+    let push =
+        format!("retry = [\"200ms\", \"400ms\"]\nafter_last = \"hold\"\ntimeout = \"2s\"\n{tls}");
+    system(name, port, &push).replace("url = \"http://127.0.0.1:", "url = \"https://localhost:")
 }
 
 async fn https_receiver(name: &str, port: u16, pki: &Pki, client_ca: bool) -> Receiver {
